@@ -1,0 +1,1 @@
+"""pruneflow's flows and its command line."""

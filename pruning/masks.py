@@ -1,0 +1,83 @@
+"""Sparsity patterns and the mask selections shared by the methods.
+
+Masks are boolean with True = weight kept. "N:M" follows NVIDIA's convention: at most N nonzeros in
+every group of M consecutive input weights (2:4 keeps 2 of every 4).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+_NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """Keep at most `n` weights in every group of `m` consecutive input weights."""
+
+    n: int
+    m: int
+
+    @classmethod
+    def parse(cls, text: str) -> NMPattern:
+        match = _NM_PATTERN.match(text.strip())
+        if match is None:
+            raise ValueError(f"pattern '{text}' is neither 'unstructured' nor N:M such as 2:4")
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n < m:
+            raise ValueError(f"pattern '{text}': N must satisfy 0 < N < M (N weights kept of every M), e.g. 2:4")
+        return cls(n, m)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Per output row, drop the floor(d_in * sparsity) lowest scores."""
+    rows, columns = scores.shape
+    pruned_per_row = math.floor(columns * sparsity)
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if pruned_per_row:
+        lowest = torch.argsort(scores, dim=1, stable=True)[:, :pruned_per_row]
+        mask.scatter_(1, lowest, False)
+    return mask
+
+
+def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Over the whole matrix, drop the floor(numel * sparsity) lowest scores."""
+    pruned = math.floor(scores.numel() * sparsity)
+    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if pruned:
+        mask[torch.argsort(scores.flatten(), stable=True)[:pruned]] = False
+    return mask.view_as(scores)
+
+
+def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """In every group of M consecutive input columns of each row, keep the N highest scores."""
+    rows, columns = scores.shape
+    check_nm_divisible(columns, pattern)
+    grouped = scores.reshape(rows, columns // pattern.m, pattern.m)
+    keep = torch.topk(grouped, pattern.n, dim=2).indices
+    mask = torch.zeros_like(grouped, dtype=torch.bool).scatter_(2, keep, True)
+    return mask.reshape(rows, columns)
+
+
+def check_nm_divisible(columns: int, pattern: NMPattern) -> None:
+    if columns % pattern.m:
+        raise ValueError(f"pattern {pattern}: a layer has {columns} input columns, not a multiple of M={pattern.m}; "
+                         "add it to skip_layers or choose an M that divides it")
+
+
+def satisfies_nm(weight: torch.Tensor, pattern: NMPattern) -> bool:
+    """True when every group of M consecutive input weights holds at most N nonzeros."""
+    rows, columns = weight.shape
+    nonzeros = (weight != 0).reshape(rows, columns // pattern.m, pattern.m).sum(dim=2)
+    return bool((nonzeros <= pattern.n).all())

@@ -1,0 +1,33 @@
+"""The registry of pruning methods behind one interface.
+
+Every method module defines a pydantic config (a `SparsityConfig` with a literal `method` name) and
+  prune_layer(weight (d_out × d_in, fp32), statistics: InputStatistics, config) -> LayerResult.
+Adding a method means adding its module here; the engine, the flows and the CLI pick it up.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Annotated, Union
+
+import torch
+from pydantic import Field
+
+from pruning import magnitude, sparsegpt, wanda
+from pruning.statistics import InputStatistics, LayerResult
+
+METHOD_MODULES: dict[str, ModuleType] = {
+    "magnitude": magnitude,
+    "wanda": wanda,
+    "sparsegpt": sparsegpt,
+}
+
+MethodConfig = Annotated[
+    Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig],
+    Field(discriminator="method"),
+]
+
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MethodConfig) -> LayerResult:
+    """Dispatch one linear layer to its method's solver."""
+    return METHOD_MODULES[config.method].prune_layer(weight, statistics, config)  # type: ignore[no-any-return]

@@ -1,0 +1,74 @@
+"""Input statistics of one linear layer, and the result record every method returns.
+
+For inputs x_t (t = 1..N tokens from n calibration sequences) the engine accumulates
+  gram = Σ_t x_t x_tᵀ                  (fp32, d_in × d_in)
+from which follow SparseGPT's Hessian  H = (2/n) · gram  and Wanda's  s_j = gram_jj / n.
+The layer-wise reconstruction error of a new weight Ŵ is  ‖(W − Ŵ)X‖²_F = tr((W − Ŵ) gram (W − Ŵ)ᵀ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class InputStatistics:
+    """Running Σ x xᵀ over the calibration tokens that enter one group of linears."""
+
+    def __init__(self, input_dim: int, device: torch.device | str = "cpu") -> None:
+        self.gram = torch.zeros(input_dim, input_dim, dtype=torch.float32, device=device)
+        self.num_sequences = 0
+        self.num_tokens = 0
+
+    def add(self, inputs: torch.Tensor) -> None:
+        """Accumulate a batch of inputs shaped (batch, seq, d_in) or (tokens, d_in)."""
+        sequences = inputs.shape[0] if inputs.dim() == 3 else 1
+        flat = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
+        self.gram.addmm_(flat.t(), flat)
+        self.num_sequences += sequences
+        self.num_tokens += flat.shape[0]
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's H = (2/n) Σ x xᵀ, n = number of calibration sequences."""
+        return self.gram * (2.0 / max(self.num_sequences, 1))
+
+    @property
+    def squared_input_norms(self) -> torch.Tensor:
+        """Wanda's s_j = (1/n) Σ_t x_tj², the mean over sequences of each input's squared norm."""
+        return torch.diagonal(self.gram) / max(self.num_sequences, 1)
+
+    @classmethod
+    def from_inputs(cls, inputs: torch.Tensor) -> InputStatistics:
+        statistics = cls(inputs.shape[-1], inputs.device)
+        statistics.add(inputs)
+        return statistics
+
+
+def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, statistics: InputStatistics) -> float:
+    """‖(W − Ŵ)X‖²_F = tr(Δ gram Δᵀ) with Δ = W − Ŵ."""
+    delta = (original - pruned).to(statistics.gram.dtype)
+    return float(((delta @ statistics.gram) * delta).sum())
+
+
+@dataclass
+class LayerResult:
+    """What a method returns for one linear: the new weight, its mask, and the layer's error."""
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+    reconstruction_error: float
+    relative_error: float
+
+    @classmethod
+    def measure(cls, original: torch.Tensor, pruned: torch.Tensor, mask: torch.Tensor,
+                statistics: InputStatistics) -> LayerResult:
+        """Build the result, computing ‖(W−Ŵ)X‖² and its ratio to ‖WX‖²."""
+        error = reconstruction_error(original, pruned, statistics)
+        signal = float(((original @ statistics.gram) * original).sum())
+        return cls(pruned, mask, error, error / signal if signal > 0 else 0.0)
+
+    @property
+    def sparsity(self) -> float:
+        return float((self.weight == 0).sum()) / self.weight.numel()

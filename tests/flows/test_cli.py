@@ -1,0 +1,120 @@
+"""The `pruneflow` command line: bad input fails early and cleanly; a tiny job runs end to end."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import save_tiny_checkpoint
+from transformers import AutoModelForCausalLM
+
+from flows.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny-llama", tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
+    return path
+
+
+def run_cli(arguments, capsys):
+    status = main(arguments)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def base_arguments(model, corpus, output):
+    return ["prune", "--model", str(model), "--calibration", str(corpus), "--eval", str(corpus),
+            "--num-samples", "4", "--seqlen", "32", "--eval-seqlen", "32", "--eval-windows", "2",
+            "--output", str(output), "--cache-dir", str(output.parent / "cache")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "wanda", "--sparsity", "1.2"], "method.sparsity: sparsity must be in [0, 1)"),
+    (["--method", "wanda", "--sparsity", "-0.1"], "method.sparsity: sparsity must be in [0, 1)"),
+    (["--method", "wanda", "--pattern", "4:4"], "method.pattern: pattern '4:4': N must satisfy 0 < N < M"),
+    (["--method", "obs-magic", "--sparsity", "0.5"], "method: Input tag 'obs-magic'"),
+    (["--method", "wanda", "--sparsity", "0.5", "--calibration", "no-such-corpus"],
+     "calibration.source: 'no-such-corpus' is neither a named source"),
+    (["--method", "wanda", "--sparsity", "0.5", "--model", "/no/such/model"], "model: '/no/such/model' is neither"),
+    (["--method", "wanda", "--sparsity", "0.5", "--seqlen", "4096"],
+     "calibration.seqlen: 4096 exceeds the model's context of 256 tokens"),
+    (["--method", "wanda", "--sparsity", "0.5", "--num-samples", "5000"],
+     "calibration.num_samples: 5000 windows of 32 tokens need 160000 tokens"),
+    (["--method", "sparsegpt", "--sparsity", "0.5", "--option", "blocksize=0"], "method.blocksize"),
+])
+def test_bad_input_fails_with_the_field_named_and_no_output_left(extra, message, tiny_checkpoint, corpus_file,
+                                                                  tmp_path, capsys, monkeypatch):
+    import pruning.pipeline as pipeline
+
+    def refuse_to_load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    monkeypatch.setattr(pipeline, "load_model", refuse_to_load)
+    output = tmp_path / "out"
+    status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) + extra, capsys)
+    assert status == 2
+    assert message in error
+    assert not output.exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out")]
+
+
+def test_pickled_checkpoint_is_refused_before_loading(tmp_path, corpus_file, capsys):
+    model_dir = tmp_path / "pickled"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "pytorch_model.bin").write_bytes(b"\x80")
+    status, _, error = run_cli(base_arguments(model_dir, corpus_file, tmp_path / "out") +
+                               ["--method", "wanda", "--sparsity", "0.5"], capsys)
+    assert status == 2 and "holds no *.safetensors weights (found pytorch_model.bin" in error
+
+
+def test_several_problems_are_reported_one_line_each(tiny_checkpoint, corpus_file, tmp_path, capsys):
+    status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, tmp_path / "out") +
+                               ["--method", "wanda", "--sparsity", "2", "--calibration", "nope"], capsys)
+    lines = [line for line in error.splitlines() if line.startswith("pruneflow: error:")]
+    assert status == 2 and len(lines) == 2
+
+
+def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_file, tmp_path, capsys):
+    output = tmp_path / "pruned"
+    status, printed, _ = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) +
+                                 ["--method", "sparsegpt", "--pattern", "2:4", "--eval-dense"], capsys)
+    assert status == 0
+    assert "dense" in printed and "pruned" in printed and "token-ppl" in printed
+    record = json.loads((output / "pruneflow.json").read_text())
+    assert record["method"] == "sparsegpt" and record["pattern"] == "2:4"
+    assert record["decoder_linear_sparsity"] == pytest.approx(0.5)
+    assert record["config"]["method"]["blocksize"] == 128
+    assert record["inputs"]["calibration"]["num_samples"] == 4
+    assert record["inputs"]["model_digest"].startswith("safetensors-sha256:")
+    assert {"fetch_seconds", "calibration_seconds", "prune_seconds", "evaluation_seconds"} <= set(record["timings"])
+    layers = record["engine"]["layers"]
+    assert len(layers) == 14 and all(layer["sparsity"] == pytest.approx(0.5) for layer in layers)
+    reloaded = AutoModelForCausalLM.from_pretrained(output)
+    weight = reloaded.model.layers[1].mlp.down_proj.weight
+    assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=2) <= 2).all()
+    assert torch.isfinite(weight).all()
+
+    status, printed, _ = run_cli(["eval", "--model", str(output), "--dataset", str(corpus_file), "--seqlen", "32",
+                                  "--max-windows", "2", "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert status == 0
+    assert json.loads(printed)[0]["perplexity"] == pytest.approx(record["perplexity"][0]["perplexity"], rel=1e-5)
+
+
+def test_yaml_job_file_is_accepted_and_overridden_by_options(tiny_checkpoint, corpus_file, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {tiny_checkpoint}\nmethod: {{method: magnitude, sparsity: 0.3}}\n"
+                   f"calibration: {{source: {corpus_file}, num_samples: 2, seqlen: 32}}\n"
+                   f"evaluation: [{{dataset: {corpus_file}, seqlen: 32, max_windows: 1}}]\n")
+    output = tmp_path / "from-yaml"
+    status, _, _ = run_cli(["prune", "--config", str(job), "--sparsity", "0.6", "--output", str(output),
+                            "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert status == 0
+    record = json.loads((output / "pruneflow.json").read_text())
+    assert record["method"] == "magnitude" and record["target_sparsity"] == 0.6

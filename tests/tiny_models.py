@@ -1,0 +1,78 @@
+"""Tiny random models of every supported family, and a tiny byte-level BPE tokenizer trained offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Phi3Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 320
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes weights from a trained network. "
+    "A layer-wise solver sees one block at a time, with calibration inputs, and keeps what matters. "
+) * 20
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+FAMILY_CONFIGS: dict[str, PretrainedConfig] = {
+    "llama": LlamaConfig(**_COMMON),
+    "mistral": MistralConfig(**_COMMON, sliding_window=None),
+    "qwen2": Qwen2Config(**_COMMON),
+    "qwen3": Qwen3Config(**_COMMON, head_dim=16),
+    "gemma2": Gemma2Config(**_COMMON, head_dim=16, sliding_window=8),
+    "gemma3_text": Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8,
+                                    layer_types=["sliding_attention", "full_attention"]),
+    "phi3": Phi3Config(**_COMMON, pad_token_id=0),
+    "opt": OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=256, word_embed_proj_dim=64),
+    "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family], dtype=torch.float32)
+    return model.eval()
+
+
+def random_ids(batch: int = 6, length: int = 32, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=generator)
+
+
+def save_tiny_tokenizer(directory: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([SAMPLE_TEXT], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def save_tiny_checkpoint(directory: Path, tokenizer_dir: Path, family: str = "llama") -> Path:
+    """A complete local HF directory (safetensors + tokenizer) of a tiny random model."""
+    from transformers import AutoTokenizer
+
+    tiny_model(family).save_pretrained(directory, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+    return directory
