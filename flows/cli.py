@@ -55,7 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--device", choices=["auto", "cpu", "cuda"])
     prune.add_argument("--forward-dtype", choices=["auto", "bfloat16", "float32"])
     prune.add_argument("--batch-size", type=int)
-    prune.add_argument("--skip-layer", action="append", metavar="PATTERN", help="fnmatch pattern of linears to keep dense")
+    prune.add_argument("--skip-layer", action="append", metavar="PATTERN",
+                       help="fnmatch pattern of linears to keep dense")
     prune.add_argument("--output", help="output directory for the pruned model")
     prune.add_argument("--cache-dir", help=f"cache for fetched models and corpora (default {DEFAULT_CACHE_DIR})")
 

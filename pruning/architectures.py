@@ -9,6 +9,7 @@ weight as (d_in, d_out); `transposed_weights` says so and the engine flips it to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -46,13 +47,14 @@ class ArchitectureAdapter:
 
     def read_weight(self, linear: nn.Module) -> torch.Tensor:
         """The weight as a (d_out, d_in) fp32 copy."""
-        weight = linear.weight.detach()
+        weight = cast(torch.Tensor, linear.weight).detach()
         return (weight.t() if self.transposed_weights else weight).to(torch.float32).clone()
 
     def write_weight(self, linear: nn.Module, weight: torch.Tensor) -> None:
         """Store a (d_out, d_in) weight back in the module's own layout, dtype and device."""
         stored = weight.t() if self.transposed_weights else weight
-        linear.weight.data.copy_(stored.to(linear.weight.dtype))
+        parameter = cast(torch.Tensor, linear.weight)
+        parameter.data.copy_(stored.to(parameter.dtype))
 
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (
@@ -81,7 +83,7 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    return adapter_for_model_type(model.config.model_type)
+    return adapter_for_model_type(str(cast(Any, model).config.model_type))
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,9 @@ class HeadLayout:
         return self.num_attention_heads // self.num_key_value_heads
 
 
-def head_layout(config: object) -> HeadLayout:
+def head_layout(config: Any) -> HeadLayout:
     """Read the head/KV-group layout from any supported config (attribute maps cover GPT-2's `n_head`)."""
-    heads = int(getattr(config, "num_attention_heads"))
+    heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or getattr(config, "hidden_size") // heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     return HeadLayout(heads, kv_heads, head_dim)

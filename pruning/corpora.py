@@ -53,7 +53,8 @@ def check_text_source(source: str, field_name: str) -> None:
         return
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"{field_name}: '{source}' has suffix '{path.suffix}'; use one of {', '.join(LOCAL_SUFFIXES)} "
+            raise ValueError(f"{field_name}: '{source}' has suffix '{path.suffix}'; "
+                             f"use one of {', '.join(LOCAL_SUFFIXES)} "
                              "or a datasets.save_to_disk folder")
         return
     raise ValueError(f"{field_name}: '{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
@@ -90,7 +91,8 @@ def _hub_wikitext(split: Split) -> TextCorpus:
     import datasets
 
     hub_split = "train" if split == "calibration" else "test"
-    rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=hub_split, revision=WIKITEXT_REVISION)
+    rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=hub_split,
+                                 revision=WIKITEXT_REVISION)
     return TextCorpus(list(rows["text"]), {"source": "hub:Salesforce/wikitext/wikitext-2-raw-v1", "split": hub_split,
                                            "revision": WIKITEXT_REVISION})
 

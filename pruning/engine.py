@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import time
@@ -109,10 +110,8 @@ def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_i
     try:
         with torch.no_grad():
             for batch in input_ids.split(batch_size):
-                try:
+                with contextlib.suppress(_StopForward):
                     model(input_ids=batch, use_cache=False)
-                except _StopForward:
-                    pass
     finally:
         for index, block in enumerate(originals):
             blocks[index] = block
@@ -170,7 +169,7 @@ class BlockPruner:
         started = time.perf_counter()
         with torch.no_grad():
             outputs = [_run_block(working, batch.to(device, dtype), call).to("cpu")
-                       for batch, call in zip(hidden, device_calls)]
+                       for batch, call in zip(hidden, device_calls, strict=True)]
         self.report.forward_seconds += time.perf_counter() - started
         return outputs
 
@@ -196,11 +195,9 @@ class BlockPruner:
         started = time.perf_counter()
         try:
             with torch.no_grad():
-                for batch, call in zip(hidden, calls):
-                    try:
+                for batch, call in zip(hidden, calls, strict=True):
+                    with contextlib.suppress(_StopForward):
                         _run_block(working, batch.to(self.options.device, self.options.forward_dtype), call)
-                    except _StopForward:
-                        pass
         finally:
             for handle in handles:
                 handle.remove()
@@ -213,7 +210,7 @@ class BlockPruner:
         master = block.get_submodule(name)
         weight = self.adapter.read_weight(master).to(self.options.device)
         result = prune_layer(weight, statistics, self.method)
-        self.adapter.write_weight(master, result.weight.to(master.weight.device))
+        self.adapter.write_weight(master, result.weight.to("cpu"))
         self.adapter.write_weight(working.get_submodule(name), result.weight)
         elapsed = time.perf_counter() - started
         self.report.solve_seconds += elapsed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,13 +31,19 @@ class PerplexityResult:
         return asdict(self)
 
 
+def dataset_label(dataset: str) -> str:
+    """A short, machine-independent name: named sources as they are, local paths by their last two parts."""
+    parts = Path(dataset).parts
+    return dataset if len(parts) <= 1 else "/".join(parts[-2:])
+
+
 def protocol_name(dataset: str, seqlen: int, windows: int) -> str:
-    return f"token-ppl[{dataset}|seqlen={seqlen}|windows={windows}|join=\\n\\n|no-special-tokens]"
+    return f"token-ppl[{dataset_label(dataset)}|seqlen={seqlen}|windows={windows}|join=\\n\\n|no-special-tokens]"
 
 
 def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, dataset: str,
                max_windows: int | None = None, batch_size: int = 8,
-               device: torch.device = torch.device("cpu")) -> PerplexityResult:
+               device: torch.device | str = "cpu") -> PerplexityResult:
     """Perplexity of `model` on the 1-D token stream `tokens` (see the module docstring)."""
     available = tokens.numel() // seqlen
     windows = available if max_windows is None else min(max_windows, available)
@@ -56,5 +63,5 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, dataset: str
     scored = windows * (seqlen - 1)
     mean_nll = total_nll / scored
     return PerplexityResult(math.exp(mean_nll), mean_nll, windows, scored, protocol_name(dataset, seqlen, windows),
-                            {"dataset": dataset, "seqlen": seqlen, "max_windows": max_windows,
+                            {"dataset": dataset_label(dataset), "seqlen": seqlen, "max_windows": max_windows,
                              "dtype": str(next(model.parameters()).dtype)})

@@ -8,10 +8,10 @@ Adding a method means adding its module here; the engine, the flows and the CLI 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import torch
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from pruning import magnitude, sparsegpt, wanda
 from pruning.statistics import InputStatistics, LayerResult
@@ -31,3 +31,8 @@ MethodConfig = Annotated[
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MethodConfig) -> LayerResult:
     """Dispatch one linear layer to its method's solver."""
     return METHOD_MODULES[config.method].prune_layer(weight, statistics, config)  # type: ignore[no-any-return]
+
+
+def method_config(fields: dict[str, Any]) -> MethodConfig:
+    """Validate a method config from plain fields, e.g. {"method": "wanda", "sparsity": 0.5}."""
+    return TypeAdapter(MethodConfig).validate_python(fields)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ def decoder_linear_sparsity(model: nn.Module) -> dict[str, float]:
     zeros = total = 0
     for block in adapter.blocks(model):
         for name in adapter.linear_names:
-            weight = block.get_submodule(name).weight
+            weight = cast(torch.Tensor, block.get_submodule(name).weight)
             zeros += int((weight == 0).sum())
             total += weight.numel()
     return {"decoder_linear_sparsity": zeros / total, "decoder_linear_parameters": total}
@@ -39,6 +39,6 @@ def software_versions() -> dict[str, str]:
 def save_pruned_model(model: nn.Module, tokenizer: Any, output_dir: Path, record: dict[str, Any]) -> None:
     """Write safetensors weights, config, tokenizer and the run record; nothing appears until all is written."""
     with atomic_directory(output_dir) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        cast(Any, model).save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_json(staging / RECORD_FILE, record)

@@ -114,7 +114,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
     with atomic_directory(target) as staging:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        write_json(staging / "pruneflow-source.json", {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest})
+        write_json(staging / "pruneflow-source.json",
+                   {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest})
     return target
 
 

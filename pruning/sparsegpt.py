@@ -27,7 +27,8 @@ class SparseGPTConfig(SparsityConfig):
     @model_validator(mode="after")
     def _blocks_hold_whole_groups(self) -> SparseGPTConfig:
         if self.nm is not None and self.blocksize % self.nm.m:
-            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} for pattern {self.pattern}")
+            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
+                             f"for pattern {self.pattern}")
         return self
 
 

