@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from flows.environment import configure_environment
 from pruning.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EvaluationConfig, PruneJob, describe_validation_error
+from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
 
@@ -36,29 +38,37 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruneflow", description="One-shot pruning of transformer models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prune = commands.add_parser("prune", help="prune a model layer by layer and evaluate it")
-    prune.add_argument("--config", type=Path, help="YAML job file; command-line options override it")
-    prune.add_argument("--model", help=f"model source (default {DEFAULT_MODEL})")
-    prune.add_argument("--method", help="magnitude, wanda or sparsegpt")
-    prune.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1)")
-    prune.add_argument("--pattern", help="unstructured (default) or N:M such as 2:4")
-    prune.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+    job_options = argparse.ArgumentParser(add_help=False)
+    job_options.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    job_options.add_argument("--config", type=Path, help="YAML job file; command-line options override it")
+    job_options.add_argument("--model", help=f"model source (default {DEFAULT_MODEL})")
+    job_options.add_argument("--method", help="magnitude, wanda or sparsegpt")
+    job_options.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1)")
+    job_options.add_argument("--pattern", help="unstructured (default) or N:M such as 2:4")
+    job_options.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                        help="method-specific setting, e.g. blocksize=128 or damping=0.01")
-    prune.add_argument("--calibration", help="calibration source (default wiki-summaries)")
-    prune.add_argument("--num-samples", type=int, help="calibration windows (default 64)")
-    prune.add_argument("--seqlen", type=int, help="tokens per calibration window (default 512)")
-    prune.add_argument("--seed", type=int)
-    prune.add_argument("--eval", action="append", metavar="DATASET", help="evaluation dataset (repeatable)")
-    prune.add_argument("--eval-seqlen", type=int)
-    prune.add_argument("--eval-windows", type=int, help="evaluate on the first N windows")
-    prune.add_argument("--eval-dense", action="store_true", help="also evaluate the model before pruning")
-    prune.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    prune.add_argument("--forward-dtype", choices=["auto", "bfloat16", "float32"])
-    prune.add_argument("--batch-size", type=int)
-    prune.add_argument("--skip-layer", action="append", metavar="PATTERN",
+    job_options.add_argument("--calibration", help="calibration source (default wiki-summaries)")
+    job_options.add_argument("--num-samples", type=int, help="calibration windows (default 64)")
+    job_options.add_argument("--seqlen", type=int, help="tokens per calibration window (default 512)")
+    job_options.add_argument("--seed", type=int)
+    job_options.add_argument("--eval", action="append", metavar="DATASET", help="evaluation dataset (repeatable)")
+    job_options.add_argument("--eval-seqlen", type=int)
+    job_options.add_argument("--eval-windows", type=int, help="evaluate on the first N windows")
+    job_options.add_argument("--eval-dense", action="store_true", help="also evaluate the model before pruning")
+    job_options.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    job_options.add_argument("--forward-dtype", choices=["auto", "bfloat16", "float32"])
+    job_options.add_argument("--batch-size", type=int)
+    job_options.add_argument("--skip-layer", action="append", metavar="PATTERN",
                        help="fnmatch pattern of linears to keep dense")
-    prune.add_argument("--output", help="output directory for the pruned model")
-    prune.add_argument("--cache-dir", help=f"cache for fetched models and corpora (default {DEFAULT_CACHE_DIR})")
+    job_options.add_argument("--output", help="output directory for the pruned model")
+    job_options.add_argument("--cache-dir", help=f"cache for fetched models and corpora (default {DEFAULT_CACHE_DIR})")
+    commands.add_parser("prune", parents=[job_options], add_help=False,
+                        help="prune a model layer by layer in this process and evaluate it")
+
+    compress = commands.add_parser("compress", parents=[job_options], add_help=False,
+                                   help="the same job as a Prefect flow: per-block cached and resumable")
+    compress.add_argument("--artifacts", default=str(DEFAULT_ARTIFACT_ROOT),
+                          help=f"artifact store (default {DEFAULT_ARTIFACT_ROOT})")
 
     evaluate = commands.add_parser("eval", help="perplexity of a model")
     evaluate.add_argument("--model", default=DEFAULT_MODEL)
@@ -123,6 +133,7 @@ def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     arguments = _build_parser().parse_args(argv)
+    configure_environment()
     from pruning import pipeline  # heavy imports only after the arguments parse
 
     try:
@@ -133,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             _print_perplexities("pruned", record["perplexity"])
             print(f"sparsity {record['decoder_linear_sparsity']:.4f} over decoder linears; "
                   f"prune {record['timings']['prune_seconds']:.1f} s; saved to {job.output_dir}")
+        elif arguments.command == "compress":
+            job = job_from_arguments(arguments)
+            from flows.compress import compress
+            from tasks.artifacts import ArtifactStore
+
+            summary = compress(job, ArtifactStore(root=Path(arguments.artifacts)))
+            _print_perplexities("dense", summary["dense_perplexity"])
+            _print_perplexities("pruned", summary["perplexity"])
+            print(f"saved to {job.output_dir}")
         elif arguments.command == "eval":
             evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
                 [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,

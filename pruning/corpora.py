@@ -141,3 +141,16 @@ def _pick_text_field(columns: list[str], requested: str | None, path: Path) -> s
             return candidate
     raise ValueError(f"text_field: {path} has no field named {', '.join(TEXT_FIELDS)}; "
                      f"name one of {', '.join(columns)} with text_field")
+
+
+def source_fingerprint(source: str) -> str:
+    """What identifies a text source's content: pinned revisions for named sources, sha256 for local ones."""
+    if source == "wiki-summaries":
+        return WIKI_SUMMARIES_ASSET
+    if source == "wikitext2":
+        return f"wikitext2@{WIKITEXT_REVISION}"
+    if source == "c4":
+        return f"c4@{C4_REVISION}:{C4_SHARDS['calibration']}:{C4_SHARDS['evaluation']}"
+    path = Path(source).expanduser()
+    files = sorted(path.glob("*.arrow")) if path.is_dir() else [path]
+    return ",".join(sha256_file(file) for file in files)

@@ -154,27 +154,38 @@ class BlockPruner:
                 groups.append(kept)
         return groups
 
-    def __call__(self, block: nn.Module, block_prefix: str, hidden: list[torch.Tensor],
-                 calls: list[BlockCall]) -> list[torch.Tensor]:
+    def stages(self, block_prefix: str) -> list[list[tuple[str, ...]]]:
+        """Groups solved from one statistics pass each: one group per stage when true-sequential."""
+        groups = self.prunable_groups(block_prefix)
+        return [[group] for group in groups] if self.options.true_sequential else [groups]
+
+    def prepare(self, block: nn.Module, calls: list[BlockCall]) -> tuple[nn.Module, list[BlockCall]]:
+        """A working copy of the block and its call arguments on the compute device, in the forward dtype."""
         device, dtype = self.options.device, self.options.forward_dtype
         working = copy.deepcopy(block).to(device=device, dtype=dtype)
-        device_calls = [BlockCall(_move(call.args, device, dtype), _move(call.kwargs, device, dtype)) for call in calls]
-        groups = self.prunable_groups(block_prefix)
-        stages = [[group] for group in groups] if self.options.true_sequential else [groups]
-        for stage in stages:
-            statistics = self._collect_statistics(working, stage, hidden, device_calls)
-            for group in stage:
-                for name in group:
-                    self._solve_linear(block, working, block_prefix, name, statistics[group])
+        return working, [BlockCall(_move(call.args, device, dtype), _move(call.kwargs, device, dtype))
+                         for call in calls]
+
+    def __call__(self, block: nn.Module, block_prefix: str, hidden: list[torch.Tensor],
+                 calls: list[BlockCall]) -> list[torch.Tensor]:
+        """Prune all stages of `block` in place and return its outputs for the next block."""
+        working, device_calls = self.prepare(block, calls)
+        for stage in self.stages(block_prefix):
+            statistics = self.collect_statistics(working, stage, hidden, device_calls)
+            self.solve_stage(block, working, block_prefix, stage, statistics)
+        return self.propagate(working, hidden, device_calls)
+
+    def propagate(self, working: nn.Module, hidden: list[torch.Tensor], calls: list[BlockCall]) -> list[torch.Tensor]:
+        """The block's outputs (on the CPU), which are the next block's inputs."""
         started = time.perf_counter()
         with torch.no_grad():
-            outputs = [_run_block(working, batch.to(device, dtype), call).to("cpu")
-                       for batch, call in zip(hidden, device_calls, strict=True)]
+            outputs = [_run_block(working, batch.to(self.options.device, self.options.forward_dtype), call).to("cpu")
+                       for batch, call in zip(hidden, calls, strict=True)]
         self.report.forward_seconds += time.perf_counter() - started
         return outputs
 
-    def _collect_statistics(self, working: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
-                            calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
+    def collect_statistics(self, working: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
+                           calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
         """One forward over all batches, stopped as soon as the stage's last group has seen its input."""
         statistics: dict[tuple[str, ...], InputStatistics] = {}
         handles = []
@@ -203,6 +214,13 @@ class BlockPruner:
                 handle.remove()
         self.report.forward_seconds += time.perf_counter() - started
         return statistics
+
+    def solve_stage(self, block: nn.Module, working: nn.Module, block_prefix: str, stage: list[tuple[str, ...]],
+                    statistics: dict[tuple[str, ...], InputStatistics]) -> None:
+        """Solve every linear of the stage; write results to the master block and the working copy."""
+        for group in stage:
+            for name in group:
+                self._solve_linear(block, working, block_prefix, name, statistics[group])
 
     def _solve_linear(self, block: nn.Module, working: nn.Module, block_prefix: str, name: str,
                       statistics: InputStatistics) -> None:

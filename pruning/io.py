@@ -55,19 +55,26 @@ def atomic_directory(final_path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(final_path: Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file next to `final_path` for writing; rename it into place on success."""
+def atomic_path(final_path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `final_path` for a writer to fill; rename it into place on success."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staging = tempfile.mkstemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, mode) as handle:
-            yield handle
+        yield Path(staging)
         os.replace(staging, final_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(final_path: Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file next to `final_path` for writing; rename it into place on success."""
+    with atomic_path(final_path) as staging, open(staging, mode) as handle:
+        yield handle
 
 
 def write_json(path: Path, payload: Any) -> None:

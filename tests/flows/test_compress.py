@@ -1,0 +1,146 @@
+"""The `compress` flow with real Prefect (ephemeral server): cross-run caching and resume after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+from safetensors.torch import load_file
+from tiny_models import save_tiny_checkpoint
+
+from flows.compress import compress
+from pruning.config import PruneJob
+from tasks.artifacts import ArtifactStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def task_runs(flow_run_id, expected: int | None = None) -> dict[str, str]:
+    """Task run name -> final state name ('Cached' for a cache hit, 'Completed' when it executed).
+
+    Prefect 3 records task-run states on the server from events, asynchronously: flush this process's
+    events, then poll until every run has a final state.
+    """
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = {run.name: run.state_name for run in runs}
+        settled = all(state in ("Cached", "Completed") for state in states.values())
+        if (settled and (expected is None or len(states) == expected)) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def executed(runs: dict[str, str]) -> list[str]:
+    return sorted(name for name, state in runs.items() if state != "Cached")
+
+
+def latest_compress_run_id():
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=None)),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return runs[0].id
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
+    return path
+
+
+def make_job(checkpoint, corpus, directory, **overrides):
+    fields = {"model": str(checkpoint), "method": {"method": "sparsegpt", "sparsity": 0.5},
+              "calibration": {"source": str(corpus), "num_samples": 4, "seqlen": 32},
+              "evaluation": [{"dataset": str(corpus), "seqlen": 32, "max_windows": 2}],
+              "output_dir": str(directory / "pruned"), "cache_dir": str(directory / "cache"),
+              "evaluate_dense": True, "engine": {"device": "cpu"}}
+    return PruneJob.model_validate({**fields, **overrides})
+
+
+def test_second_identical_run_executes_nothing_and_changed_text_recomputes(tmp_path, corpus, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    store = ArtifactStore(root=tmp_path / "artifacts")
+    job = make_job(checkpoint, corpus, tmp_path)
+
+    first = compress(job, store, return_state=True)
+    first_runs = task_runs(first.state_details.flow_run_id, expected=22)
+    # 2 blocks x 4 stages x (statistics + solve), and fetch, calibrate, embed, reassemble, 2 evaluations.
+    assert len(executed(first_runs)) == 22
+    second = compress(job, store, return_state=True)
+    second_executed = executed(task_runs(second.state_details.flow_run_id, expected=22))
+    assert [name.rsplit("-", 1)[0] for name in second_executed] == ["fetch_model"]
+    assert second.result()["perplexity"] == first.result()["perplexity"]
+    assert (tmp_path / "pruned" / "pruneflow.json").is_file()
+
+    changed = tmp_path / "changed.txt"
+    changed.write_text(corpus.read_text().replace("network", "model"))
+    third = compress(make_job(checkpoint, changed, tmp_path), store, return_state=True)
+    third_executed = executed(task_runs(third.state_details.flow_run_id))
+    assert any(name.startswith("build_calibration") for name in third_executed)
+    assert any(name.startswith("solve_block-1-3") for name in third_executed)
+
+
+def compress_command(checkpoint, corpus, directory):
+    return [sys.executable, "-m", "flows.cli", "compress", "--model", str(checkpoint), "--method", "sparsegpt",
+            "--sparsity", "0.5", "--calibration", str(corpus), "--num-samples", "16", "--seqlen", "64",
+            "--eval", str(corpus), "--eval-seqlen", "32", "--eval-windows", "2", "--device", "cpu",
+            "--output", str(directory / "pruned"), "--cache-dir", str(directory / "cache"),
+            "--artifacts", str(directory / "artifacts")]
+
+
+def test_a_run_killed_mid_way_resumes_at_the_unfinished_block_with_bit_identical_weights(
+        tmp_path, corpus, tiny_tokenizer_dir):
+    from transformers import LlamaConfig
+
+    import tiny_models
+
+    config = LlamaConfig(vocab_size=tiny_models.VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    tiny_models.FAMILY_CONFIGS["llama-deep"] = config
+    checkpoint = save_tiny_checkpoint(tmp_path / "deep", tiny_tokenizer_dir, family="llama-deep")
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(compress_command(checkpoint, corpus, killed), env=environment, cwd=REPO,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    finished_blocks = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        finished_blocks = len(list((killed / "artifacts" / "blocks").glob("*/outputs.safetensors")))
+        if finished_blocks >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)  # the flow and its temporary Prefect server
+    process.wait()
+    assert 3 <= finished_blocks < 8
+    assert not (killed / "pruned").exists()
+
+    resumed = subprocess.run(compress_command(checkpoint, corpus, killed), env=environment, cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = task_runs(latest_compress_run_id())
+    assert all(runs[f"solve_block-0-{stage}"] == "Cached" for stage in range(4))
+    assert all(runs[f"solve_block-1-{stage}"] == "Cached" for stage in range(4))
+    assert runs["solve_block-7-3"] != "Cached"
+
+    uninterrupted = tmp_path / "uninterrupted"
+    complete = subprocess.run(compress_command(checkpoint, corpus, uninterrupted), env=environment, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    assert complete.returncode == 0, complete.stderr[-2000:]
+    resumed_weights = load_file(str(killed / "pruned" / "model.safetensors"))
+    reference_weights = load_file(str(uninterrupted / "pruned" / "model.safetensors"))
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        assert resumed_weights[name].equal(tensor), name
