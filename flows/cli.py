@@ -14,6 +14,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
 
+    sweep = commands.add_parser("sweep", help="models x methods x sparsities from a params file, tracked in MLflow")
+    sweep.add_argument("--params", default="params.yaml")
+
+    serve = commands.add_parser("serve", help="register the sweep as a scheduled Prefect deployment and serve it")
+    serve.add_argument("--params", default="params.yaml")
+    serve.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: 03:00 daily)")
+    serve.add_argument("--name", default="scheduled-sweep")
+
+    interface = commands.add_parser("ui", help="start the MLflow UI (and, with --prefect, the Prefect server)")
+    interface.add_argument("--port", type=int, default=5000)
+    interface.add_argument("--prefect", action="store_true", help="also start `prefect server` on 127.0.0.1:4200")
+
     fetch = commands.add_parser("fetch", help="fetch (and convert) a model; print its local directory")
     fetch.add_argument("--model", default=DEFAULT_MODEL)
     fetch.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
@@ -119,6 +132,15 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
     return PruneJob.model_validate(fields)
 
 
+def _check_model_source(model: str) -> None:
+    from pruning.sources import ModelSource
+
+    try:
+        ModelSource.parse(model)
+    except ValueError as error:
+        raise ValueError(f"model: {error}") from None
+
+
 def _fail(lines: list[str]) -> int:
     for line in lines:
         print(f"pruneflow: error: {line}", file=sys.stderr)
@@ -130,6 +152,54 @@ def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
         print(f"{label:>8}  ppl {result['perplexity']:10.3f}  {result['protocol']}")
 
 
+def _sweep(params_path: str) -> int:
+    from flows.params import load_params
+    from flows.sweep import sweep_with_task_runner
+    from flows.tracking import tracking_uri
+
+    load_params(Path(params_path))  # every problem is reported before Prefect or a model starts
+    started = time.perf_counter()
+    summaries = sweep_with_task_runner(params_path)
+    print(results_table(summaries))
+    print(f"\n{len(summaries)} runs in {time.perf_counter() - started:.0f} s. MLflow: {tracking_uri(Path.cwd())} "
+          "(see them with `pruneflow ui`); pruned models under the params' paths.runs")
+    return 0
+
+
+def results_table(summaries: list[dict[str, Any]]) -> str:
+    """A Markdown table: method, pattern, sparsity, perplexity per dataset, prune time."""
+    lines = ["| method | pattern | sparsity | perplexity | protocol | prune s |", "|---|---|---|---|---|---|"]
+    for summary in summaries:
+        for result in summary["perplexity"]:
+            seconds = summary.get("flow_seconds", {}).get("prune")
+            lines.append(f"| {summary['method']} | {summary['pattern']} | {summary['target_sparsity']:g} | "
+                         f"{result['perplexity']:.3f} | {result['protocol']} | "
+                         f"{'-' if seconds is None else f'{seconds:.1f}'} |")
+    return "\n".join(lines)
+
+
+def _user_interfaces(port: int, with_prefect: bool) -> int:
+    """MLflow's UI on 127.0.0.1 over the project's tracking store; Prefect's server too when asked."""
+    import subprocess
+
+    from flows.tracking import tracking_uri
+
+    processes = [subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+                                   "--backend-store-uri", tracking_uri(Path.cwd()), "--workers", "1"])]
+    print(f"MLflow UI: http://127.0.0.1:{port}")
+    if with_prefect:
+        processes.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start",
+                                           "--host", "127.0.0.1", "--port", "4200"]))
+        print("Prefect UI: http://127.0.0.1:4200 (set PREFECT_API_URL=http://127.0.0.1:4200/api to use it)")
+    try:
+        for process in processes:
+            process.wait()
+    finally:
+        for process in processes:
+            process.terminate()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     arguments = _build_parser().parse_args(argv)
@@ -137,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     from pruning import pipeline  # heavy imports only after the arguments parse
 
     try:
+        if arguments.command in ("eval", "fetch"):
+            _check_model_source(arguments.model)
         if arguments.command == "prune":
             job = job_from_arguments(arguments)
             record = pipeline.run_prune_job(job)
@@ -153,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             _print_perplexities("dense", summary["dense_perplexity"])
             _print_perplexities("pruned", summary["perplexity"])
             print(f"saved to {job.output_dir}")
+        elif arguments.command == "sweep":
+            return _sweep(arguments.params)
+        elif arguments.command == "serve":
+            from flows.params import load_params
+            from flows.sweep import sweep
+
+            load_params(Path(arguments.params))
+            sweep.serve(name=arguments.name, cron=arguments.cron, parameters={"params_path": arguments.params})
+        elif arguments.command == "ui":
+            return _user_interfaces(arguments.port, arguments.prefect)
         elif arguments.command == "eval":
             evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
                 [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,

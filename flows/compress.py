@@ -9,7 +9,6 @@ sha256 of every file they point to; the flow run id is never part of it. A secon
 is served from the cache, and a killed run resumes at the first block stage that had not finished.
 """
 
-from __future__ import annotations
 
 import shutil
 import time

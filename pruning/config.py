@@ -31,7 +31,7 @@ class CalibrationConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _source_exists(cls, source: str) -> str:
-        check_text_source(source, "calibration.source")
+        check_text_source(source)
         return source
 
 
@@ -45,7 +45,7 @@ class EvaluationConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset_exists(cls, dataset: str) -> str:
-        check_text_source(dataset, "evaluation.dataset")
+        check_text_source(dataset)
         return dataset
 
 

@@ -42,22 +42,22 @@ class TextCorpus:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def check_text_source(source: str, field_name: str) -> None:
-    """Raise a clear error, naming `field_name`, if `source` cannot be a text source. Reads no text."""
+def check_text_source(source: str) -> None:
+    """Raise a clear error if `source` cannot be a text source. Reads no text; the caller names the field."""
     if source in NAMED_SOURCES:
         return
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "state.json").is_file():
-            raise ValueError(f"{field_name}: folder '{source}' is not a datasets.save_to_disk folder (no state.json)")
+            raise ValueError(f"folder '{source}' is not a datasets.save_to_disk folder (no state.json)")
         return
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"{field_name}: '{source}' has suffix '{path.suffix}'; "
+            raise ValueError(f"'{source}' has suffix '{path.suffix}'; "
                              f"use one of {', '.join(LOCAL_SUFFIXES)} "
                              "or a datasets.save_to_disk folder")
         return
-    raise ValueError(f"{field_name}: '{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
+    raise ValueError(f"'{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
                      "nor an existing file or folder")
 
 

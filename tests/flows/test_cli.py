@@ -71,7 +71,7 @@ def test_pickled_checkpoint_is_refused_before_loading(tmp_path, corpus_file, cap
     (model_dir / "pytorch_model.bin").write_bytes(b"\x80")
     status, _, error = run_cli(base_arguments(model_dir, corpus_file, tmp_path / "out") +
                                ["--method", "wanda", "--sparsity", "0.5"], capsys)
-    assert status == 2 and "holds no *.safetensors weights (found pytorch_model.bin" in error
+    assert status == 2 and "model: " in error and "holds no *.safetensors weights (found pytorch_model.bin" in error
 
 
 def test_several_problems_are_reported_one_line_each(tiny_checkpoint, corpus_file, tmp_path, capsys):

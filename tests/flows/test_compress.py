@@ -101,9 +101,8 @@ def compress_command(checkpoint, corpus, directory):
 
 def test_a_run_killed_mid_way_resumes_at_the_unfinished_block_with_bit_identical_weights(
         tmp_path, corpus, tiny_tokenizer_dir):
-    from transformers import LlamaConfig
-
     import tiny_models
+    from transformers import LlamaConfig
 
     config = LlamaConfig(vocab_size=tiny_models.VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)

@@ -66,12 +66,12 @@ def test_shared_wikitext_pages_load_from_a_save_to_disk_folder(shared_data, tmp_
     assert corpus.provenance["field"] == "page"
 
 
-def test_text_source_errors_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match="calibration.source: 'nope' is neither a named source"):
-        check_text_source("nope", "calibration.source")
+def test_text_source_errors_say_what_is_accepted(tmp_path):
+    with pytest.raises(ValueError, match="'nope' is neither a named source"):
+        check_text_source("nope")
     (tmp_path / "data.csv").write_text("a,b")
     with pytest.raises(ValueError, match="suffix '.csv'"):
-        check_text_source(str(tmp_path / "data.csv"), "evaluation.dataset")
+        check_text_source(str(tmp_path / "data.csv"))
 
 
 def test_wiki_summaries_calibration_and_evaluation_articles_never_overlap(cache_dir):

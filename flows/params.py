@@ -1,0 +1,138 @@
+"""`params.yaml`: the sweep's models x methods x sparsities, validated before any model is loaded.
+
+  models: [<model source>, ...]
+  prune:
+    methods: [magnitude, wanda, sparsegpt]
+    sparsity: 0.5              # or a list; used for unstructured patterns
+    patterns: [unstructured]   # N:M patterns imply their own sparsity
+    options: {sparsegpt: {blocksize: 128}}
+  calibration: {...}  evaluation: [{...}]  engine: {...}
+  dense_baseline: true
+  paths: {runs: runs, cache: .pruneflow/cache, artifacts: .pruneflow/artifacts}
+  tracking: {experiment: pruneflow}
+  dask: {enabled: false, address: null, workers: 2}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob
+from pruning.methods import METHOD_MODULES
+from pruning.sources import ModelSource
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PruneGrid(_Strict):
+    methods: tuple[str, ...] = Field(min_length=1)
+    sparsity: float | tuple[float, ...] = 0.5
+    patterns: tuple[str, ...] = ("unstructured",)
+    options: dict[str, dict[str, Any]] = {}
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_are_known(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [method for method in methods if method not in METHOD_MODULES]
+        if unknown:
+            raise ValueError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
+        return methods
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsities_are_fractions(cls, sparsity: float | tuple[float, ...]) -> float | tuple[float, ...]:
+        for value in sparsity if isinstance(sparsity, tuple) else (sparsity,):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"sparsity {value} is outside [0, 1) (fraction of weights removed)")
+        return sparsity
+
+    @property
+    def sparsities(self) -> tuple[float, ...]:
+        return self.sparsity if isinstance(self.sparsity, tuple) else (self.sparsity,)
+
+
+class PathsConfig(_Strict):
+    runs: Path = Path("runs")
+    cache: Path = Path(".pruneflow/cache")
+    artifacts: Path = Path(".pruneflow/artifacts")
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "pruneflow"
+    register_models: bool = False
+
+
+class DaskConfig(_Strict):
+    enabled: bool = False
+    address: str | None = None
+    workers: int = Field(default=2, gt=0)
+
+
+class SweepParams(_Strict):
+    models: tuple[str, ...] = Field(min_length=1)
+    prune: PruneGrid
+    calibration: CalibrationConfig = CalibrationConfig()
+    evaluation: tuple[EvaluationConfig, ...] = (EvaluationConfig(),)
+    engine: EngineConfig = EngineConfig()
+    dense_baseline: bool = True
+    paths: PathsConfig = PathsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    dask: DaskConfig = DaskConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _models_are_valid_sources(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        for model in models:
+            ModelSource.parse(model)
+        return models
+
+    def jobs(self) -> list[PruneJob]:
+        """Every model x method x (pattern, sparsity) combination as a validated job."""
+        jobs = []
+        for model in self.models:
+            for method in self.prune.methods:
+                for pattern in self.prune.patterns:
+                    sparsities = self.prune.sparsities if pattern == "unstructured" else (None,)
+                    for sparsity in sparsities:
+                        method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
+                                         **({"sparsity": sparsity} if sparsity is not None else {})}
+                        jobs.append(PruneJob.model_validate({
+                            "model": model, "method": method_fields, "calibration": self.calibration,
+                            "evaluation": self.evaluation, "engine": self.engine, "cache_dir": self.paths.cache,
+                            "output_dir": self.paths.runs / model_slug(model) / combination_slug(method_fields)}))
+        return jobs
+
+
+def model_slug(model: str) -> str:
+    """A short directory name for a model source."""
+    name = model.rstrip("/").split("/")[-1].split("@")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name.removesuffix(".gguf"))
+
+
+def combination_slug(method_fields: dict[str, Any]) -> str:
+    pattern = str(method_fields.get("pattern", "unstructured")).replace(":", "of")
+    sparsity = method_fields.get("sparsity")
+    return f"{method_fields['method']}-{pattern}" + (f"-{sparsity:g}" if sparsity is not None else "")
+
+
+def load_params(path: Path) -> SweepParams:
+    """Read and validate a params file; raises ValidationError (one entry per problem) or ValueError."""
+    if not path.is_file():
+        raise ValueError(f"params: '{path}' does not exist")
+    fields = yaml.safe_load(path.read_text()) or {}
+    params = SweepParams.model_validate(fields)
+    params.jobs()
+    return params
+
+
+def describe_params_error(error: ValidationError | ValueError) -> list[str]:
+    from pruning.config import describe_validation_error
+
+    return describe_validation_error(error) if isinstance(error, ValidationError) else [str(error)]

@@ -1,0 +1,156 @@
+"""MLflow lineage for sweeps: one parent run per sweep, one child run per model x method combination.
+
+Tracking URI: MLFLOW_TRACKING_URI if set, else `sqlite:///<project>/mlruns.db` (embedded; artifacts under
+`<project>/mlruns`). Each child logs the whole validated config as params; perplexity per dataset with
+the protocol in the key; achieved sparsity, parameter count, stage wall times, peak RSS; per-block
+reconstruction error as step metrics; its calibration and evaluation data as dataset inputs with their
+digests; git commit, dvc.lock stage hash and pruneflow version as tags; pruneflow.json and plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pruning import __version__
+from pruning.config import PruneJob
+
+DEFAULT_DATABASE = "mlruns.db"
+
+
+def tracking_uri(project_root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_root / DEFAULT_DATABASE).resolve()}"
+
+
+def metric_key(text: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . / and spaces."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]+", "_", text).strip("_")
+
+
+def perplexity_key(result: dict[str, Any]) -> str:
+    settings = result["settings"]
+    return metric_key(f"ppl.token.{settings['dataset']}.seqlen{settings['seqlen']}.windows{result['windows']}")
+
+
+def flatten(fields: Any, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}."""
+    if isinstance(fields, dict):
+        flat: dict[str, str] = {}
+        for key, value in fields.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): json.dumps(fields) if isinstance(fields, (list, tuple)) else str(fields)}
+
+
+def git_commit(project_root: Path) -> str:
+    completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root, capture_output=True, text=True)
+    return completed.stdout.strip() if completed.returncode == 0 else "unknown"
+
+
+def dvc_stage_hash(project_root: Path, stage_prefix: str) -> str:
+    """sha256 of the dvc.lock entries whose stage name starts with `stage_prefix`, or 'none'."""
+    lock = project_root / "dvc.lock"
+    if not lock.is_file():
+        return "none"
+    import yaml
+
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    chosen = {name: entry for name, entry in stages.items() if name.startswith(stage_prefix)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16] if chosen else "none"
+
+
+class SweepTracker:
+    """Writes a sweep's runs to MLflow."""
+
+    def __init__(self, experiment: str, project_root: Path | None = None) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.root = (project_root or Path.cwd()).resolve()
+        mlflow.set_tracking_uri(tracking_uri(self.root))
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        existing = mlflow.get_experiment_by_name(experiment)
+        experiment_id = existing.experiment_id if existing else mlflow.create_experiment(
+            experiment, artifact_location=(self.root / "mlruns").as_uri())
+        mlflow.set_experiment(experiment_id=experiment_id)
+
+    @contextlib.contextmanager
+    def sweep_run(self, name: str, params: dict[str, Any]) -> Iterator[str]:
+        with self.mlflow.start_run(run_name=name) as run:
+            self.mlflow.log_params(flatten(params))
+            self.mlflow.set_tags(self._tags("prune"))
+            yield run.info.run_id
+
+    def _tags(self, stage_prefix: str) -> dict[str, str]:
+        return {"git_commit": git_commit(self.root), "dvc_lock_stage": dvc_stage_hash(self.root, stage_prefix),
+                "pruneflow_version": __version__}
+
+    def log_dense(self, model: str, results: list[dict[str, Any]]) -> str:
+        with self.mlflow.start_run(run_name=f"dense | {model.split('/')[-1]}", nested=True) as run:
+            self.mlflow.log_params({"model": model, "method": "dense"})
+            self.mlflow.set_tags(self._tags("evaluate"))
+            self._log_evaluations(results)
+            return str(run.info.run_id)
+
+    def log_combination(self, job: PruneJob, summary: dict[str, Any], register: bool = False) -> str:
+        record = json.loads((Path(summary["output_dir"]) / "pruneflow.json").read_text())
+        name = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g} | {job.model.split('/')[-1]}"
+        with self.mlflow.start_run(run_name=name, nested=True) as run:
+            self.mlflow.log_params(flatten(job.model_dump(mode="json")))
+            self.mlflow.set_tags(self._tags("prune"))
+            self._log_evaluations(summary["perplexity"])
+            sparsity, parameters = record["decoder_linear_sparsity"], record["decoder_linear_parameters"]
+            self.mlflow.log_metrics({
+                "decoder_linear_sparsity": sparsity, "decoder_linear_parameters": parameters,
+                "decoder_linear_nonzero_parameters": round(parameters * (1 - sparsity)),
+                "engine_forward_seconds": record["engine"]["forward_seconds"],
+                "engine_solve_seconds": record["engine"]["solve_seconds"],
+                "peak_rss_mb": summary.get("peak_rss_mb", 0.0),
+                **{f"seconds.{stage}": value for stage, value in summary["flow_seconds"].items()},
+            })
+            for step, error in enumerate(block_errors(record["engine"]["layers"])):
+                self.mlflow.log_metric("block_relative_error", error, step=step)
+            for step, layer in enumerate(record["engine"]["layers"]):
+                self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
+            self._log_input(record["inputs"]["calibration"]["corpus"].get("source", "calibration"),
+                            record["inputs"]["calibration_sha256"], "calibration")
+            self.mlflow.log_artifact(str(Path(summary["output_dir"]) / "pruneflow.json"))
+            if register:
+                self.mlflow.log_artifacts(summary["output_dir"], artifact_path="model")
+                self.mlflow.register_model(f"runs:/{run.info.run_id}/model", metric_key(job.model.split("/")[-1]))
+            return str(run.info.run_id)
+
+    def _log_evaluations(self, results: list[dict[str, Any]]) -> None:
+        for result in results:
+            self.mlflow.log_metric(perplexity_key(result), result["perplexity"])
+            provenance = result.get("provenance", {})
+            digest = provenance.get("sha256") or hashlib.sha256(
+                json.dumps(provenance, sort_keys=True).encode()).hexdigest()
+            self._log_input(provenance.get("source", result["settings"]["dataset"]), digest, "evaluation")
+
+    def _log_input(self, source: str, digest: str, context: str) -> None:
+        """Local files as local artifact sources; named, hub and package sources by their URI."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        origin = resolve_dataset_source(source) if Path(source).exists() else CodeDatasetSource({"uri": source})
+        dataset = MetaDataset(origin, name=Path(source).name or source, digest=digest[:16])  # type: ignore[abstract]
+        self.mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def block_errors(layers: list[dict[str, Any]]) -> list[float]:
+    """Mean relative reconstruction error of each block's linears, in block order."""
+    by_block: dict[int, list[float]] = {}
+    for layer in layers:
+        index = int(re.search(r"\.(\d+)\.", layer["name"]).group(1))  # type: ignore[union-attr]
+        by_block.setdefault(index, []).append(layer["relative_error"])
+    return [sum(errors) / len(errors) for _, errors in sorted(by_block.items())]

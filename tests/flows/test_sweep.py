@@ -1,0 +1,139 @@
+"""The `sweep` flow with real Prefect, a real MLflow store (sqlite in a temp dir) and a real MLflow server."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from tiny_models import save_tiny_checkpoint
+
+from flows.cli import main
+from flows.sweep import sweep_with_task_runner
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch, tiny_tokenizer_dir):
+    """A project folder with a tiny model, a corpus and its own MLflow store; the sweep runs from it."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    params = {
+        "models": [str(checkpoint)],
+        "prune": {"methods": ["wanda", "sparsegpt"], "sparsity": 0.5},
+        "calibration": {"source": str(corpus), "num_samples": 4, "seqlen": 32},
+        "evaluation": [{"dataset": str(corpus), "seqlen": 32, "max_windows": 2}],
+        "engine": {"device": "cpu"},
+        "paths": {"runs": str(tmp_path / "runs"), "cache": str(tmp_path / "cache"),
+                  "artifacts": str(tmp_path / "artifacts")},
+        "tracking": {"experiment": "sweep-test"},
+    }
+    return tmp_path, params
+
+
+def write_params(directory, params, name="params.yaml"):
+    path = directory / name
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url, payload):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capsys):
+    directory, params = project
+    assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
+    printed = capsys.readouterr().out
+    assert "| wanda | unstructured | 0.5 |" in printed and "| dense | - | 0 |" in printed
+
+    port = free_port()
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"], "--workers", "1"],
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow server did not answer /health"
+                time.sleep(1)
+        experiments = post(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+        experiment_id = next(item["experiment_id"] for item in experiments if item["name"] == "sweep-test")
+        runs = post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    def tags(run):
+        return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+
+    parents = [run for run in runs if "mlflow.parentRunId" not in tags(run)]
+    children = [run for run in runs if "mlflow.parentRunId" in tags(run)]
+    assert len(parents) == 1 and len(children) == 3
+    assert all(tags(child)["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for child in children)
+    pruned = [child for child in children if any(p["key"] == "method.method" for p in child["data"]["params"])]
+    assert {next(p["value"] for p in child["data"]["params"] if p["key"] == "method.method")
+            for child in pruned} == {"wanda", "sparsegpt"}
+    for child in pruned:
+        metrics = {metric["key"]: metric["value"] for metric in child["data"]["metrics"]}
+        assert metrics["decoder_linear_sparsity"] == pytest.approx(0.5)
+        assert any(key.startswith("ppl.token.") and "seqlen32" in key for key in metrics)
+        assert "block_relative_error" in metrics and "seconds.prune" in metrics
+        contexts = {item["tags"][0]["value"] if item.get("tags") else None
+                    for item in child["inputs"]["dataset_inputs"]}
+        assert {"calibration", "evaluation"} <= contexts
+        assert all(item["dataset"]["digest"] for item in child["inputs"]["dataset_inputs"])
+        assert tags(child)["pruneflow_version"] and tags(child)["git_commit"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prune": {"methods": ["obs-magic"], "sparsity": 0.5}}, "prune.methods: unknown method obs-magic"),
+    ({"prune": {"methods": ["wanda"], "sparsity": -0.2}}, "prune.sparsity: sparsity -0.2 is outside [0, 1)"),
+    ({"models": []}, "models: Tuple should have at least 1 item"),
+    ({"evaluation": [{"dataset": "/no/such/file.jsonl"}]}, "evaluation.0.dataset: '/no/such/file.jsonl'"),
+])
+def test_bad_params_fail_before_any_model_load_with_one_line_per_problem(project, capsys, change, message):
+    directory, params = project
+    status = main(["sweep", "--params", str(write_params(directory, {**params, **change}))])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert message in error
+    assert not (directory / "runs").exists() and not (directory / "cache").exists()
+
+
+def test_several_params_problems_are_listed_together(project, capsys):
+    directory, params = project
+    bad = {**params, "models": [], "prune": {"methods": ["nope"], "sparsity": 2.0}}
+    assert main(["sweep", "--params", str(write_params(directory, bad))]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pruneflow: error:")]
+    assert len(lines) == 3
+
+
+def test_two_combinations_run_concurrently_on_a_dask_local_cluster(project):
+    directory, params = project
+    params = {**params, "dense_baseline": False, "dask": {"enabled": True, "workers": 2}}
+    summaries = sweep_with_task_runner(str(write_params(directory, params)))
+    assert [summary["method"] for summary in summaries] == ["wanda", "sparsegpt"]
+    first, second = summaries
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
+    assert (directory / "runs" / "tiny" / "sparsegpt-unstructured-0.5" / "model.safetensors").is_file()
