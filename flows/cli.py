@@ -92,6 +92,16 @@ def _build_parser() -> argparse.ArgumentParser:
     interface.add_argument("--port", type=int, default=5000)
     interface.add_argument("--prefect", action="store_true", help="also start `prefect server` on 127.0.0.1:4200")
 
+    stage = commands.add_parser("stage", help="one stage of the DVC pipeline (see dvc.yaml)")
+    stage.add_argument("name", choices=["fetch", "calibrate", "prune", "evaluate", "report"])
+    stage.add_argument("--params", default="params.yaml")
+    stage.add_argument("--model", help="the model's name in params.yaml")
+    stage.add_argument("--method")
+    stage.add_argument("--model-dir", type=Path)
+    stage.add_argument("--calibration-dir", type=Path)
+    stage.add_argument("--metrics", type=Path, help="metrics file (evaluate) or folder (report)")
+    stage.add_argument("--output", type=Path)
+
     fetch = commands.add_parser("fetch", help="fetch (and convert) a model; print its local directory")
     fetch.add_argument("--model", default=DEFAULT_MODEL)
     fetch.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
@@ -130,6 +140,26 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
                                                                "max_windows": arguments.eval_windows}.items()
                                  if value is not None} for dataset in datasets]
     return PruneJob.model_validate(fields)
+
+
+def _stage(arguments: argparse.Namespace) -> int:
+    from flows import stages
+    from flows.params import load_params
+
+    if arguments.name == "report":
+        stages.report(arguments.metrics, arguments.output)
+        return 0
+    params = load_params(Path(arguments.params))
+    if arguments.name == "fetch":
+        stages.fetch(params, arguments.model, arguments.output)
+    elif arguments.name == "calibrate":
+        stages.calibrate(params, arguments.model_dir, arguments.output)
+    elif arguments.name == "prune":
+        stages.prune(params, arguments.model, arguments.method, arguments.model_dir, arguments.calibration_dir,
+                     arguments.output)
+    else:
+        stages.evaluate(params, arguments.model_dir, arguments.metrics)
+    return 0
 
 
 def _check_model_source(model: str) -> None:
@@ -235,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep.serve(name=arguments.name, cron=arguments.cron, parameters={"params_path": arguments.params})
         elif arguments.command == "ui":
             return _user_interfaces(arguments.port, arguments.prefect)
+        elif arguments.command == "stage":
+            return _stage(arguments)
         elif arguments.command == "eval":
             evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
                 [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,

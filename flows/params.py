@@ -1,6 +1,6 @@
 """`params.yaml`: the sweep's models x methods x sparsities, validated before any model is loaded.
 
-  models: [<model source>, ...]
+  models: [{name: <path-safe name>, source: <model source>}, ...]
   prune:
     methods: [magnitude, wanda, sparsegpt]
     sparsity: 0.5              # or a list; used for unstructured patterns
@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,19 @@ class PruneGrid(_Strict):
         return self.sparsity if isinstance(self.sparsity, tuple) else (self.sparsity,)
 
 
+class ModelEntry(_Strict):
+    """A model of the sweep: a path-safe name (used in output paths and DVC stage names) and its source."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_valid(cls, source: str) -> str:
+        ModelSource.parse(source)
+        return source
+
+
 class PathsConfig(_Strict):
     runs: Path = Path("runs")
     cache: Path = Path(".pruneflow/cache")
@@ -76,7 +88,7 @@ class DaskConfig(_Strict):
 
 
 class SweepParams(_Strict):
-    models: tuple[str, ...] = Field(min_length=1)
+    models: tuple[ModelEntry, ...] = Field(min_length=1)
     prune: PruneGrid
     calibration: CalibrationConfig = CalibrationConfig()
     evaluation: tuple[EvaluationConfig, ...] = (EvaluationConfig(),)
@@ -86,34 +98,23 @@ class SweepParams(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     dask: DaskConfig = DaskConfig()
 
-    @field_validator("models")
-    @classmethod
-    def _models_are_valid_sources(cls, models: tuple[str, ...]) -> tuple[str, ...]:
-        for model in models:
-            ModelSource.parse(model)
-        return models
-
     def jobs(self) -> list[PruneJob]:
         """Every model x method x (pattern, sparsity) combination as a validated job."""
+        return [job for model in self.models for method in self.prune.methods
+                for job in self.method_jobs(model, method, self.paths.runs / model.name)]
+
+    def method_jobs(self, model: ModelEntry, method: str, output_root: Path) -> list[PruneJob]:
+        """One method's patterns x sparsities for one model, each in `output_root/<combination>`."""
         jobs = []
-        for model in self.models:
-            for method in self.prune.methods:
-                for pattern in self.prune.patterns:
-                    sparsities = self.prune.sparsities if pattern == "unstructured" else (None,)
-                    for sparsity in sparsities:
-                        method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
-                                         **({"sparsity": sparsity} if sparsity is not None else {})}
-                        jobs.append(PruneJob.model_validate({
-                            "model": model, "method": method_fields, "calibration": self.calibration,
-                            "evaluation": self.evaluation, "engine": self.engine, "cache_dir": self.paths.cache,
-                            "output_dir": self.paths.runs / model_slug(model) / combination_slug(method_fields)}))
+        for pattern in self.prune.patterns:
+            for sparsity in self.prune.sparsities if pattern == "unstructured" else (None,):
+                method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
+                                 **({"sparsity": sparsity} if sparsity is not None else {})}
+                jobs.append(PruneJob.model_validate({
+                    "model": model.source, "method": method_fields, "calibration": self.calibration,
+                    "evaluation": self.evaluation, "engine": self.engine, "cache_dir": self.paths.cache,
+                    "output_dir": output_root / combination_slug(method_fields)}))
         return jobs
-
-
-def model_slug(model: str) -> str:
-    """A short directory name for a model source."""
-    name = model.rstrip("/").split("/")[-1].split("@")[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name.removesuffix(".gguf"))
 
 
 def combination_slug(method_fields: dict[str, Any]) -> str:

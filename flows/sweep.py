@@ -50,9 +50,9 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
     with tracker.sweep_run(f"sweep | {Path(params_path).name}", params.model_dump(mode="json")):
         if params.dense_baseline:
             for model in params.models:
-                results = baseline(model, params.evaluation, str(params.paths.cache), params.engine.device)
-                tracker.log_dense(model, results)
-                summaries.append({"model": model, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
+                results = baseline(model.source, params.evaluation, str(params.paths.cache), params.engine.device)
+                tracker.log_dense(model.source, results)
+                summaries.append({"model": model.source, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
                                   "perplexity": results})
         for job, summary in zip(params.jobs(), run_combinations(params, store), strict=True):
             tracker.log_combination(job, summary, register=params.tracking.register_models)

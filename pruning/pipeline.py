@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pruning.architectures import adapter_for_model_type
-from pruning.calibration import build_calibration_set, tokenize_corpus
+from pruning.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
 from pruning.config import EvaluationConfig, PruneJob, check_context_length, resolve_device
 from pruning.corpora import load_corpus
 from pruning.engine import prune_model
@@ -48,6 +48,14 @@ def check_architecture(model_dir: Path) -> None:
     adapter_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type", "unknown"))
 
 
+def check_calibration_matches(calibration: CalibrationSet, job: PruneJob) -> None:
+    manifest = calibration.manifest
+    for key in ("num_samples", "seqlen", "seed"):
+        if manifest[key] != getattr(job.calibration, key):
+            raise ValueError(f"calibration.{key}: the calibration set has {manifest[key]} but the job asks for "
+                             f"{getattr(job.calibration, key)}; rebuild the calibration set")
+
+
 def model_context_length(model_dir: Path) -> int | None:
     config = json.loads((model_dir / "config.json").read_text())
     for key in ("max_position_embeddings", "n_positions"):
@@ -70,8 +78,12 @@ def evaluate_all(model: torch.nn.Module, data: list[EvaluationData], device: tor
                        item.config.batch_size, device) for item in data]
 
 
-def run_prune_job(job: PruneJob, progress: bool = True) -> dict[str, Any]:
-    """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`."""
+def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> dict[str, Any]:
+    """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`.
+
+    `calibration`, when given (e.g. a DVC stage's output), is used instead of sampling one; it must
+    match the job's calibration settings.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model_dir = fetch_model(job.model, job.cache_dir)
@@ -82,9 +94,12 @@ def run_prune_job(job: PruneJob, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(model_dir, job.trust_remote_code)
-    corpus = load_corpus(job.calibration.source, "calibration", job.cache_dir, job.calibration.text_field)
-    calibration = build_calibration_set(corpus, tokenizer, job.calibration.num_samples, job.calibration.seqlen,
-                                        job.calibration.seed)
+    if calibration is None:
+        corpus = load_corpus(job.calibration.source, "calibration", job.cache_dir, job.calibration.text_field)
+        calibration = build_calibration_set(corpus, tokenizer, job.calibration.num_samples, job.calibration.seqlen,
+                                            job.calibration.seed)
+    else:
+        check_calibration_matches(calibration, job)
     evaluation_data = [load_evaluation_data(item, tokenizer, job.cache_dir) for item in job.evaluation]
     timings["calibration_seconds"] = time.perf_counter() - started
 

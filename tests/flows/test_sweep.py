@@ -25,7 +25,7 @@ def project(tmp_path, monkeypatch, tiny_tokenizer_dir):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     params = {
-        "models": [str(checkpoint)],
+        "models": [{"name": "tiny", "source": str(checkpoint)}],
         "prune": {"methods": ["wanda", "sparsegpt"], "sparsity": 0.5},
         "calibration": {"source": str(corpus), "num_samples": 4, "seqlen": 32},
         "evaluation": [{"dataset": str(corpus), "seqlen": 32, "max_windows": 2}],

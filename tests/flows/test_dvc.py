@@ -1,0 +1,72 @@
+"""The DVC pipeline with real DVC (git + dvc init in a temp dir) on a tiny model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_models import save_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(command, cwd, environment):
+    completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, f"{' '.join(command)}\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    return completed.stdout + completed.stderr
+
+
+@pytest.fixture()
+def dvc_project(tmp_path, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    project = tmp_path / "project"
+    project.mkdir()
+    corpus = project / "corpus.txt"
+    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    params = {
+        "models": [{"name": "tiny", "source": str(checkpoint)}],
+        "prune": {"methods": ["wanda", "sparsegpt"], "sparsity": 0.5},
+        "calibration": {"source": "corpus.txt", "num_samples": 4, "seqlen": 32},
+        "evaluation": [{"dataset": "corpus.txt", "seqlen": 32, "max_windows": 2}],
+        "engine": {"device": "cpu"},
+        "paths": {"cache": str(tmp_path / "cache")},
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    environment = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+                   "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+                   "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+    run(["git", "init", "-q"], project, environment)
+    run(["dvc", "init", "-q"], project, environment)
+    run(["dvc", "config", "core.analytics", "false"], project, environment)
+    return project, environment
+
+
+def test_dvc_repro_then_nothing_to_reproduce_then_an_experiment(dvc_project):
+    project, environment = dvc_project
+    run(["dvc", "repro"], project, environment)
+    wanda = json.loads((project / "metrics" / "tiny" / "wanda.json").read_text())
+    assert wanda["wanda-unstructured-0.5"]["sparsity"] == pytest.approx(0.5)
+    assert (project / "reports" / "results.md").read_text().count("| sparsegpt |") == 1
+    assert (project / "dvc.lock").is_file()
+
+    second = run(["dvc", "repro"], project, environment)
+    assert "Data and pipelines are up to date" in second
+    status = run(["dvc", "status"], project, environment)
+    assert "Data and pipelines are up to date" in status
+
+    run(["git", "add", "-A"], project, environment)
+    run(["git", "commit", "-qm", "baseline"], project, environment)
+    run(["dvc", "exp", "run", "-S", "prune.sparsity=0.6"], project, environment)
+    experiment = json.loads((project / "metrics" / "tiny" / "wanda.json").read_text())
+    assert experiment["wanda-unstructured-0.6"]["sparsity"] == pytest.approx(0.6, abs=1 / 64)  # floor per row
+
+    metrics = run(["dvc", "metrics", "show", "--json"], project, environment)
+    assert '"unstructured@0.6"' in metrics
+    plots = run(["dvc", "plots", "show", "--json"], project, environment)
+    assert "reports/perplexity.csv" in plots and "reports/block_errors.csv" in plots
