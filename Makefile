@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    create .venv if missing, install, prune SmolLM2-135M offline and print dense vs pruned perplexity
+#   make run    create .venv if missing, install, run the default sweep offline (params.yaml): SmolLM2-135M,
+#               dense + every method, evaluated on held-out Wikipedia summaries; prints the results table
 #   make test   create .venv if missing, install, run the test suite
+# Also: make repro (the DVC pipeline), make lint.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.pruneflow-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install run test lint
+.PHONY: install run test lint repro
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -17,9 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(OFFLINE) $(VENV)/bin/pruneflow prune --method sparsegpt --sparsity 0.5 \
-		--calibration wiki-summaries --num-samples 32 --seqlen 512 \
-		--eval wiki-summaries --eval-windows 32 --eval-dense --output runs/demo-sparsegpt-50
+	$(OFFLINE) $(VENV)/bin/pruneflow sweep --params params.yaml
+
+repro: $(STAMP)
+	$(OFFLINE) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 test: $(STAMP)
 	$(OFFLINE) $(PYTHON) -m pytest -q
