@@ -124,8 +124,9 @@ class SweepTracker:
                             record["inputs"]["calibration_sha256"], "calibration")
             self.mlflow.log_artifact(str(Path(summary["output_dir"]) / "pruneflow.json"))
             if register:
-                self.mlflow.log_artifacts(summary["output_dir"], artifact_path="model")
-                self.mlflow.register_model(f"runs:/{run.info.run_id}/model", metric_key(job.model.split("/")[-1]))
+                from flows.registry import register_pruned_model
+
+                register_pruned_model(summary["output_dir"], registered_model_name(job))
             return str(run.info.run_id)
 
     def _log_evaluations(self, results: list[dict[str, Any]]) -> None:
@@ -145,6 +146,14 @@ class SweepTracker:
         origin = resolve_dataset_source(source) if Path(source).exists() else CodeDatasetSource({"uri": source})
         dataset = MetaDataset(origin, name=Path(source).name or source, digest=digest[:16])  # type: ignore[abstract]
         self.mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def registered_model_name(job: PruneJob) -> str:
+    """e.g. SmolLM2-135M-Instruct.Q4_1-sparsegpt-2of4: the source's file name, the method and the pattern."""
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", job.model.rstrip("/").split("/")[-1].removesuffix(".gguf"))
+    pattern = job.method.pattern.replace(":", "of")
+    sparsity = f"-{job.method.target_sparsity:g}" if job.method.nm is None else ""
+    return f"{model}-{job.method.method}-{pattern}{sparsity}"
 
 
 def block_errors(layers: list[dict[str, Any]]) -> list[float]:

@@ -58,6 +58,7 @@ def post(url, payload):
 
 def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capsys):
     directory, params = project
+    params = {**params, "tracking": {"experiment": "sweep-test", "register_models": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
     assert "| wanda | unstructured | 0.5 |" in printed and "| dense | - | 0 |" in printed
@@ -80,9 +81,15 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
         experiments = post(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
         experiment_id = next(item["experiment_id"] for item in experiments if item["name"] == "sweep-test")
         runs = post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/registered-models/search?max_results=10",
+                                    timeout=30) as response:
+            registered = json.loads(response.read())["registered_models"]
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    assert sorted(model["name"] for model in registered) == ["tiny-sparsegpt-unstructured-0.5",
+                                                              "tiny-wanda-unstructured-0.5"]
 
     def tags(run):
         return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
