@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 
 
-class PrunedCausalLM(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class PrunedCausalLM(PythonModel):  # type: ignore[misc]
     """Loads the pruned HF directory (artifact `model_dir`); predicts a short greedy continuation per prompt."""
 
     def load_context(self, context: Any) -> None:
@@ -19,13 +20,13 @@ class PrunedCausalLM(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
         import torch
 
-        completions = []
+        completions: list[str] = []
         for prompt in model_input:
             encoded = self.tokenizer(prompt, return_tensors="pt")
             with torch.no_grad():
                 generated = self.model.generate(**encoded, max_new_tokens=32, do_sample=False)
-            completions.append(self.tokenizer.decode(generated[0, encoded["input_ids"].shape[1]:],
-                                                     skip_special_tokens=True))
+            completions.append(str(self.tokenizer.decode(generated[0, encoded["input_ids"].shape[1]:],
+                                                         skip_special_tokens=True)))
         return completions
 
 
