@@ -20,7 +20,7 @@ from prefect import flow
 from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
 from pruning.io import atomic_directory
-from tasks.artifacts import DEFAULT_STORE, ArtifactStore
+from tasks.artifacts import DEFAULT_STORE, ArtifactStore, references_missing_files
 from tasks.blocks import block_stages, collect_block_statistics, embed_calibration, next_block_state, solve_block
 from tasks.calibrate import build_calibration
 from tasks.evaluate import evaluate
@@ -29,19 +29,32 @@ from tasks.reassemble import reassemble
 from tasks.records import BlockState, CalibrationArtifact, ModelArtifact
 
 
+def run_checked(stage: Any, *arguments: Any) -> Any:
+    """Call a task; if its (cached) record names files that are gone, run it again with a fresh cache.
+
+    Prefect never checks that the files behind a cached result still exist; this repairs a run whose
+    artifact store was cleaned while Prefect's result cache was kept.
+    """
+    record = stage(*arguments)
+    if references_missing_files(record):
+        record = stage.with_options(refresh_cache=True)(*arguments)
+    return record
+
+
 def prune_blocks(model: ModelArtifact, calibration: CalibrationArtifact, job: PruneJob,
                  store: ArtifactStore) -> list[BlockState]:
     """Run every block's stages in order; each block starts from the previous block's outputs."""
-    state = embed_calibration(model, calibration, job.engine, store)
+    state = run_checked(embed_calibration, model, calibration, job.engine, store)
     finished = []
     for block_index in range(model.num_blocks):
         stages = block_stages(model, job.method, job.engine, block_index)
         if stages == 0:
-            state = solve_block(model, calibration, state, 0, None, job.method, job.engine, store)
+            state = run_checked(solve_block, model, calibration, state, 0, None, job.method, job.engine, store)
         for stage_index in range(stages):
-            statistics = collect_block_statistics(model, calibration, state, stage_index, job.method, job.engine,
-                                                  store)
-            state = solve_block(model, calibration, state, stage_index, statistics, job.method, job.engine, store)
+            statistics = run_checked(collect_block_statistics, model, calibration, state, stage_index, job.method,
+                                     job.engine, store)
+            state = run_checked(solve_block, model, calibration, state, stage_index, statistics, job.method,
+                                job.engine, store)
         finished.append(state)
         if block_index + 1 < model.num_blocks:
             state = next_block_state(state)
@@ -60,13 +73,13 @@ def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, A
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model = fetch_model(job.model, str(job.cache_dir))
-    calibration = build_calibration(model, job.calibration, source_fingerprint(job.calibration.source),
-                                    str(job.cache_dir), store)
+    calibration = run_checked(build_calibration, model, job.calibration,
+                              source_fingerprint(job.calibration.source), str(job.cache_dir), store)
     seconds["fetch_and_calibrate"] = time.perf_counter() - started
 
     started = time.perf_counter()
     states = prune_blocks(model, calibration, job, store)
-    pruned = reassemble(model, calibration, states, job.model_dump(mode="json"), store)
+    pruned = run_checked(reassemble, model, calibration, states, job.model_dump(mode="json"), store)
     seconds["prune"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -51,6 +51,17 @@ class ArtifactStore(BaseModel):
 DEFAULT_STORE = ArtifactStore()
 
 
+def references_missing_files(record: Any) -> bool:
+    """True when a record (or any record nested in it) names a file that no longer exists."""
+    if isinstance(record, FileRef):
+        return not record.exists()
+    if isinstance(record, BaseModel):
+        return any(references_missing_files(getattr(record, name)) for name in type(record).model_fields)
+    if isinstance(record, (list, tuple)):
+        return any(references_missing_files(item) for item in record)
+    return False
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

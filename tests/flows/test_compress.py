@@ -1,6 +1,7 @@
 """The `compress` flow with real Prefect (ephemeral server): cross-run caching and resume after SIGKILL."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,12 @@ def test_second_identical_run_executes_nothing_and_changed_text_recomputes(tmp_p
     assert [name.rsplit("-", 1)[0] for name in second_executed] == ["fetch_model"]
     assert second.result()["perplexity"] == first.result()["perplexity"]
     assert (tmp_path / "pruned" / "pruneflow.json").is_file()
+
+    weights = (tmp_path / "pruned" / "model.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "artifacts")  # Prefect's cache now points at files that are gone
+    repaired = compress(job, store, return_state=True)
+    assert repaired.result()["perplexity"] == first.result()["perplexity"]
+    assert (tmp_path / "pruned" / "model.safetensors").read_bytes() == weights
 
     changed = tmp_path / "changed.txt"
     changed.write_text(corpus.read_text().replace("network", "model"))
