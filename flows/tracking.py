@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,13 +117,19 @@ class SweepTracker:
                 "peak_rss_mb": summary.get("peak_rss_mb", 0.0),
                 **{f"seconds.{stage}": value for stage, value in summary["flow_seconds"].items()},
             })
-            for step, error in enumerate(block_errors(record["engine"]["layers"])):
+            errors = block_errors(record["engine"]["layers"])
+            for step, error in enumerate(errors):
                 self.mlflow.log_metric("block_relative_error", error, step=step)
             for step, layer in enumerate(record["engine"]["layers"]):
                 self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
             self._log_input(record["inputs"]["calibration"]["corpus"].get("source", "calibration"),
                             record["inputs"]["calibration_sha256"], "calibration")
             self.mlflow.log_artifact(str(Path(summary["output_dir"]) / "pruneflow.json"))
+            with tempfile.TemporaryDirectory() as scratch:
+                from flows.plots import plot_block_errors
+
+                self.mlflow.log_artifact(str(plot_block_errors(errors, name, Path(scratch) / "block_errors.png")),
+                                         artifact_path="plots")
             if register:
                 from flows.registry import register_pruned_model
 

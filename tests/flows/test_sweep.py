@@ -111,6 +111,8 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
         assert {"calibration", "evaluation"} <= contexts
         assert all(item["dataset"]["digest"] for item in child["inputs"]["dataset_inputs"])
         assert tags(child)["pruneflow_version"] and tags(child)["git_commit"]
+        artifacts = directory / "mlruns"
+        assert (artifacts / child['info']['run_id'] / "artifacts" / "plots" / "block_errors.png").is_file()
 
 
 @pytest.mark.parametrize("change, message", [
