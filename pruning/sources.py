@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 
 from pruning.assets import PackageAsset, fetch_package_asset, is_package_asset
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
@@ -71,6 +72,13 @@ def check_safetensors_checkpoint(directory: Path) -> None:
         hint = f" (found {', '.join(pickled)}: pickled checkpoints are not loaded for safety)" if pickled else ""
         raise ValueError(f"'{directory}' holds no *.safetensors weights{hint}; "
                          "convert it with save_pretrained(..., safe_serialization=True)")
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error types for a bad header
+            raise ValueError(f"'{weights}' is not a readable safetensors file ({error}); "
+                             "re-download or re-save the checkpoint") from None
 
 
 def resolve_model_dir(source: ModelSource, cache_dir: Path) -> Path:

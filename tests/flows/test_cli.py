@@ -74,6 +74,18 @@ def test_pickled_checkpoint_is_refused_before_loading(tmp_path, corpus_file, cap
     assert status == 2 and "model: " in error and "holds no *.safetensors weights (found pytorch_model.bin" in error
 
 
+def test_unreadable_checkpoint_is_refused_before_loading(tmp_path, tiny_checkpoint, corpus_file, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    status, _, error = run_cli(base_arguments(broken, corpus_file, tmp_path / "out") +
+                               ["--method", "wanda", "--sparsity", "0.5"], capsys)
+    assert status == 2 and "model: " in error and "is not a readable safetensors file" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_several_problems_are_reported_one_line_each(tiny_checkpoint, corpus_file, tmp_path, capsys):
     status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, tmp_path / "out") +
                                ["--method", "wanda", "--sparsity", "2", "--calibration", "nope"], capsys)
