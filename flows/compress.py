@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from tqdm.auto import tqdm
 
 from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
@@ -46,7 +47,8 @@ def prune_blocks(model: ModelArtifact, calibration: CalibrationArtifact, job: Pr
     """Run every block's stages in order; each block starts from the previous block's outputs."""
     state = run_checked(embed_calibration, model, calibration, job.engine, store)
     finished = []
-    for block_index in range(model.num_blocks):
+    label = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g}"
+    for block_index in tqdm(range(model.num_blocks), desc=label, unit="block"):
         stages = block_stages(model, job.method, job.engine, block_index)
         if stages == 0:
             state = run_checked(solve_block, model, calibration, state, 0, None, job.method, job.engine, store)

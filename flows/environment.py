@@ -1,4 +1,4 @@
-"""Quiet, offline, project-local defaults for Prefect and MLflow; values already set by the user win."""
+"""Quiet, offline, project-local defaults for Prefect, MLflow and transformers; values the user set win."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' per-load bars; pruneflow shows its own per block
+    "TRANSFORMERS_VERBOSITY": "error",
 }
 
 
