@@ -56,7 +56,7 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
                 block_mask[:, group] = nm_mask(block[:, group].square() / denominators[group].square(), pattern)
             kept = block[:, column] * block_mask[:, column]
             error = (block[:, column] - kept) / denominators[column]
-            block[:, column:] -= error.unsqueeze(1) * block_upper[column, column:].unsqueeze(0)
+            block[:, column:].addr_(error, block_upper[column, column:], alpha=-1)
             block[:, column] = kept
             errors[:, column] = error
         mask[:, start:end] = block_mask
