@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from prefect import task
+from torch import nn
 
 from pruning.block_files import (
     load_activations,
@@ -49,8 +50,8 @@ def _pruner(model: ModelArtifact, method: MethodConfig, engine: EngineConfig) ->
     return BlockPruner(adapter, method, engine.options(progress=False), PruneReport())
 
 
-def _working_block(model: ModelArtifact, state: BlockState, pruner: BlockPruner):  # type: ignore[no-untyped-def]
-    """The block with every stage solved so far, and its working copy on the compute device."""
+def _working_block(model: ModelArtifact, state: BlockState, pruner: BlockPruner) -> nn.Module:
+    """A copy of the dense block with the linears of every stage solved so far written in."""
     block = dense_block(model, state.block_index)
     for linears in state.linears:
         load_linears(block, pruner.adapter, Path(linears.path))
