@@ -35,19 +35,26 @@ def load_activations(path: Path) -> list[torch.Tensor]:
     return [tensors[key] for key in sorted(tensors)]
 
 
-def save_statistics(statistics: dict[tuple[str, ...], InputStatistics], path: Path) -> None:
+def save_statistics(statistics: dict[tuple[str, ...], InputStatistics], path: Path,
+                    forward_seconds: float = 0.0) -> None:
+    """`forward_seconds`, the time of the pass that collected them, is kept so reports can add it up."""
     tensors, counts = {}, {}
     for group, group_statistics in statistics.items():
         gram, group_counts = group_statistics.state()
         tensors[group[0]] = gram
         counts[group[0]] = group_counts
-    _save(tensors, path, {"counts": json.dumps(counts)})
+    _save(tensors, path, {"counts": json.dumps(counts), "forward_seconds": repr(forward_seconds)})
 
 
 def load_statistics(path: Path, stage: list[tuple[str, ...]]) -> dict[tuple[str, ...], InputStatistics]:
     with safe_open(str(path), framework="pt") as handle:
         counts = json.loads(handle.metadata()["counts"])
         return {group: InputStatistics.from_state(handle.get_tensor(group[0]), counts[group[0]]) for group in stage}
+
+
+def statistics_forward_seconds(path: Path) -> float:
+    with safe_open(str(path), framework="pt") as handle:
+        return float(handle.metadata().get("forward_seconds", 0.0))
 
 
 def save_linears(block: nn.Module, adapter: ArchitectureAdapter, names: list[str], path: Path) -> None:

@@ -23,6 +23,7 @@ from pruning.block_files import (
     save_activations,
     save_linears,
     save_statistics,
+    statistics_forward_seconds,
 )
 from pruning.config import EngineConfig
 from pruning.engine import BlockPruner, PruneReport
@@ -78,8 +79,8 @@ def collect_block_statistics(model: ModelArtifact, calibration: CalibrationArtif
         working, calls = pruner.prepare(_working_block(model, state, pruner),
                                         block_calls(model, calibration, engine.batch_size, state.block_index))
         stage = pruner.stages(prefix)[stage_index]
-        save_statistics(pruner.collect_statistics(working, stage, load_activations(Path(state.inputs.path)), calls),
-                        path)
+        statistics = pruner.collect_statistics(working, stage, load_activations(Path(state.inputs.path)), calls)
+        save_statistics(statistics, path, pruner.report.forward_seconds)
     return FileRef.of(path)
 
 
@@ -104,6 +105,7 @@ def solve_block(model: ModelArtifact, calibration: CalibrationArtifact, state: B
         working, calls = pruner.prepare(block, block_calls(model, calibration, engine.batch_size, state.block_index))
         solved: list[str] = []
         if statistics is not None:
+            pruner.report.forward_seconds += statistics_forward_seconds(Path(statistics.path))
             stage = stages[stage_index]
             pruner.solve_stage(block, working, prefix, stage, load_statistics(Path(statistics.path), stage))
             solved = [name for group in stage for name in group]

@@ -1,5 +1,6 @@
 """The `compress` flow with real Prefect (ephemeral server): cross-run caching and resume after SIGKILL."""
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from tiny_models import save_tiny_checkpoint
 
 from flows.compress import compress
+from pruning.block_files import statistics_forward_seconds
 from pruning.config import PruneJob
 from tasks.artifacts import ArtifactStore
 
@@ -82,7 +84,10 @@ def test_second_identical_run_executes_nothing_and_changed_text_recomputes(tmp_p
     second_executed = executed(task_runs(second.state_details.flow_run_id, expected=22))
     assert [name.rsplit("-", 1)[0] for name in second_executed] == ["fetch_model"]
     assert second.result()["perplexity"] == first.result()["perplexity"]
-    assert (tmp_path / "pruned" / "pruneflow.json").is_file()
+    record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())
+    statistics_seconds = sum(statistics_forward_seconds(path) for path in
+                             (tmp_path / "artifacts" / "statistics").glob("*/statistics.safetensors"))
+    assert statistics_seconds > 0 and record["engine"]["forward_seconds"] > statistics_seconds
 
     weights = (tmp_path / "pruned" / "model.safetensors").read_bytes()
     shutil.rmtree(tmp_path / "artifacts")  # Prefect's cache now points at files that are gone
