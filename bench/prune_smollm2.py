@@ -71,10 +71,9 @@ def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     from pruning.architectures import adapter_for
     from pruning.calibration import build_calibration_set
     from pruning.corpora import load_corpus
-    from pruning.engine import capture_block_inputs
+    from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
     from pruning.methods import METHOD_MODULES, method_config, prune_layer
     from pruning.sources import load_model, load_tokenizer
-    from pruning.statistics import InputStatistics
 
     model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -83,19 +82,14 @@ def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     model = load_model(model_dir)
     adapter = adapter_for(model)
     hidden, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
+    fp32 = EngineOptions(forward_dtype=torch.float32, progress=False)
     rows: list[dict[str, Any]] = []
     blocks = adapter.blocks(model)
     for index, block in enumerate(blocks):
         if index in ERROR_BLOCKS:
-            captured: dict[str, InputStatistics] = {}
-            handles = [block.get_submodule(name).register_forward_pre_hook(
-                lambda _m, inputs, name=name, captured=captured: captured.setdefault(
-                    name, InputStatistics(inputs[0].shape[-1])).add(inputs[0])) for name in adapter.linear_names]
-            with torch.no_grad():
-                for batch, call in zip(hidden, calls[index], strict=True):
-                    block(batch, *call.args, **call.kwargs)
-            for handle in handles:
-                handle.remove()
+            groups = list(adapter.linear_groups)
+            by_group = collect_input_statistics(block, groups, hidden, calls[index], fp32)
+            captured = {name: by_group[group] for group in groups for name in group}
             for name in adapter.linear_names:
                 weight = adapter.read_weight(block.get_submodule(name))
                 for pattern in ("unstructured", "2:4"):

@@ -134,6 +134,39 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch
     return output[0] if isinstance(output, tuple) else output
 
 
+def collect_input_statistics(block: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
+                             calls: list[BlockCall], options: EngineOptions) -> dict[tuple[str, ...], InputStatistics]:
+    """Σxxᵀ (fp32) of the inputs of each group in `stage`, one forward over all batches.
+
+    Each forward stops as soon as the stage's last group has seen its input.
+    """
+    statistics: dict[tuple[str, ...], InputStatistics] = {}
+    handles = []
+    last_group = stage[-1]
+
+    def hook_for(group: tuple[str, ...]) -> Callable[..., None]:
+        def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            activations = inputs[0]
+            if group not in statistics:
+                statistics[group] = InputStatistics(activations.shape[-1], activations.device)
+            statistics[group].add(activations)
+            if group == last_group:
+                raise _StopForward
+        return accumulate
+
+    for group in stage:
+        handles.append(block.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
+    try:
+        with torch.no_grad():
+            for batch, call in zip(hidden, calls, strict=True):
+                with contextlib.suppress(_StopForward):
+                    _run_block(block, batch.to(options.device, options.forward_dtype), call)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return statistics
+
+
 class BlockPruner:
     """Prunes one decoder block in place, given its input activations and call arguments."""
 
@@ -186,32 +219,9 @@ class BlockPruner:
 
     def collect_statistics(self, working: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
                            calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
-        """One forward over all batches, stopped as soon as the stage's last group has seen its input."""
-        statistics: dict[tuple[str, ...], InputStatistics] = {}
-        handles = []
-        last_group = stage[-1]
-
-        def hook_for(group: tuple[str, ...]) -> Callable[..., None]:
-            def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-                activations = inputs[0]
-                if group not in statistics:
-                    statistics[group] = InputStatistics(activations.shape[-1], activations.device)
-                statistics[group].add(activations)
-                if group == last_group:
-                    raise _StopForward
-            return accumulate
-
-        for group in stage:
-            handles.append(working.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
+        """Σxxᵀ of the stage's inputs (see `collect_input_statistics`), timed into the report."""
         started = time.perf_counter()
-        try:
-            with torch.no_grad():
-                for batch, call in zip(hidden, calls, strict=True):
-                    with contextlib.suppress(_StopForward):
-                        _run_block(working, batch.to(self.options.device, self.options.forward_dtype), call)
-        finally:
-            for handle in handles:
-                handle.remove()
+        statistics = collect_input_statistics(working, stage, hidden, calls, self.options)
         self.report.forward_seconds += time.perf_counter() - started
         return statistics
 

