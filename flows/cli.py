@@ -41,7 +41,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruneflow", description="One-shot pruning of transformer models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -238,7 +238,7 @@ def _user_interfaces(port: int, with_prefect: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    arguments = _build_parser().parse_args(argv)
+    arguments = build_parser().parse_args(argv)
     configure_environment()
     from pruning import pipeline  # heavy imports only after the arguments parse
 
