@@ -3,7 +3,8 @@
 All are safetensors, written atomically:
   activations   one tensor per calibration batch, "batch_0000", "batch_0001", ...
   statistics    one gram matrix per linear group, keyed by the group's first linear; counts in metadata
-  linears       the (d_out, d_in) weights of solved linears, keyed by their name inside the block
+  linears       the (d_out, d_in) weights of solved linears, keyed by their name inside the block,
+                and for sparse + low-rank results their terms "<name>:sparse", "<name>:up", "<name>:down"
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from pruning.architectures import ArchitectureAdapter
 from pruning.io import atomic_path
-from pruning.statistics import InputStatistics
+from pruning.statistics import InputStatistics, SparseLowRank
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -57,11 +58,21 @@ def statistics_forward_seconds(path: Path) -> float:
         return float(handle.metadata().get("forward_seconds", 0.0))
 
 
-def save_linears(block: nn.Module, adapter: ArchitectureAdapter, names: list[str], path: Path) -> None:
-    _save({name: adapter.read_weight(block.get_submodule(name)) for name in names}, path)
+def save_linears(block: nn.Module, adapter: ArchitectureAdapter, names: list[str], path: Path,
+                 factors: dict[str, SparseLowRank] | None = None) -> None:
+    """The solved weights of `names`, plus "<name>:sparse|up|down" for linears with a sparse + low-rank form."""
+    tensors = {name: adapter.read_weight(block.get_submodule(name)) for name in names}
+    for name, term in (factors or {}).items():
+        tensors.update({f"{name}:sparse": term.sparse, f"{name}:up": term.up, f"{name}:down": term.down})
+    _save(tensors, path)
 
 
-def load_linears(block: nn.Module, adapter: ArchitectureAdapter, path: Path) -> None:
-    """Write the solved linears stored in `path` into `block` (in the block's own layout and dtype)."""
-    for name, weight in load_file(str(path)).items():
-        adapter.write_weight(block.get_submodule(name), weight)
+def load_linears(block: nn.Module, adapter: ArchitectureAdapter, path: Path) -> dict[str, SparseLowRank]:
+    """Write the solved linears stored in `path` into `block` (in the block's own layout and dtype);
+    return their sparse + low-rank forms where stored, by name inside the block."""
+    tensors = load_file(str(path))
+    for name, weight in tensors.items():
+        if ":" not in name:
+            adapter.write_weight(block.get_submodule(name), weight)
+    return {name: SparseLowRank(tensors[f"{name}:sparse"], tensors[f"{name}:up"], tensors[f"{name}:down"])
+            for name in tensors if ":" not in name and f"{name}:up" in tensors}

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pruning.architectures import ArchitectureAdapter, adapter_for
 from pruning.methods import MethodConfig, prune_layer
-from pruning.statistics import InputStatistics
+from pruning.statistics import InputStatistics, SparseLowRank
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,19 @@ class LayerReport:
     reconstruction_error: float
     relative_error: float
     solve_seconds: float
+    details: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class PruneReport:
+    """Per-layer records and stage times; `factors` holds the sparse + low-rank terms of methods that
+    produce them, by full linear name (on the CPU), for the factored checkpoint."""
+
     layers: list[LayerReport] = field(default_factory=list)
     capture_seconds: float = 0.0
     forward_seconds: float = 0.0
     solve_seconds: float = 0.0
+    factors: dict[str, SparseLowRank] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -240,12 +245,14 @@ class BlockPruner:
         result = prune_layer(weight, statistics, self.method)
         self.adapter.write_weight(master, result.weight.to("cpu"))
         self.adapter.write_weight(working.get_submodule(name), result.weight)
+        if result.factors is not None:
+            self.report.factors[f"{block_prefix}.{name}"] = result.factors.to("cpu")
         elapsed = time.perf_counter() - started
         self.report.solve_seconds += elapsed
         self.report.layers.append(LayerReport(
             name=f"{block_prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
             sparsity=result.sparsity, reconstruction_error=result.reconstruction_error,
-            relative_error=result.relative_error, solve_seconds=elapsed))
+            relative_error=result.relative_error, solve_seconds=elapsed, details=result.details))
 
 
 def prune_model(model: nn.Module, input_ids: torch.Tensor, method: MethodConfig,

@@ -51,6 +51,19 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask
 
 
+def row_count_mask(scores: torch.Tensor, kept_per_row: torch.Tensor) -> torch.Tensor:
+    """Per output row i, keep the kept_per_row[i] highest scores (counts may differ by at most one)."""
+    kept_per_row = kept_per_row.to(scores.device)
+    most = int(kept_per_row.max()) if kept_per_row.numel() else 0
+    values, indices = torch.topk(scores, most, dim=1, sorted=False)
+    keep = torch.ones_like(values, dtype=torch.bool)
+    short = torch.nonzero(kept_per_row < most).squeeze(1)
+    if short.numel() and most:
+        # Rows that keep one fewer drop the lowest of their selected scores.
+        keep[short, values[short].argmin(dim=1)] = False
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, indices, keep)
+
+
 def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Over the whole matrix, drop the floor(numel * sparsity) lowest scores."""
     pruned = math.floor(scores.numel() * sparsity)

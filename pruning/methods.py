@@ -13,17 +13,18 @@ from typing import Annotated, Any, Union
 import torch
 from pydantic import Field, TypeAdapter
 
-from pruning import magnitude, sparsegpt, wanda
+from pruning import magnitude, oats, sparsegpt, wanda
 from pruning.statistics import InputStatistics, LayerResult
 
 METHOD_MODULES: dict[str, ModuleType] = {
     "magnitude": magnitude,
     "wanda": wanda,
     "sparsegpt": sparsegpt,
+    "oats": oats,
 }
 
 MethodConfig = Annotated[
-    Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig],
+    Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig, oats.OATSConfig],
     Field(discriminator="method"),
 ]
 

@@ -119,7 +119,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
         "method": job.method.method,
         "pattern": job.method.pattern,
         "target_sparsity": job.method.target_sparsity,
-        **decoder_linear_sparsity(model),
+        **decoder_linear_sparsity(model, report.factors),
         "perplexity": [result.as_dict() for result in pruned_results],
         "dense_perplexity": [result.as_dict() for result in dense_results],
         "engine": report.as_dict(),
@@ -130,7 +130,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
                    "evaluation": [item.provenance for item in evaluation_data]},
         "versions": software_versions(),
     }
-    save_pruned_model(model, tokenizer, job.output_dir, record)
+    save_pruned_model(model, tokenizer, job.output_dir, record, report.factors)
     return record
 
 

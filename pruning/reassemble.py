@@ -10,21 +10,28 @@ import torch
 from torch import nn
 
 from pruning.architectures import adapter_for
+from pruning.factored import FACTORED_DIRECTORY, save_factored
 from pruning.io import atomic_directory, write_json
+from pruning.statistics import SparseLowRank
 
 RECORD_FILE = "pruneflow.json"
 
 
-def decoder_linear_sparsity(model: nn.Module) -> dict[str, float]:
-    """Achieved sparsity over all decoder-block linears (embeddings and lm_head excluded)."""
+def decoder_linear_sparsity(model: nn.Module, factors: dict[str, SparseLowRank] | None = None) -> dict[str, float]:
+    """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded).
+
+    A linear with a sparse + low-rank form (full name in `factors`) keeps nnz(S) + r(d_out + d_in) parameters.
+    """
     adapter = adapter_for(model)
-    zeros = total = 0
-    for block in adapter.blocks(model):
+    factors = factors or {}
+    removed = total = 0
+    for index, block in enumerate(adapter.blocks(model)):
         for name in adapter.linear_names:
             weight = cast(torch.Tensor, block.get_submodule(name).weight)
-            zeros += int((weight == 0).sum())
+            term = factors.get(f"{adapter.blocks_path}.{index}.{name}")
+            removed += weight.numel() - term.kept_parameters if term is not None else int((weight == 0).sum())
             total += weight.numel()
-    return {"decoder_linear_sparsity": zeros / total, "decoder_linear_parameters": total}
+    return {"decoder_linear_sparsity": removed / total, "decoder_linear_parameters": total}
 
 
 def software_versions() -> dict[str, str]:
@@ -36,9 +43,16 @@ def software_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_pruned_model(model: nn.Module, tokenizer: Any, output_dir: Path, record: dict[str, Any]) -> None:
-    """Write safetensors weights, config, tokenizer and the run record; nothing appears until all is written."""
+def save_pruned_model(model: nn.Module, tokenizer: Any, output_dir: Path, record: dict[str, Any],
+                      factors: dict[str, SparseLowRank] | None = None) -> None:
+    """Write safetensors weights, config, tokenizer and the run record; nothing appears until all is written.
+
+    With `factors` (sparse + low-rank results), `factored/` beside them holds the factored checkpoint
+    that `pruning.load_compressed` reads.
+    """
     with atomic_directory(output_dir) as staging:
         cast(Any, model).save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        if factors:
+            save_factored(model, factors, staging / FACTORED_DIRECTORY)
         write_json(staging / RECORD_FILE, record)

@@ -8,7 +8,7 @@ The layer-wise reconstruction error of a new weight Ŵ is  ‖(W − Ŵ)X‖²_F
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,22 +65,55 @@ def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, statistic
 
 
 @dataclass
+class SparseLowRank:
+    """A weight kept as Ŵ = S + U·V: a sparse term (zeros stored, d_out × d_in) and rank-r factors."""
+
+    sparse: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.up.shape[1])
+
+    @property
+    def kept_parameters(self) -> int:
+        """Nonzeros of S plus the r·(d_out + d_in) entries of the factors."""
+        return int((self.sparse != 0).sum()) + self.up.numel() + self.down.numel()
+
+    def to(self, device: torch.device | str) -> SparseLowRank:
+        return SparseLowRank(self.sparse.to(device), self.up.to(device), self.down.to(device))
+
+
+@dataclass
 class LayerResult:
-    """What a method returns for one linear: the new weight, its mask, and the layer's error."""
+    """What a method returns for one linear: the new weight, its mask, and the layer's error.
+
+    `factors` is set by methods whose result is sparse + low-rank (`weight` is then the merged S + U·V);
+    `details` holds small per-layer facts a method wants reported (rank, iterations run, ...).
+    """
 
     weight: torch.Tensor
     mask: torch.Tensor
     reconstruction_error: float
     relative_error: float
+    factors: SparseLowRank | None = None
+    details: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def measure(cls, original: torch.Tensor, pruned: torch.Tensor, mask: torch.Tensor,
-                statistics: InputStatistics) -> LayerResult:
+                statistics: InputStatistics, factors: SparseLowRank | None = None,
+                details: dict[str, float] | None = None) -> LayerResult:
         """Build the result, computing ‖(W−Ŵ)X‖² and its ratio to ‖WX‖²."""
         error = reconstruction_error(original, pruned, statistics)
         signal = float(((original @ statistics.gram) * original).sum())
-        return cls(pruned, mask, error, error / signal if signal > 0 else 0.0)
+        return cls(pruned, mask, error, error / signal if signal > 0 else 0.0, factors, details or {})
+
+    @property
+    def kept_parameters(self) -> int:
+        return self.factors.kept_parameters if self.factors is not None else int((self.weight != 0).sum())
 
     @property
     def sparsity(self) -> float:
-        return float((self.weight == 0).sum()) / self.weight.numel()
+        """Fraction of the layer's parameters removed (a low-rank term's factor entries count as kept)."""
+        return 1.0 - self.kept_parameters / self.weight.numel()

@@ -109,7 +109,8 @@ def solve_block(model: ModelArtifact, calibration: CalibrationArtifact, state: B
             stage = stages[stage_index]
             pruner.solve_stage(block, working, prefix, stage, load_statistics(Path(statistics.path), stage))
             solved = [name for group in stage for name in group]
-        save_linears(block, pruner.adapter, solved, linears_path)
+        factors = {name.removeprefix(f"{prefix}."): term for name, term in pruner.report.factors.items()}
+        save_linears(block, pruner.adapter, solved, linears_path, factors)
         if last:
             save_activations(pruner.propagate(working, load_activations(Path(state.inputs.path)), calls),
                              outputs_path)

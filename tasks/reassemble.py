@@ -26,15 +26,18 @@ def reassemble(model: ModelArtifact, calibration: CalibrationArtifact, states: l
         pruned = load_model(Path(model.path))
         adapter = adapter_for(pruned)
         blocks = adapter.blocks(pruned)
+        factors = {}
         for state in states:
+            prefix = f"{adapter.blocks_path}.{state.block_index}"
             for linears in state.linears:
-                load_linears(blocks[state.block_index], adapter, Path(linears.path))
+                for name, term in load_linears(blocks[state.block_index], adapter, Path(linears.path)).items():
+                    factors[f"{prefix}.{name}"] = term
         reports = layer_reports(states)
         record = {
             "config": job_config,
             "method": job_config["method"]["method"],
             "pattern": job_config["method"].get("pattern", "unstructured"),
-            **decoder_linear_sparsity(pruned),
+            **decoder_linear_sparsity(pruned, factors),
             "engine": {
                 "forward_seconds": sum(report["forward_seconds"] for report in reports),
                 "solve_seconds": sum(report["solve_seconds"] for report in reports),
@@ -45,5 +48,5 @@ def reassemble(model: ModelArtifact, calibration: CalibrationArtifact, states: l
                        "calibration_sha256": calibration.tokens.sha256},
             "versions": software_versions(),
         }
-        save_pruned_model(pruned, load_tokenizer(Path(model.path)), directory, record)
+        save_pruned_model(pruned, load_tokenizer(Path(model.path)), directory, record, factors)
     return PrunedModel(path=str(directory), record=FileRef.of(directory / RECORD_FILE))

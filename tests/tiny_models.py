@@ -20,6 +20,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from pruning.statistics import InputStatistics
+
 VOCAB = 320
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Pruning removes weights from a trained network. "
@@ -48,6 +50,16 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family], dtype=torch.float32)
     return model.eval()
+
+
+def correlated_layer(rows: int = 48, columns: int = 64, tokens: int = 2048, seed: int = 0):
+    """One linear layer: a weight, and inputs with correlated features of unequal scale (like activations)."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(columns, columns, generator=generator) / columns**0.5
+    scales = torch.logspace(-1, 1, columns)
+    inputs = (torch.randn(tokens, columns, generator=generator) @ mixing + 0.3) * scales
+    weight = torch.randn(rows, columns, generator=generator)
+    return weight, InputStatistics.from_inputs(inputs.reshape(16, tokens // 16, columns)), inputs
 
 
 def random_ids(batch: int = 6, length: int = 32, seed: int = 1) -> torch.Tensor:

@@ -152,3 +152,25 @@ def test_a_run_killed_mid_way_resumes_at_the_unfinished_block_with_bit_identical
     assert resumed_weights.keys() == reference_weights.keys()
     for name, tensor in reference_weights.items():
         assert resumed_weights[name].equal(tensor), name
+
+
+def test_oats_through_the_flow_exports_a_factored_checkpoint_equal_to_the_merged_model(
+        tmp_path, corpus, tiny_tokenizer_dir):
+    import torch
+    from tiny_models import random_ids
+    from transformers import AutoModelForCausalLM
+
+    from pruning import load_compressed
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    job = make_job(checkpoint, corpus, tmp_path, method={"method": "oats", "sparsity": 0.5, "iterations": 10},
+                   evaluate_dense=False)
+    summary = compress(job, ArtifactStore(root=tmp_path / "artifacts"))
+    record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())
+    assert record["method"] == "oats" and abs(record["decoder_linear_sparsity"] - 0.5) < 0.01
+    assert all(layer["details"]["iterations"] == 10 for layer in record["engine"]["layers"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    factored = load_compressed(summary["output_dir"])
+    ids = random_ids(2, 16)
+    with torch.no_grad():
+        assert torch.allclose(factored(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)

@@ -2,21 +2,12 @@
 
 import pytest
 import torch
+from tiny_models import correlated_layer
 
 from pruning import magnitude, sparsegpt, wanda
 from pruning.hessian import damped_hessian
 from pruning.masks import satisfies_nm
 from pruning.statistics import InputStatistics, reconstruction_error
-
-
-def correlated_layer(rows: int = 48, columns: int = 64, tokens: int = 2048, seed: int = 0):
-    """A weight and inputs whose features are correlated and of unequal scale, like real activations."""
-    generator = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(columns, columns, generator=generator) / columns**0.5
-    scales = torch.logspace(-1, 1, columns)
-    inputs = (torch.randn(tokens, columns, generator=generator) @ mixing + 0.3) * scales
-    weight = torch.randn(rows, columns, generator=generator)
-    return weight, InputStatistics.from_inputs(inputs.reshape(16, tokens // 16, columns)), inputs
 
 
 def test_statistics_give_sparsegpt_hessian_and_wanda_norms():

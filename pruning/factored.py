@@ -1,0 +1,140 @@
+"""The factored form of a sparse + low-rank model: `SparseLowRankLinear` modules and their checkpoint.
+
+A factored linear computes  y = x·Sᵀ + (x·Vᵀ)·Uᵀ + b  with S sparse (d_out × d_in), U (d_out × r),
+V (r × d_in). On disk S is a bitmask (1 bit per weight, row-major) plus its nonzero values, so S costs
+d_out·d_in/8 + 4·nnz(S) bytes in fp32 instead of 4·d_out·d_in. Everything else of the model is stored as
+in its dense checkpoint; `load_compressed` rebuilds the Hugging Face model with the factored modules.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from pruning.statistics import SparseLowRank
+
+FACTORED_DIRECTORY = "factored"
+FACTORED_WEIGHTS = "model.safetensors"
+FORMAT_NAME = "pruneflow-sparse-low-rank-v1"
+SparseFormat = Literal["csr", "dense"]
+
+
+class SparseLowRankLinear(nn.Module):
+    """y = x·Sᵀ + (x·Vᵀ)·Uᵀ + b, with S kept as a CSR tensor (or dense, for comparison)."""
+
+    def __init__(self, sparse: torch.Tensor, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None,
+                 sparse_format: SparseFormat = "csr") -> None:
+        super().__init__()
+        self.out_features, self.in_features = sparse.shape
+        self.sparse_format = sparse_format
+        if sparse_format == "csr":
+            with warnings.catch_warnings():  # torch calls its CSR support "beta"; CPU matmuls work
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                sparse = sparse.to_sparse_csr()
+        # Not persistent: the checkpoint stores S as bitmask + values (see `save_factored`).
+        self.register_buffer("sparse", sparse, persistent=False)
+        self.up = nn.Parameter(up, requires_grad=False)
+        self.down = nn.Parameter(down, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        flat = inputs.reshape(-1, self.in_features)
+        sparse = cast(torch.Tensor, self.sparse)
+        # x·Sᵀ = (S·xᵀ)ᵀ lets the sparse operand come first, as CSR matmuls require.
+        outputs = (sparse @ flat.t()).t() if self.sparse_format == "csr" else flat @ sparse.t()
+        outputs = outputs + (flat @ self.down.t()) @ self.up.t()
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return outputs.reshape(*inputs.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.up.shape[1]}, S={self.sparse_format}"
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Row-major bits, 8 per uint8, least significant bit first."""
+    flat = mask.flatten().to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
+    return (flat.view(-1, 8) << torch.arange(8, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    bits = (packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.flatten()[: shape[0] * shape[1]].view(shape).bool()
+
+
+def _factored_tensors(name: str, factors: SparseLowRank, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    mask = factors.sparse != 0
+    return {f"{name}.sparse_mask": pack_mask(mask), f"{name}.sparse_values": factors.sparse[mask].to(dtype),
+            f"{name}.up": factors.up.to(dtype).contiguous(), f"{name}.down": factors.down.to(dtype).contiguous()}
+
+
+def save_factored(model: nn.Module, factors: dict[str, SparseLowRank], directory: Path) -> None:
+    """Write config and weights with every linear in `factors` (full names) stored factored.
+
+    Tensors that share storage (tied embeddings) are written once; the loader re-ties them.
+    """
+    state = model.state_dict()
+    dtype = next(iter(state.values())).dtype
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        if key.removesuffix(".weight") in factors and key.endswith(".weight"):
+            continue
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[key] = tensor.contiguous()
+    shapes = {}
+    for name, term in factors.items():
+        tensors.update(_factored_tensors(name, term, dtype))
+        shapes[name] = list(term.sparse.shape)
+    directory.mkdir(parents=True, exist_ok=True)
+    cast(Any, model).config.save_pretrained(directory)
+    save_file(tensors, str(directory / FACTORED_WEIGHTS), metadata={"format": FORMAT_NAME,
+                                                                    "linears": json.dumps(shapes)})
+
+
+def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") -> nn.Module:
+    """Rebuild a model saved by `save_factored` (a pruned model's `factored/` directory, or the model
+    directory that holds one) with `SparseLowRankLinear` modules in place of the factored linears."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(directory)
+    if (directory / FACTORED_DIRECTORY / FACTORED_WEIGHTS).is_file():
+        directory = directory / FACTORED_DIRECTORY
+    weights = directory / FACTORED_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory}: no {FACTORED_WEIGHTS}; a factored checkpoint is written by methods "
+                                "with a sparse + low-rank result (oats) under <output_dir>/factored")
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != FORMAT_NAME:
+            raise ValueError(f"{weights}: format '{metadata.get('format')}', expected '{FORMAT_NAME}'")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    shapes = json.loads(metadata["linears"])
+    dtype = tensors[f"{next(iter(shapes))}.up"].dtype if shapes else next(iter(tensors.values())).dtype
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory)).to(dtype)
+    for name, shape in shapes.items():
+        mask = unpack_mask(tensors.pop(f"{name}.sparse_mask"), (shape[0], shape[1]))
+        sparse = torch.zeros(shape, dtype=dtype)
+        sparse[mask] = tensors.pop(f"{name}.sparse_values")
+        bias = tensors.pop(f"{name}.bias", None)
+        model.set_submodule(name, SparseLowRankLinear(sparse, tensors.pop(f"{name}.up"), tensors.pop(f"{name}.down"),
+                                                      bias, sparse_format))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    model.tie_weights()
+    # Keys left missing must be the factored modules' own or tied to a loaded tensor (lm_head to the embeddings).
+    state = model.state_dict()
+    loaded = {state[key].data_ptr() for key in tensors if key in state}
+    untied = [key for key in missing if key.rsplit(".", 1)[0] not in shapes and state[key].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ValueError(f"{weights}: missing {untied[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
