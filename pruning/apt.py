@@ -1,0 +1,126 @@
+"""APT (Zhao et al., EMNLP 2024 Findings): prune many weights of a row at once, optimally.
+
+For row w, damped Hessian H and pruned set P (the "multiple removal problem"):
+  min_δ ½ δ H δᵀ  s.t. (w + δ)_P = 0   ⇒   δ* = −w_P [(H⁻¹)_PP]⁻¹ (H⁻¹)_P,:,   ΔL = ½ w_P [(H⁻¹)_PP]⁻¹ w_Pᵀ
+which equals the least-squares refit of w on its kept support. All rows are solved at once: per row a
+|P|×|P| system, batched and padded to the largest |P| (identity on padding), chunked over rows.
+
+Mask selection:
+  blockwise  per block of B columns, left to right: pick the block's mask by w_j²/[(H_rest)⁻¹]_jj over the whole
+             block (as SparseGPT), solve the joint removal with the columns before the block frozen, so the
+             update reaches the block's kept weights and every later column; H_rest = H over the columns left,
+             whose inverse follows from the previous one by a Schur complement.
+  row        pick each row's mask at once by w_j²/[H⁻¹]_jj, then one exact joint solve over the whole row.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from pruning.hessian import damped_hessian
+from pruning.masks import check_nm_divisible, matrix_mask, nm_mask, row_mask
+from pruning.statistics import InputStatistics, LayerResult
+from pruning.targets import SparsityConfig
+
+SOLVE_CHUNK_ELEMENTS = 2**24  # rows per batched solve chosen so that rows·|P|² stays below this (128 MiB in fp64)
+
+
+class APTConfig(SparsityConfig):
+    method: Literal["apt"] = "apt"
+    selection: Literal["blockwise", "row"] = Field("blockwise", description="mask per column block with joint "
+                                                   "updates (blockwise), or per whole row then one solve (row)")
+    blocksize: int = Field(128, gt=0, description="columns per block (blockwise selection)")
+    damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I, as SparseGPT")
+
+    @model_validator(mode="after")
+    def _blocks_hold_whole_groups(self) -> APTConfig:
+        if self.nm is not None and self.selection == "blockwise" and self.blocksize % self.nm.m:
+            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
+                             f"for pattern {self.pattern}")
+        return self
+
+
+def joint_removal(weight: torch.Tensor, pruned: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The optimal update δ of every row (δ_P = −w_P, so pruned weights become 0) and Σ_rows ΔL.
+
+    weight (rows × d), pruned mask (rows × d), inverse = H⁻¹ (d × d) of the free columns, all one dtype.
+    """
+    rows, columns = weight.shape
+    counts = pruned.sum(dim=1)
+    most = int(counts.max()) if rows else 0
+    if most == 0:
+        return torch.zeros_like(weight), 0.0
+    # Each row's pruned columns first (stable order); padding slot k points at an extra index d + k where an
+    # identity block is appended to H⁻¹, so padded systems are block-diagonal with 1s and solve to 0.
+    order = torch.argsort((~pruned).to(torch.int8), dim=1, stable=True)[:, :most]
+    padding = columns + torch.arange(most, device=weight.device)
+    index = torch.where(torch.arange(most, device=weight.device) < counts.unsqueeze(1), order, padding)
+    extended = torch.block_diag(inverse, torch.eye(most, dtype=inverse.dtype, device=inverse.device))
+    padded_weight = torch.cat([weight, weight.new_zeros(rows, most)], dim=1)
+    coefficients = torch.zeros(rows, most, dtype=weight.dtype, device=weight.device)
+    chunk = max(1, SOLVE_CHUNK_ELEMENTS // (most * most))
+    for start in range(0, rows, chunk):
+        rows_index = index[start:start + chunk]
+        # x = R⁻¹ w_P with R = (H⁻¹)_PP per row (SPD: Cholesky).
+        system = extended[rows_index.unsqueeze(2), rows_index.unsqueeze(1)]
+        values = torch.gather(padded_weight[start:start + chunk], 1, rows_index)
+        coefficients[start:start + chunk] = torch.cholesky_solve(values.unsqueeze(2),
+                                                                 torch.linalg.cholesky(system)).squeeze(2)
+    loss = 0.5 * float((coefficients * torch.gather(padded_weight, 1, index)).sum())
+    # δ_i = −x_i (H⁻¹)_P,:  =  −(x_i scattered to its columns) · H⁻¹, over the columns any row prunes.
+    scattered = torch.zeros_like(padded_weight).scatter_(1, index, coefficients)[:, :columns]
+    support = pruned.any(dim=0)
+    return -(scattered[:, support] @ inverse[support]), loss
+
+
+def _saliency(weight: torch.Tensor, inverse_diagonal: torch.Tensor) -> torch.Tensor:
+    """OBS saliency of removing one weight alone: w_j² / [H⁻¹]_jj."""
+    return weight.square() / inverse_diagonal.unsqueeze(0)
+
+
+def _select(scores: torch.Tensor, config: APTConfig, per_row: bool) -> torch.Tensor:
+    """Kept mask: N of every M, else the lowest scores per row (row) or over the block (blockwise)."""
+    if config.nm is not None:
+        return nm_mask(scores, config.nm)
+    return row_mask(scores, config.target_sparsity) if per_row else matrix_mask(scores, config.target_sparsity)
+
+
+def _inverse(hessian: torch.Tensor) -> torch.Tensor:
+    return torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTConfig) -> LayerResult:
+    rows, columns = weight.shape
+    if config.nm is not None:
+        check_nm_divisible(columns, config.nm)
+    # float64 for the inverses and solves: the systems (H⁻¹)_PP can be ill-conditioned.
+    hessian = damped_hessian(statistics.hessian.to(weight.device), config.damping).to(torch.float64)
+    pruned = weight.to(torch.float64)
+    if config.selection == "row":
+        inverse = _inverse(hessian)
+        mask = _select(_saliency(pruned, torch.diagonal(inverse)), config, per_row=True)
+        delta, loss = joint_removal(pruned, ~mask, inverse)
+        pruned = (pruned + delta) * mask
+    else:
+        mask = torch.ones_like(weight, dtype=torch.bool)
+        loss = 0.0
+        inverse = _inverse(hessian)  # (H over the columns not yet frozen)⁻¹
+        for start in range(0, columns, config.blocksize):
+            width = min(config.blocksize, columns - start)
+            block_mask = _select(_saliency(pruned[:, start:start + width], torch.diagonal(inverse)[:width]), config,
+                                 per_row=False)
+            block_pruned = torch.zeros_like(pruned[:, start:], dtype=torch.bool)
+            block_pruned[:, :width] = ~block_mask
+            delta, block_loss = joint_removal(pruned[:, start:], block_pruned, inverse)
+            pruned[:, start:] += delta
+            pruned[:, start:start + width] *= block_mask
+            mask[:, start:start + width] = block_mask
+            loss += block_loss
+            # Freeze the block: (H_22)⁻¹ = A_22 − A_21 A_11⁻¹ A_12 for A = (H over columns ≥ start)⁻¹.
+            head, cross = inverse[:width, :width], inverse[:width, width:]
+            inverse = inverse[width:, width:] - cross.t() @ torch.cholesky_solve(cross, torch.linalg.cholesky(head))
+    result = pruned.to(weight.dtype)
+    return LayerResult.measure(weight, result, mask, statistics, details={"loss": loss})

@@ -1,0 +1,77 @@
+"""APT on single layers: the joint removal is the least-squares refit, its loss is the layer error."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+from tiny_models import correlated_layer
+
+from pruning import sparsegpt
+from pruning.apt import APTConfig, joint_removal, prune_layer
+from pruning.hessian import damped_hessian
+from pruning.masks import NMPattern, satisfies_nm
+from pruning.statistics import reconstruction_error
+
+
+def test_joint_removal_on_a_fixed_mask_is_the_least_squares_refit_and_its_loss_the_error():
+    weight, statistics, inputs = correlated_layer()
+    mask = torch.rand(weight.shape, generator=torch.Generator().manual_seed(1)) < 0.45  # rows keep different counts
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(statistics.hessian.double()))
+    delta, loss = joint_removal(weight.double(), ~mask, inverse)
+    refit = (weight.double() + delta) * mask
+    assert float(delta[~mask].add(weight.double()[~mask]).abs().max()) < 1e-9  # pruned weights land on zero
+    for row in range(weight.shape[0]):
+        kept = mask[row]
+        target = inputs.double() @ weight[row].double()
+        solution = torch.linalg.lstsq(inputs.double()[:, kept], target).solution
+        # The Hessian comes from an fp32 gram: agreement to fp32 precision, relative to the row.
+        assert float(torch.linalg.norm(refit[row, kept] - solution) / torch.linalg.norm(solution)) < 1e-5
+    # ½ δHδᵀ with H = (2/n)·Σxxᵀ is (1/n)·‖(W − Ŵ)X‖².
+    error = reconstruction_error(weight, refit.float(), statistics)
+    assert loss * statistics.num_sequences == pytest.approx(error, rel=1e-4)
+
+
+@pytest.mark.parametrize("selection", ["blockwise", "row"])
+@pytest.mark.parametrize("fields", [{"sparsity": 0.5}, {"sparsity": 0.7}, {"pattern": "2:4"}])
+def test_reported_loss_is_the_layer_error(selection, fields):
+    weight, statistics, _ = correlated_layer()
+    result = prune_layer(weight, statistics, APTConfig(selection=selection, damping=0.0, blocksize=16, **fields))
+    assert result.details["loss"] * statistics.num_sequences == pytest.approx(result.reconstruction_error, rel=1e-3)
+    assert torch.equal(result.weight != 0, result.mask)
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+def test_on_sparsegpts_mask_the_joint_solve_is_no_worse_than_sparsegpt(pattern):
+    weight, statistics, _ = correlated_layer()
+    fields = {"pattern": pattern, **({"sparsity": 0.6} if pattern == "unstructured" else {})}
+    reference = sparsegpt.prune_layer(weight, statistics, sparsegpt.SparseGPTConfig(**fields))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(damped_hessian(statistics.hessian, 0.01).double()))
+    delta, _ = joint_removal(weight.double(), ~reference.mask, inverse)
+    joint = ((weight.double() + delta) * reference.mask).float()
+    assert reconstruction_error(weight, joint, statistics) <= reference.reconstruction_error * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("selection", ["blockwise", "row"])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+def test_nm_output_satisfies_the_pattern_exactly(selection, pattern):
+    weight, statistics, _ = correlated_layer()
+    result = prune_layer(weight, statistics, APTConfig(selection=selection, pattern=pattern, blocksize=32))
+    nm = NMPattern.parse(pattern)
+    assert satisfies_nm(result.weight, nm)
+    assert int((result.weight != 0).sum()) == weight.numel() * nm.n // nm.m
+
+
+@pytest.mark.parametrize("selection", ["blockwise", "row"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7])
+def test_unstructured_sparsity_is_the_asked_fraction(selection, sparsity):
+    weight, statistics, _ = correlated_layer(seed=2)
+    result = prune_layer(weight, statistics, APTConfig(sparsity=sparsity, selection=selection, blocksize=32))
+    zeros = int((result.weight == 0).sum())
+    if selection == "row":  # every row drops ⌊d_in·p⌋, as Wanda
+        assert zeros == weight.shape[0] * int(weight.shape[1] * sparsity)
+    else:  # every block drops ⌊block size·rows·p⌋, as SparseGPT
+        assert zeros == 2 * int(32 * weight.shape[0] * sparsity)
+
+
+def test_blocksize_must_hold_whole_nm_groups():
+    with pytest.raises(ValidationError, match="blocksize"):
+        APTConfig(pattern="2:8", blocksize=12)
