@@ -31,6 +31,9 @@ class ArchitectureAdapter:
     blocks_path: str
     linear_groups: tuple[tuple[str, ...], ...]
     transposed_weights: bool = False
+    # (linear, producer): the model multiplies by this linear's weight directly, never calling the module, and
+    # its input is the first d_in columns of the producer module's output (Mamba's dt_proj after x_proj).
+    input_producers: tuple[tuple[str, str], ...] = ()
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's list of decoder blocks."""
@@ -68,6 +71,10 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h",
                         (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
                         transposed_weights=True),
+    # Mamba: in_proj -> (causal conv, selective scan inputs) x_proj -> dt_proj -> (scan) out_proj.
+    ArchitectureAdapter("mamba", ("mamba",), "backbone.layers",
+                        (("mixer.in_proj",), ("mixer.x_proj",), ("mixer.dt_proj",), ("mixer.out_proj",)),
+                        input_producers=(("mixer.dt_proj", "mixer.x_proj"),)),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(t for adapter in ADAPTERS for t in adapter.model_types))

@@ -18,7 +18,7 @@ import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,11 +139,14 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch
     return output[0] if isinstance(output, tuple) else output
 
 
-def collect_input_statistics(block: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
-                             calls: list[BlockCall], options: EngineOptions) -> dict[tuple[str, ...], InputStatistics]:
+def collect_input_statistics(
+        block: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor], calls: list[BlockCall],
+        options: EngineOptions, input_producers: tuple[tuple[str, str], ...] = (),
+) -> dict[tuple[str, ...], InputStatistics]:
     """Σxxᵀ (fp32) of the inputs of each group in `stage`, one forward over all batches.
 
-    Each forward stops as soon as the stage's last group has seen its input.
+    Each forward stops as soon as the stage's last group has seen its input. A group whose first linear
+    is never called as a module reads its input from its producer's output (see `ArchitectureAdapter`).
     """
     statistics: dict[tuple[str, ...], InputStatistics] = {}
     handles = []
@@ -159,8 +162,20 @@ def collect_input_statistics(block: nn.Module, stage: list[tuple[str, ...]], hid
                 raise _StopForward
         return accumulate
 
+    def producer_hook_for(group: tuple[str, ...]) -> Callable[..., None]:
+        width = int(cast(torch.Tensor, block.get_submodule(group[0]).weight).shape[1])
+        accumulate = hook_for(group)
+
+        def from_output(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            accumulate(module, (output[..., :width],))
+        return from_output
+
+    producers = dict(input_producers)
     for group in stage:
-        handles.append(block.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
+        if group[0] in producers:
+            handles.append(block.get_submodule(producers[group[0]]).register_forward_hook(producer_hook_for(group)))
+        else:
+            handles.append(block.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
     try:
         with torch.no_grad():
             for batch, call in zip(hidden, calls, strict=True):
@@ -226,7 +241,7 @@ class BlockPruner:
                            calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
         """Σxxᵀ of the stage's inputs (see `collect_input_statistics`), timed into the report."""
         started = time.perf_counter()
-        statistics = collect_input_statistics(working, stage, hidden, calls, self.options)
+        statistics = collect_input_statistics(working, stage, hidden, calls, self.options, self.adapter.input_producers)
         self.report.forward_seconds += time.perf_counter() - started
         return statistics
 

@@ -11,6 +11,7 @@ from transformers import (
     Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
+    MambaConfig,
     MistralConfig,
     OPTConfig,
     Phi3Config,
@@ -43,6 +44,8 @@ FAMILY_CONFIGS: dict[str, PretrainedConfig] = {
     "opt": OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                      max_position_embeddings=256, word_embed_proj_dim=64),
     "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    "mamba": MambaConfig(vocab_size=VOCAB, hidden_size=64, state_size=8, num_hidden_layers=2, expand=2,
+                         time_step_rank=8),
 }
 
 

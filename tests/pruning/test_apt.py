@@ -75,3 +75,24 @@ def test_unstructured_sparsity_is_the_asked_fraction(selection, sparsity):
 def test_blocksize_must_hold_whole_nm_groups():
     with pytest.raises(ValidationError, match="blocksize"):
         APTConfig(pattern="2:8", blocksize=12)
+
+
+def test_apt_and_sparsegpt_prune_a_tiny_mamba_including_the_directly_multiplied_dt_proj():
+    from tiny_models import random_ids, tiny_model
+
+    from pruning.architectures import adapter_for
+    from pruning.engine import EngineOptions, prune_model
+    from pruning.sparsegpt import SparseGPTConfig
+
+    for config in (APTConfig(sparsity=0.5), SparseGPTConfig(sparsity=0.5)):
+        model = tiny_model("mamba")
+        report = prune_model(model, random_ids(), config, EngineOptions(forward_dtype=torch.float32, progress=False))
+        adapter = adapter_for(model)
+        names = {layer.name.rsplit(".", 2)[-2] + "." + layer.name.rsplit(".", 1)[-1] for layer in report.layers}
+        assert names == {"mixer.in_proj", "mixer.x_proj", "mixer.dt_proj", "mixer.out_proj"}
+        for layer in report.layers:
+            assert layer.sparsity == pytest.approx(0.5) and 0 < layer.relative_error < 1, layer
+        dt_proj = adapter.read_weight(adapter.blocks(model)[1].get_submodule("mixer.dt_proj"))
+        assert float((dt_proj == 0).float().mean()) == pytest.approx(0.5)
+        with torch.no_grad():
+            assert torch.isfinite(model(input_ids=random_ids(2, 16)).logits).all()

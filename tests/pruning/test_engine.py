@@ -21,8 +21,13 @@ def test_captured_block_calls_replay_the_full_model_exactly(family):
     ids = random_ids()
     adapter = adapter_for(model)
     hidden, calls = capture_block_inputs(model, adapter, ids, batch_size=4)
+    reference: list[torch.Tensor] = []
+    handles = [block.register_forward_pre_hook(lambda _module, inputs: reference.append(inputs[0].clone()))
+               for block in adapter.blocks(model)]
     with torch.no_grad():
-        reference = model(input_ids=ids, output_hidden_states=True).hidden_states
+        model(input_ids=ids)
+        for handle in handles:
+            handle.remove()
         for index, block in enumerate(adapter.blocks(model)):
             replayed = torch.cat(hidden)
             assert torch.allclose(replayed, reference[index], atol=1e-5), f"block {index} input differs"
