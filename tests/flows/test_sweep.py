@@ -146,3 +146,20 @@ def test_two_combinations_run_concurrently_on_a_dask_local_cluster(project):
     first, second = summaries
     assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
     assert (directory / "runs" / "tiny" / "sparsegpt-unstructured-0.5" / "model.safetensors").is_file()
+
+
+def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbing(project, capsys):
+    directory, params = project
+    params = {**params, "dense_baseline": False,
+              "prune": {"methods": ["oats", "apt"], "sparsity": 0.5,
+                        "options": {"oats": {"rank_ratio": 0.25, "iterations": 5}, "apt": {"selection": "row"}}}}
+    assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
+    printed = capsys.readouterr().out
+    assert "| oats | unstructured | 0.5 |" in printed and "| apt | unstructured | 0.5 |" in printed
+    oats_run = directory / "runs" / "tiny" / "oats-unstructured-0.5"
+    record = json.loads((oats_run / "pruneflow.json").read_text())
+    assert record["config"]["method"]["rank_ratio"] == 0.25
+    assert (oats_run / "factored" / "model.safetensors").is_file()
+    apt_record = json.loads((directory / "runs" / "tiny" / "apt-unstructured-0.5" / "pruneflow.json").read_text())
+    assert apt_record["config"]["method"]["selection"] == "row"
+    assert apt_record["decoder_linear_sparsity"] == pytest.approx(0.5)
