@@ -87,8 +87,9 @@ def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, A
             "solve_seconds": engine["solve_seconds"], "peak_rss_mb": record["peak_rss_mb"]}
 
 
-def layer_errors(methods: list[str], arguments: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each method on the same real layers and the same dense input statistics (blocks 0, 15, 29)."""
+def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each method (label -> method fields) on the same real layers and dense input statistics (blocks 0, 15,
+    29): its reconstruction error ||(W - W_hat) X||^2 and, under "<label> seconds", its solve time."""
     import torch
 
     from pruning import pipeline
@@ -118,10 +119,12 @@ def layer_errors(methods: list[str], arguments: argparse.Namespace) -> list[dict
                 weight = adapter.read_weight(block.get_submodule(name))
                 for pattern in ("unstructured", "2:4"):
                     row = {"layer": f"{adapter.blocks_path}.{index}.{name}", "pattern": pattern}
-                    for method in methods:
-                        config = method_config({"method": method, "pattern": pattern,
+                    for label, fields in methods.items():
+                        config = method_config({**fields, "pattern": pattern,
                                                 **({"sparsity": 0.5} if pattern == "unstructured" else {})})
-                        row[method] = prune_layer(weight, captured[name], config).reconstruction_error
+                        started = time.perf_counter()
+                        row[label] = prune_layer(weight, captured[name], config).reconstruction_error
+                        row[f"{label} seconds"] = time.perf_counter() - started
                     rows.append(row)
         with torch.no_grad():
             hidden = [block(batch, *call.args, **call.kwargs) for batch, call in zip(hidden, calls[index], strict=True)]
@@ -141,7 +144,10 @@ def main() -> None:
     parser.add_argument("--case", help="internal: run one case (method fields as JSON) and print its JSON")
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
     arguments = parser.parse_args()
-    methods = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite] if case["method"] != "dense")})
+    names = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite] if case["method"] != "dense")})
+    methods = {name: {"method": name} for name in names}
+    if "apt" in names:  # the whole-row selection, to weigh against the blockwise default per layer
+        methods["apt row"] = {"method": "apt", "selection": "row"}
     if arguments.case:
         print(json.dumps(run_case(json.loads(arguments.case), arguments)))
         return
