@@ -3,8 +3,8 @@
 Forms: the dense model; a SparseGPT-50% model (dense weights holding zeros: no kernel skips them); OATS-50% merged
 (dense); OATS-50% factored with S as CSR and with S dense (`pruning.load_compressed`). Measures the prefill of
 1 x 512 tokens and greedy decoding at batch 1 (64 new tokens after a 16-token prompt, KV cache on; tokens/s =
-64 / median time, prompt prefill included). Pruned models come from `bench/prune_smollm2.py` runs
-(`.pruneflow/cache/bench-models/`); forms whose directory is missing are reported as skipped.
+64 / median time, prompt prefill included). The pruned models are those of the default sweep (`make run`:
+runs/smollm2-135m/<method>-unstructured-0.5); forms whose directory is missing are reported as skipped.
 
   .venv/bin/python bench/latency_smollm2.py     -> bench/results/latency_smollm2.json
 """
@@ -30,7 +30,7 @@ def _weights_directory(form: str, models: Path, cache_dir: Path) -> Path:
 
     if form == "dense":
         return fetch_model(MODEL, cache_dir)
-    directory = models / ("sparsegpt-0.5" if form.startswith("sparsegpt") else "oats-0.5")
+    directory = models / ("sparsegpt-unstructured-0.5" if form.startswith("sparsegpt") else "oats-unstructured-0.5")
     return directory / FACTORED_DIRECTORY if "factored" in form else directory
 
 
@@ -66,7 +66,7 @@ def measure_form(model: torch.nn.Module, seconds: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "latency_smollm2.json")
-    parser.add_argument("--models", type=Path, default=REPO / ".pruneflow" / "cache" / "bench-models")
+    parser.add_argument("--models", type=Path, default=REPO / "runs" / "smollm2-135m")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum measuring time per case")
     arguments = parser.parse_args()
@@ -79,7 +79,7 @@ def main() -> None:
     for form in forms:
         directory = _weights_directory(form, arguments.models, arguments.cache_dir)
         if not (directory / "config.json").is_file():
-            results["forms"][form] = {"skipped": f"{directory} is missing: run bench/prune_smollm2.py first"}
+            results["forms"][form] = {"skipped": f"{directory} is missing: run `make run` first"}
             continue
         results["forms"][form] = {**measure_form(_load(form, directory), arguments.seconds),
                                   "checkpoint_bytes": sum(path.stat().st_size

@@ -4,7 +4,7 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
   baselines   dense; magnitude, Wanda, SparseGPT at 50% and 2:4 (prune_smollm2.json)
   oats        OATS at 50% and 60%, SparseGPT/Wanda at 60%, OATS 2:8 + low rank at κ = 0.5 (50% total)
   oats-sweep  OATS at 50% with κ 0.2 / 0.4 and T 20 / 40 (κ 0.3, T 80 is in `oats`)
-  apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70% (and SparseGPT 50% again, for its model)
+  apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70%
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -40,8 +40,7 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                    *({"method": "oats", "sparsity": 0.5, "iterations": rounds} for rounds in (20, 40))],
     "apt": [{"method": "apt", "sparsity": 0.5}, {"method": "apt", "pattern": "2:4"},
             {"method": "apt", "sparsity": 0.6}, {"method": "apt", "sparsity": 0.7},
-            {"method": "sparsegpt", "sparsity": 0.7}, {"method": "wanda", "sparsity": 0.7},
-            {"method": "sparsegpt", "sparsity": 0.5}],  # its model is the latency benchmark's SparseGPT-50%
+            {"method": "sparsegpt", "sparsity": 0.7}, {"method": "wanda", "sparsity": 0.7}],
 }
 ERROR_BLOCKS = (0, 15, 29)
 
