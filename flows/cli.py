@@ -183,6 +183,14 @@ def _fail(lines: list[str]) -> int:
     return USAGE_ERROR
 
 
+def _print_factored(output_dir: Path) -> None:
+    from pruning.factored import FACTORED_DIRECTORY
+
+    if (output_dir / FACTORED_DIRECTORY).is_dir():
+        print(f"sparse + low-rank checkpoint in {output_dir / FACTORED_DIRECTORY} "
+              f"(load with pruning.load_compressed('{output_dir}'))")
+
+
 def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
     for result in results:
         print(f"{label:>8}  ppl {result['perplexity']:10.3f}  {result['protocol']}")
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_perplexities("pruned", record["perplexity"])
             print(f"sparsity {record['decoder_linear_sparsity']:.4f} over decoder linears; "
                   f"prune {record['timings']['prune_seconds']:.1f} s; saved to {job.output_dir}")
+            _print_factored(job.output_dir)
         elif arguments.command == "compress":
             job = job_from_arguments(arguments)
             from flows.compress import compress
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_perplexities("dense", summary["dense_perplexity"])
             _print_perplexities("pruned", summary["perplexity"])
             print(f"saved to {job.output_dir}")
+            _print_factored(job.output_dir)
         elif arguments.command == "sweep":
             return _sweep(arguments.params)
         elif arguments.command == "serve":

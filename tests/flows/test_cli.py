@@ -119,6 +119,18 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert json.loads(printed)[0]["perplexity"] == pytest.approx(record["perplexity"][0]["perplexity"], rel=1e-5)
 
 
+def test_oats_from_the_command_line_with_options_prints_where_the_factored_checkpoint_is(
+        tiny_checkpoint, corpus_file, tmp_path, capsys):
+    output = tmp_path / "oats"
+    status, printed, _ = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) +
+                                 ["--method", "oats", "--sparsity", "0.6", "--option", "rank_ratio=0.2",
+                                  "--option", "iterations=4"], capsys)
+    assert status == 0 and f"sparse + low-rank checkpoint in {output / 'factored'}" in printed
+    record = json.loads((output / "pruneflow.json").read_text())
+    assert record["config"]["method"]["rank_ratio"] == 0.2
+    assert record["decoder_linear_sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
 def test_yaml_job_file_is_accepted_and_overridden_by_options(tiny_checkpoint, corpus_file, tmp_path, capsys):
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {tiny_checkpoint}\nmethod: {{method: magnitude, sparsity: 0.3}}\n"
