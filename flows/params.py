@@ -4,7 +4,8 @@
   prune:
     methods: [magnitude, wanda, sparsegpt]
     sparsity: 0.5              # or a list; used for unstructured patterns
-    patterns: [unstructured]   # N:M patterns imply their own sparsity
+    patterns: [unstructured]   # N:M patterns imply their own sparsity; structured methods (osscar, ...)
+                               # remove `sparsity` of the MLP neurons (and options.attention_groups)
     options: {sparsegpt: {blocksize: 128}}
   calibration: {...}  evaluation: [{...}]  engine: {...}
   dense_baseline: true
@@ -22,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob
-from pruning.methods import METHOD_MODULES
+from pruning.methods import METHOD_MODULES, is_structured
 from pruning.sources import ModelSource
 
 
@@ -106,8 +107,8 @@ class SweepParams(_Strict):
     def method_jobs(self, model: ModelEntry, method: str, output_root: Path) -> list[PruneJob]:
         """One method's patterns x sparsities for one model, each in `output_root/<combination>`."""
         jobs = []
-        for pattern in self.prune.patterns:
-            for sparsity in self.prune.sparsities if pattern == "unstructured" else (None,):
+        for pattern in ("structured",) if is_structured(method) else self.prune.patterns:
+            for sparsity in self.prune.sparsities if pattern in ("unstructured", "structured") else (None,):
                 method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
                                  **({"sparsity": sparsity} if sparsity is not None else {})}
                 jobs.append(PruneJob.model_validate({

@@ -23,6 +23,25 @@ _LLAMA_STYLE_GROUPS: tuple[tuple[str, ...], ...] = (
 
 
 @dataclass(frozen=True)
+class StructuredUnit:
+    """A sub-block for structured pruning: its second linear (`target`), whose input column groups are
+    removed, and the linears that produce those columns, each a sequence of row segments:
+    "q" (num_heads·head_dim rows, a KV group owns queries_per_group·head_dim), "kv" (num_kv_heads·head_dim
+    rows, a KV group owns head_dim), "neuron" (one row per MLP neuron). Fused producers list several."""
+
+    kind: str
+    target: str
+    producers: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+_LLAMA_STYLE_UNITS = (
+    StructuredUnit("attention", "self_attn.o_proj", (("self_attn.q_proj", ("q",)), ("self_attn.k_proj", ("kv",)),
+                                                      ("self_attn.v_proj", ("kv",)))),
+    StructuredUnit("mlp", "mlp.down_proj", (("mlp.gate_proj", ("neuron",)), ("mlp.up_proj", ("neuron",)))),
+)
+
+
+@dataclass(frozen=True)
 class ArchitectureAdapter:
     """Where a family keeps its blocks and how each block's linears are ordered and grouped."""
 
@@ -34,6 +53,10 @@ class ArchitectureAdapter:
     # (linear, producer): the model multiplies by this linear's weight directly, never calling the module, and
     # its input is the first d_in columns of the producer module's output (Mamba's dt_proj after x_proj).
     input_producers: tuple[tuple[str, str], ...] = ()
+    structured_units: tuple[StructuredUnit, ...] = ()
+    # The config keys that a physically smaller model changes; attention removal needs an explicit head_dim.
+    intermediate_size_key: str = "intermediate_size"
+    explicit_head_dim: bool = False
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's list of decoder blocks."""
@@ -62,15 +85,30 @@ class ArchitectureAdapter:
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma"),
-                        "model.layers", _LLAMA_STYLE_GROUPS),
+                        "model.layers", _LLAMA_STYLE_GROUPS, structured_units=_LLAMA_STYLE_UNITS,
+                        explicit_head_dim=True),
     ArchitectureAdapter("phi3", ("phi3",), "model.layers",
-                        (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",))),
+                        (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
+                        structured_units=(
+                            StructuredUnit("attention", "self_attn.o_proj",
+                                           (("self_attn.qkv_proj", ("q", "kv", "kv")),)),
+                            StructuredUnit("mlp", "mlp.down_proj", (("mlp.gate_up_proj", ("neuron", "neuron")),)))),
     ArchitectureAdapter("opt", ("opt",), "model.decoder.layers",
                         (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
-                         ("fc1",), ("fc2",))),
+                         ("fc1",), ("fc2",)),
+                        structured_units=(
+                            StructuredUnit("attention", "self_attn.out_proj", (
+                                ("self_attn.q_proj", ("q",)), ("self_attn.k_proj", ("kv",)),
+                                ("self_attn.v_proj", ("kv",)))),
+                            StructuredUnit("mlp", "fc2", (("fc1", ("neuron",)),))),
+                        intermediate_size_key="ffn_dim"),
     ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h",
                         (("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
-                        transposed_weights=True),
+                        transposed_weights=True,
+                        structured_units=(
+                            StructuredUnit("attention", "attn.c_proj", (("attn.c_attn", ("q", "kv", "kv")),)),
+                            StructuredUnit("mlp", "mlp.c_proj", (("mlp.c_fc", ("neuron",)),))),
+                        intermediate_size_key="n_inner"),
     # Mamba: in_proj -> (causal conv, selective scan inputs) x_proj -> dt_proj -> (scan) out_proj.
     ArchitectureAdapter("mamba", ("mamba",), "backbone.layers",
                         (("mixer.in_proj",), ("mixer.x_proj",), ("mixer.dt_proj",), ("mixer.out_proj",)),

@@ -24,9 +24,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning.architectures import ArchitectureAdapter, adapter_for
+from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit, adapter_for
 from pruning.methods import MethodConfig, prune_layer
+from pruning.shrink import structured_layout, unit_groups, unit_is_pruned, zero_producers
 from pruning.statistics import InputStatistics, SparseLowRank
+from pruning.structured import StructuredBudget
 
 
 @dataclass(frozen=True)
@@ -191,16 +193,27 @@ class BlockPruner:
     """Prunes one decoder block in place, given its input activations and call arguments."""
 
     def __init__(self, adapter: ArchitectureAdapter, method: MethodConfig, options: EngineOptions,
-                 report: PruneReport) -> None:
+                 report: PruneReport, layout: HeadLayout | None = None) -> None:
+        """`layout` (the model's head layout) is needed by structured methods, which solve only each
+        sub-block's second linear and then zero the rows that produced its removed column groups."""
         self.adapter = adapter
         self.method = method
         self.options = options
         self.report = report
+        self.layout = layout
+        self.units: dict[str, StructuredUnit] = {}
+        if isinstance(method, StructuredBudget):
+            if layout is None:
+                raise ValueError("structured methods need the model's head layout (see `structured_layout`)")
+            self.units = {unit.target: unit for unit in adapter.structured_units if unit_is_pruned(unit, method)}
 
     def prunable_groups(self, block_prefix: str) -> list[tuple[str, ...]]:
-        """The block's linear groups with skipped layers removed (groups left empty are dropped)."""
+        """The block's linear groups with skipped layers removed (groups left empty are dropped); for a
+        structured method only the second linears of the sub-blocks it prunes."""
         groups = []
         for group in self.adapter.linear_groups:
+            if self.units:
+                group = tuple(name for name in group if name in self.units)
             kept = tuple(name for name in group if not any(
                 fnmatch.fnmatch(f"{block_prefix}.{name}", pattern) for pattern in self.options.skip_layers))
             if kept:
@@ -246,20 +259,35 @@ class BlockPruner:
         return statistics
 
     def solve_stage(self, block: nn.Module, working: nn.Module, block_prefix: str, stage: list[tuple[str, ...]],
-                    statistics: dict[tuple[str, ...], InputStatistics]) -> None:
-        """Solve every linear of the stage; write results to the master block and the working copy."""
+                    statistics: dict[tuple[str, ...], InputStatistics]) -> list[str]:
+        """Solve every linear of the stage; write results to the master block and the working copy.
+
+        Returns the names of the linears written (a structured unit's producers included)."""
+        written = []
         for group in stage:
             for name in group:
-                self._solve_linear(block, working, block_prefix, name, statistics[group])
+                written += self._solve_linear(block, working, block_prefix, name, statistics[group])
+        return written
 
     def _solve_linear(self, block: nn.Module, working: nn.Module, block_prefix: str, name: str,
-                      statistics: InputStatistics) -> None:
+                      statistics: InputStatistics) -> list[str]:
         started = time.perf_counter()
         master = block.get_submodule(name)
         weight = self.adapter.read_weight(master).to(self.options.device)
-        result = prune_layer(weight, statistics, self.method)
+        unit = self.units.get(name)
+        groups = unit_groups(block, self.adapter, unit, cast(HeadLayout, self.layout)) if unit else None
+        result = prune_layer(weight, statistics, self.method, groups)
         self.adapter.write_weight(master, result.weight.to("cpu"))
         self.adapter.write_weight(working.get_submodule(name), result.weight)
+        written = [name]
+        if unit is not None and groups is not None:
+            # A removed group's columns are zero: zero the rows that produced them, in both copies.
+            kept = result.mask[0].view(groups.count, groups.size).all(dim=1).cpu()
+            removed = torch.nonzero(~kept).flatten()
+            for copy_of_block in (block, working):
+                written += zero_producers(copy_of_block, self.adapter, unit, groups, cast(HeadLayout, self.layout),
+                                          removed)
+            written = list(dict.fromkeys(written))
         if result.factors is not None:
             self.report.factors[f"{block_prefix}.{name}"] = result.factors.to("cpu")
         elapsed = time.perf_counter() - started
@@ -268,6 +296,7 @@ class BlockPruner:
             name=f"{block_prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
             sparsity=result.sparsity, reconstruction_error=result.reconstruction_error,
             relative_error=result.relative_error, solve_seconds=elapsed, details=result.details))
+        return written
 
 
 def prune_model(model: nn.Module, input_ids: torch.Tensor, method: MethodConfig,
@@ -279,7 +308,8 @@ def prune_model(model: nn.Module, input_ids: torch.Tensor, method: MethodConfig,
     hidden, calls = capture_block_inputs(model, adapter, input_ids, options.batch_size)
     hidden = [batch.to(options.forward_dtype) for batch in hidden]
     report.capture_seconds = time.perf_counter() - started
-    pruner = BlockPruner(adapter, method, options, report)
+    layout = structured_layout(adapter, method, cast(Any, model).config)
+    pruner = BlockPruner(adapter, method, options, report, layout)
     blocks = adapter.blocks(model)
     for index in tqdm(range(len(blocks)), desc="blocks", disable=not options.progress):
         hidden = pruner(blocks[index], f"{adapter.blocks_path}.{index}", hidden, calls[index])

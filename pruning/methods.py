@@ -13,8 +13,9 @@ from typing import Annotated, Any, Union
 import torch
 from pydantic import Field, TypeAdapter
 
-from pruning import apt, magnitude, oats, sparsegpt, wanda
+from pruning import apt, magnitude, oats, osscar, sparsegpt, structured_magnitude, structured_wanda, wanda
 from pruning.statistics import InputStatistics, LayerResult
+from pruning.structured import ColumnGroups, StructuredBudget
 
 METHOD_MODULES: dict[str, ModuleType] = {
     "magnitude": magnitude,
@@ -22,18 +23,36 @@ METHOD_MODULES: dict[str, ModuleType] = {
     "sparsegpt": sparsegpt,
     "oats": oats,
     "apt": apt,
+    "osscar": osscar,
+    "structured-magnitude": structured_magnitude,
+    "structured-wanda": structured_wanda,
 }
+
+STRUCTURED_METHODS = ("osscar", "structured-magnitude", "structured-wanda")
 
 MethodConfig = Annotated[
     Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig, oats.OATSConfig,
-          apt.APTConfig],
+          apt.APTConfig, osscar.OSSCARConfig, structured_magnitude.StructuredMagnitudeConfig,
+          structured_wanda.StructuredWandaConfig],
     Field(discriminator="method"),
 ]
 
 
-def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MethodConfig) -> LayerResult:
-    """Dispatch one linear layer to its method's solver."""
-    return METHOD_MODULES[config.method].prune_layer(weight, statistics, config)  # type: ignore[no-any-return]
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MethodConfig,
+                groups: ColumnGroups | None = None) -> LayerResult:
+    """Dispatch one linear layer to its method's solver; structured methods also take the layer's input
+    column groups (see `pruning.structured`)."""
+    module = METHOD_MODULES[config.method]
+    if isinstance(config, StructuredBudget):
+        if groups is None:
+            raise ValueError(f"{config.method} is structured: it prunes a sub-block's second linear by column groups")
+        return module.prune_layer(weight, statistics, config, groups)  # type: ignore[no-any-return]
+    return module.prune_layer(weight, statistics, config)  # type: ignore[no-any-return]
+
+
+def is_structured(method: str) -> bool:
+    """Whether a method removes whole neurons / KV groups (and yields a physically smaller model)."""
+    return method in STRUCTURED_METHODS
 
 
 def method_config(fields: dict[str, Any]) -> MethodConfig:

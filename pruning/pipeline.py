@@ -22,8 +22,11 @@ from pruning.config import EvaluationConfig, PruneJob, check_context_length, res
 from pruning.corpora import load_corpus
 from pruning.engine import prune_model
 from pruning.evaluate import PerplexityResult, perplexity
+from pruning.methods import MethodConfig
 from pruning.reassemble import decoder_linear_sparsity, save_pruned_model, software_versions
+from pruning.shrink import shrink_record, structured_layout
 from pruning.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
+from pruning.structured import StructuredBudget
 
 
 def peak_rss_megabytes() -> float:
@@ -43,9 +46,14 @@ def fetch_model(model: str, cache_dir: Path) -> Path:
     return resolve_model_dir(ModelSource.parse(model), cache_dir)
 
 
-def check_architecture(model_dir: Path) -> None:
-    """An unsupported architecture fails from its config.json, before the weights are loaded."""
-    adapter_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type", "unknown"))
+def check_architecture(model_dir: Path, method: MethodConfig | None = None) -> None:
+    """An unsupported architecture, or a structured budget the model cannot take, fails from its
+    config.json before the weights are loaded."""
+    adapter = adapter_for_model_type(json.loads((model_dir / "config.json").read_text()).get("model_type", "unknown"))
+    if isinstance(method, StructuredBudget):
+        from transformers import AutoConfig
+
+        structured_layout(adapter, method, AutoConfig.from_pretrained(model_dir))
 
 
 def check_calibration_matches(calibration: CalibrationSet, job: PruneJob) -> None:
@@ -87,7 +95,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model_dir = fetch_model(job.model, job.cache_dir)
-    check_architecture(model_dir)
+    check_architecture(model_dir, job.method)
     check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
     device = resolve_device(job.engine.device)
     timings["fetch_seconds"] = time.perf_counter() - started
@@ -130,6 +138,8 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
                    "evaluation": [item.provenance for item in evaluation_data]},
         "versions": software_versions(),
     }
+    if isinstance(job.method, StructuredBudget):
+        record["structured"] = shrink_record(model)
     save_pruned_model(model, tokenizer, job.output_dir, record, report.factors)
     return record
 

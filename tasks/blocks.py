@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 from prefect import task
 from torch import nn
@@ -29,6 +30,7 @@ from pruning.config import EngineConfig
 from pruning.engine import BlockPruner, PruneReport
 from pruning.io import write_json
 from pruning.methods import MethodConfig
+from pruning.shrink import structured_layout
 from tasks.artifacts import ArtifactStore, FileRef, content_key, task_cache_key
 from tasks.records import BlockState, CalibrationArtifact, ModelArtifact
 from tasks.runtime import block_calls, dense_block, dense_model, embedded_calibration
@@ -47,8 +49,9 @@ def embed_calibration(model: ModelArtifact, calibration: CalibrationArtifact, en
 
 
 def _pruner(model: ModelArtifact, method: MethodConfig, engine: EngineConfig) -> BlockPruner:
-    _, adapter = dense_model(model)
-    return BlockPruner(adapter, method, engine.options(progress=False), PruneReport())
+    dense, adapter = dense_model(model)
+    layout = structured_layout(adapter, method, cast(Any, dense).config)
+    return BlockPruner(adapter, method, engine.options(progress=False), PruneReport(), layout)
 
 
 def _working_block(model: ModelArtifact, state: BlockState, pruner: BlockPruner) -> nn.Module:
@@ -107,8 +110,7 @@ def solve_block(model: ModelArtifact, calibration: CalibrationArtifact, state: B
         if statistics is not None:
             pruner.report.forward_seconds += statistics_forward_seconds(Path(statistics.path))
             stage = stages[stage_index]
-            pruner.solve_stage(block, working, prefix, stage, load_statistics(Path(statistics.path), stage))
-            solved = [name for group in stage for name in group]
+            solved = pruner.solve_stage(block, working, prefix, stage, load_statistics(Path(statistics.path), stage))
         factors = {name.removeprefix(f"{prefix}."): term for name, term in pruner.report.factors.items()}
         save_linears(block, pruner.adapter, solved, linears_path, factors)
         if last:

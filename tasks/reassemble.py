@@ -10,7 +10,9 @@ from prefect import task
 
 from pruning.architectures import adapter_for
 from pruning.block_files import load_linears
+from pruning.methods import is_structured
 from pruning.reassemble import RECORD_FILE, decoder_linear_sparsity, save_pruned_model, software_versions
+from pruning.shrink import shrink_record
 from pruning.sources import load_model, load_tokenizer
 from tasks.artifacts import ArtifactStore, FileRef, content_key, task_cache_key
 from tasks.blocks import layer_reports
@@ -48,5 +50,7 @@ def reassemble(model: ModelArtifact, calibration: CalibrationArtifact, states: l
                        "calibration_sha256": calibration.tokens.sha256},
             "versions": software_versions(),
         }
+        if is_structured(record["method"]):
+            record["structured"] = shrink_record(pruned)
         save_pruned_model(pruned, load_tokenizer(Path(model.path)), directory, record, factors)
     return PrunedModel(path=str(directory), record=FileRef.of(directory / RECORD_FILE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -51,7 +52,8 @@ FAMILY_CONFIGS: dict[str, PretrainedConfig] = {
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family], dtype=torch.float32)
+    # A copy: structured pruning rewrites the model's config in place.
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(FAMILY_CONFIGS[family]), dtype=torch.float32)
     return model.eval()
 
 

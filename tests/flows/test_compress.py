@@ -174,3 +174,23 @@ def test_oats_through_the_flow_exports_a_factored_checkpoint_equal_to_the_merged
     ids = random_ids(2, 16)
     with torch.no_grad():
         assert torch.allclose(factored(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+
+
+def test_osscar_through_the_flow_exports_a_physically_smaller_model(tmp_path, corpus, tiny_tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    job = make_job(checkpoint, corpus, tmp_path, method={"method": "osscar", "sparsity": 0.5, "attention_groups": 1},
+                   evaluate_dense=False)
+    state = compress(job, ArtifactStore(root=tmp_path / "artifacts"), return_state=True)
+    # 2 blocks x 2 stages (o_proj, down_proj) x (statistics + solve), and fetch, calibrate, embed, reassemble, eval.
+    runs = task_runs(state.state_details.flow_run_id, expected=13)
+    assert sorted(name for name in runs if name.startswith("solve_block")) == [
+        "solve_block-0-0", "solve_block-0-1", "solve_block-1-0", "solve_block-1-1"]
+    record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())
+    assert record["structured"]["removed_groups_per_block"] == {"attention": 1, "mlp": 64}
+    smaller = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert smaller.config.intermediate_size == 64 and smaller.config.num_key_value_heads == 1
+    assert sum(parameter.numel() for parameter in smaller.parameters()) == record["structured"]["parameters_after"]
+    perplexity = state.result()["perplexity"][0]["perplexity"]
+    assert 1 < perplexity < float("inf")

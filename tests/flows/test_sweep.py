@@ -151,11 +151,15 @@ def test_two_combinations_run_concurrently_on_a_dask_local_cluster(project):
 def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbing(project, capsys):
     directory, params = project
     params = {**params, "dense_baseline": False,
-              "prune": {"methods": ["oats", "apt"], "sparsity": 0.5,
-                        "options": {"oats": {"rank_ratio": 0.25, "iterations": 5}, "apt": {"selection": "row"}}}}
+              "prune": {"methods": ["oats", "apt", "osscar"], "sparsity": 0.5,
+                        "options": {"oats": {"rank_ratio": 0.25, "iterations": 5}, "apt": {"selection": "row"},
+                                    "osscar": {"attention_groups": 1}}}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
     assert "| oats | unstructured | 0.5 |" in printed and "| apt | unstructured | 0.5 |" in printed
+    assert "| osscar | structured | 0.5 |" in printed
+    osscar_record = json.loads((directory / "runs" / "tiny" / "osscar-structured-0.5" / "pruneflow.json").read_text())
+    assert osscar_record["structured"]["removed_groups_per_block"] == {"attention": 1, "mlp": 64}
     oats_run = directory / "runs" / "tiny" / "oats-unstructured-0.5"
     record = json.loads((oats_run / "pruneflow.json").read_text())
     assert record["config"]["method"]["rank_ratio"] == 0.25
