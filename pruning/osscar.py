@@ -26,7 +26,8 @@ from pruning.structured import ColumnGroups, StructuredBudget, StructuredProblem
 class OSSCARConfig(StructuredBudget):
     method: Literal["osscar"] = "osscar"
     update_iter: int = Field(10, gt=0, description="MLP neurons dropped per greedy step (attention: 1 group)")
-    local_search: bool = Field(True, description="swap local search after the greedy pass")
+    local_search: bool = Field(False, description="swap local search after the greedy pass (off: on SmolLM2's "
+                               "block-15 down_proj at 50% it gained 0.004% of the objective for 2.3x the time)")
     local_iterations: int = Field(20, gt=0, description="swap rounds at most")
     swap_size: int = Field(10, gt=0, description="MLP neurons swapped per round (attention: 1 group)")
 

@@ -24,7 +24,8 @@ def baselines(fields):
                                             (ATTENTION, {"attention_groups": 1}), (ATTENTION, {"attention_groups": 2})])
 def test_osscar_objective_is_at_most_every_baselines_at_the_same_budget(seed, groups, fields):
     weight, statistics, _ = correlated_layer(48, 64, seed=seed)
-    result = osscar.prune_layer(weight, statistics, osscar.OSSCARConfig(**fields, update_iter=4, swap_size=4), groups)
+    config = osscar.OSSCARConfig(**fields, update_iter=4, local_search=True, swap_size=4)
+    result = osscar.prune_layer(weight, statistics, config, groups)
     zero_columns = int((result.weight == 0).all(dim=0).sum())
     assert zero_columns == 64 - result.details["kept_groups"] * groups.size
     for module, config in baselines(fields):
@@ -35,7 +36,7 @@ def test_osscar_objective_is_at_most_every_baselines_at_the_same_budget(seed, gr
 
 def test_the_refit_is_least_squares_on_the_kept_columns():
     weight, statistics, inputs = correlated_layer(48, 64, seed=4)
-    config = osscar.OSSCARConfig(sparsity=0.5, ridge=0.0, local_search=False)
+    config = osscar.OSSCARConfig(sparsity=0.5, ridge=0.0)
     result = osscar.prune_layer(weight, statistics, config, MLP)
     kept = (result.weight != 0).any(dim=0)
     solution = torch.linalg.lstsq(inputs.double()[:, kept], inputs.double() @ weight.double().t()).solution
@@ -46,8 +47,9 @@ def test_the_refit_is_least_squares_on_the_kept_columns():
 def test_local_search_only_accepts_swaps_that_lower_the_objective():
     weight, statistics, _ = correlated_layer(48, 64, seed=5)
     fields = {"sparsity": 0.6, "update_iter": 16}
-    greedy = osscar.prune_layer(weight, statistics, osscar.OSSCARConfig(**fields, local_search=False), MLP)
-    searched = osscar.prune_layer(weight, statistics, osscar.OSSCARConfig(**fields, swap_size=4), MLP)
+    greedy = osscar.prune_layer(weight, statistics, osscar.OSSCARConfig(**fields), MLP)
+    searched = osscar.prune_layer(weight, statistics, osscar.OSSCARConfig(**fields, local_search=True, swap_size=4),
+                                  MLP)
     assert searched.details["objective"] <= greedy.details["objective"]
     assert (searched.details["swaps"] > 0) == (searched.details["objective"] < greedy.details["objective"])
 
