@@ -5,6 +5,8 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
   oats        OATS at 50% and 60%, SparseGPT/Wanda at 60%, OATS 2:8 + low rank at κ = 0.5 (50% total)
   oats-sweep  OATS at 50% with κ 0.2 / 0.4 and T 20 / 40 (κ 0.3, T 80 is in `oats`)
   apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70%
+  osscar      OSSCAR and the structured baselines (Wanda-sp with/without refit, magnitude with/without refit) at
+              25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -41,6 +43,12 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     "apt": [{"method": "apt", "sparsity": 0.5}, {"method": "apt", "pattern": "2:4"},
             {"method": "apt", "sparsity": 0.6}, {"method": "apt", "sparsity": 0.7},
             {"method": "sparsegpt", "sparsity": 0.7}, {"method": "wanda", "sparsity": 0.7}],
+    "osscar": [*({"method": method, "sparsity": share} for share in (0.5, 0.25)
+                 for method in ("osscar", "structured-wanda", "structured-magnitude")),
+               *({"method": method, "attention_groups": 1} for method in ("osscar", "structured-wanda")),
+               {"method": "osscar", "sparsity": 0.5, "local_search": True},
+               {"method": "structured-wanda", "sparsity": 0.5, "refit": False},
+               {"method": "structured-magnitude", "sparsity": 0.5, "refit": True}],
 }
 ERROR_BLOCKS = (0, 15, 29)
 
@@ -83,7 +91,8 @@ def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, A
             "protocol": record["perplexity"][0]["protocol"], "sparsity": record["decoder_linear_sparsity"],
             "wall_seconds": time.perf_counter() - started, "prune_seconds": record["timings"]["prune_seconds"],
             "calibration_forward_seconds": engine["forward_seconds"] + engine["capture_seconds"],
-            "solve_seconds": engine["solve_seconds"], "peak_rss_mb": record["peak_rss_mb"]}
+            "solve_seconds": engine["solve_seconds"], "peak_rss_mb": record["peak_rss_mb"],
+            **({"structured": record["structured"]} if "structured" in record else {})}
 
 
 def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespace) -> list[dict[str, Any]]:
