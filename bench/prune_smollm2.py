@@ -152,7 +152,11 @@ def main() -> None:
     parser.add_argument("--case", help="internal: run one case (method fields as JSON) and print its JSON")
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
     arguments = parser.parse_args()
-    names = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite] if case["method"] != "dense")})
+    from pruning.methods import is_structured
+
+    # Per-layer errors of the unstructured methods (structured ones prune by sub-block; see the cases).
+    names = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite]
+                                  if case["method"] != "dense" and not is_structured(case["method"]))})
     methods = {name: {"method": name} for name in names}
     if "apt" in names:  # the whole-row selection, to weigh against the blockwise default per layer
         methods["apt row"] = {"method": "apt", "selection": "row"}
