@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from pruning.hessian import damped_hessian
+from pruning.hessian import damped_hessian, spd_inverse
 from pruning.masks import check_nm_divisible, matrix_mask, nm_mask, row_mask
 from pruning.statistics import InputStatistics, LayerResult
 from pruning.targets import SparsityConfig
@@ -88,10 +88,6 @@ def _select(scores: torch.Tensor, config: APTConfig, per_row: bool) -> torch.Ten
     return row_mask(scores, config.target_sparsity) if per_row else matrix_mask(scores, config.target_sparsity)
 
 
-def _inverse(hessian: torch.Tensor) -> torch.Tensor:
-    return torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-
-
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTConfig) -> LayerResult:
     rows, columns = weight.shape
     if config.nm is not None:
@@ -100,14 +96,14 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTCo
     hessian = damped_hessian(statistics.hessian.to(weight.device), config.damping).to(torch.float64)
     pruned = weight.to(torch.float64)
     if config.selection == "row":
-        inverse = _inverse(hessian)
+        inverse = spd_inverse(hessian)
         mask = _select(_saliency(pruned, torch.diagonal(inverse)), config, per_row=True)
         delta, loss = joint_removal(pruned, ~mask, inverse)
         pruned = (pruned + delta) * mask
     else:
         mask = torch.ones_like(weight, dtype=torch.bool)
         loss = 0.0
-        inverse = _inverse(hessian)  # (H over the columns not yet frozen)⁻¹
+        inverse = spd_inverse(hessian)  # (H over the columns not yet frozen)⁻¹
         for start in range(0, columns, config.blocksize):
             width = min(config.blocksize, columns - start)
             block_mask = _select(_saliency(pruned[:, start:start + width], torch.diagonal(inverse)[:width]), config,

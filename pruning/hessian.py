@@ -14,10 +14,14 @@ def damped_hessian(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     return damped
 
 
+def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
+    """A⁻¹ of a symmetric positive definite A, through its Cholesky factor."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+
+
 def inverse_cholesky_upper(hessian: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU).
 
     U_jj² = [(H_{j:, j:})⁻¹]_jj: the OBS denominator of column j once columns < j are fixed.
     """
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-    return torch.linalg.cholesky(inverse, upper=True)
+    return torch.linalg.cholesky(spd_inverse(hessian), upper=True)

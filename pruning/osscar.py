@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from pruning.hessian import spd_inverse
 from pruning.statistics import InputStatistics, LayerResult
 from pruning.structured import ColumnGroups, StructuredBudget, StructuredProblem
 
@@ -66,7 +67,7 @@ def _greedy(problem: StructuredProblem, kept: int, step: int) -> torch.Tensor:
     """Backward elimination from all groups down to `kept`, `step` groups per update."""
     groups = problem.groups
     coefficients = problem.dense.clone()  # G = H·B₀, so the unconstrained optimum is B₀
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(problem.hessian))
+    inverse = spd_inverse(problem.hessian)
     alive = torch.arange(groups.count, device=coefficients.device)
     while alive.numel() > kept:
         coefficients, inverse, alive = _drop(coefficients, inverse, groups, alive, min(step, alive.numel() - kept))
@@ -79,18 +80,17 @@ def _swap(problem: StructuredProblem, alive: torch.Tensor, size: int) -> torch.T
     coefficients = problem.refit(alive)
     support = groups.columns(alive)
     inverse = torch.zeros_like(problem.hessian)
-    inverse[support.unsqueeze(1), support] = torch.cholesky_inverse(
-        torch.linalg.cholesky(problem.hessian[support][:, support]))
+    inverse[support.unsqueeze(1), support] = spd_inverse(problem.hessian[support][:, support])
     coefficients, inverse, reduced = _drop(coefficients, inverse, groups, alive, size)
-    outside = torch.tensor(sorted(set(range(groups.count)) - set(reduced.tolist())), device=alive.device)
+    is_outside = torch.ones(groups.count, dtype=torch.bool, device=alive.device)
+    is_outside[reduced] = False
+    outside = torch.nonzero(is_outside).flatten()
     rows = groups.columns(outside)
-    # g_i = G_i − H_i,S B_S ;  C_i = H_ii − H_i,S H_SS⁻¹ H_S,i  (inverse is H_SS⁻¹ padded with zeros)
+    # g_i = G_i − H_i,S B_S ;  C_i = H_ii − H_i,S H_SS⁻¹ H_S,i  (inverse is H_SS⁻¹ padded with zeros), per group
     gradient = (problem.target[rows] - problem.hessian[rows] @ coefficients).view(outside.numel(), groups.size, -1)
-    cross = problem.hessian[rows]
-    schur = problem.hessian[rows.unsqueeze(1), rows] - cross @ inverse @ cross.t()
-    blocks = schur.view(outside.numel(), groups.size, outside.numel(), groups.size)
-    diagonal = blocks[torch.arange(outside.numel()), :, torch.arange(outside.numel()), :]
-    gain = 0.5 * (gradient * torch.linalg.solve(diagonal, gradient)).sum(dim=(1, 2))
+    cross = problem.hessian[rows].view(outside.numel(), groups.size, -1)
+    schur = _group_blocks(problem.hessian, groups, outside) - (cross @ inverse) @ cross.transpose(1, 2)
+    gain = 0.5 * (gradient * torch.linalg.solve(schur, gradient)).sum(dim=(1, 2))
     readmitted = outside[torch.argsort(gain, descending=True)[:size]]
     return torch.sort(torch.cat([reduced, readmitted])).values
 

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pruning.hessian import damped_hessian
 from pruning.statistics import InputStatistics, LayerResult
 
 UnitKind = Literal["mlp", "attention"]
@@ -86,10 +87,7 @@ class StructuredProblem:
     @classmethod
     def build(cls, weight: torch.Tensor, statistics: InputStatistics, groups: ColumnGroups,
               ridge: float) -> StructuredProblem:
-        hessian = statistics.gram.to(weight.device, torch.float64).clone()
-        diagonal = torch.diagonal(hessian)
-        diagonal[diagonal == 0] = 1.0
-        diagonal += ridge * diagonal.mean()
+        hessian = damped_hessian(statistics.gram.to(weight.device, torch.float64), ridge)
         dense = weight.t().to(torch.float64)
         return cls(hessian, hessian @ dense, dense, groups)
 
@@ -119,3 +117,11 @@ class StructuredProblem:
 def top_groups(scores: torch.Tensor, kept: int) -> torch.Tensor:
     """Indices (ascending) of the `kept` highest-scoring groups."""
     return torch.sort(torch.topk(scores, kept).indices).values
+
+
+def prune_by_column_scores(weight: torch.Tensor, statistics: InputStatistics, budget: StructuredBudget,
+                           groups: ColumnGroups, column_scores: torch.Tensor, refit: bool) -> LayerResult:
+    """The score baselines: keep the groups of largest summed column score; optionally refit them."""
+    problem = StructuredProblem.build(weight, statistics, groups, budget.ridge)
+    kept = top_groups(column_scores.view(groups.count, groups.size).sum(dim=1), budget.kept(groups))
+    return problem.result(weight, problem.refit(kept) if refit else problem.dense, kept, statistics)

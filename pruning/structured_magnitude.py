@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from pruning.statistics import InputStatistics, LayerResult
-from pruning.structured import ColumnGroups, StructuredBudget, StructuredProblem, top_groups
+from pruning.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
 
 
 class StructuredMagnitudeConfig(StructuredBudget):
@@ -18,9 +18,5 @@ class StructuredMagnitudeConfig(StructuredBudget):
 
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: StructuredMagnitudeConfig,
                 groups: ColumnGroups) -> LayerResult:
-    problem = StructuredProblem.build(weight, statistics, groups, config.ridge)
-    # score_g = ‖W_:,g‖_F
-    scores = weight.square().sum(dim=0).view(groups.count, groups.size).sum(dim=1)
-    kept = top_groups(scores, config.kept(groups))
-    coefficients = problem.refit(kept) if config.refit else problem.dense
-    return problem.result(weight, coefficients, kept, statistics)
+    # score_g = ‖W_:,g‖²_F, summed from its columns
+    return prune_by_column_scores(weight, statistics, config, groups, weight.square().sum(dim=0), config.refit)

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 from pruning.statistics import InputStatistics, LayerResult
-from pruning.structured import ColumnGroups, StructuredBudget, StructuredProblem, top_groups
+from pruning.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
 
 
 class StructuredWandaConfig(StructuredBudget):
@@ -20,8 +20,5 @@ class StructuredWandaConfig(StructuredBudget):
 
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: StructuredWandaConfig,
                 groups: ColumnGroups) -> LayerResult:
-    problem = StructuredProblem.build(weight, statistics, groups, config.ridge)
     column_scores = weight.square().sum(dim=0) * statistics.squared_input_norms.to(weight.device)
-    kept = top_groups(column_scores.view(groups.count, groups.size).sum(dim=1), config.kept(groups))
-    coefficients = problem.refit(kept) if config.refit else problem.dense
-    return problem.result(weight, coefficients, kept, statistics)
+    return prune_by_column_scores(weight, statistics, config, groups, column_scores, config.refit)
