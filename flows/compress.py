@@ -2,7 +2,7 @@
 
   fetch_model -> build_calibration -> embed_calibration
     -> for each block, for each stage: collect_block_statistics -> solve_block
-    -> reassemble -> evaluate (dense and pruned)
+    -> reassemble -> evaluate (perplexity, and lm-eval zero-shot when configured; dense and pruned)
 
 Every task's cache key is its source plus its parameters, which are small records carrying the
 sha256 of every file they point to; the flow run id is never part of it. A second identical run
@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
 from pruning.io import atomic_directory
+from pruning.pipeline import check_zero_shot
+from pruning.zeroshot import zero_shot_fingerprint
 from tasks.artifacts import DEFAULT_STORE, ArtifactStore, references_missing_files
 from tasks.blocks import block_stages, collect_block_statistics, embed_calibration, next_block_state, solve_block
 from tasks.calibrate import build_calibration
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, evaluate_zero_shot
 from tasks.fetch import fetch_model
 from tasks.reassemble import reassemble
 from tasks.records import BlockState, CalibrationArtifact, ModelArtifact
@@ -73,6 +75,7 @@ def export(directory: Path, output_dir: Path) -> None:
 def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, Any]:
     """Prune one model with one method config, evaluate it, and export it to `job.output_dir`."""
     seconds: dict[str, float] = {}
+    check_zero_shot(job.zero_shot)
     started = time.perf_counter()
     model = fetch_model(job.model, str(job.cache_dir))
     calibration = run_checked(build_calibration, model, job.calibration,
@@ -91,10 +94,16 @@ def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, A
     dense = ([evaluate(model.path, model.digest, item, fingerprint, str(job.cache_dir), job.engine.device)
               for item, fingerprint in zip(job.evaluation, fingerprints, strict=True)]
              if job.evaluate_dense else [])
+    zero_shot, dense_zero_shot = None, None
+    if job.zero_shot is not None:
+        data = zero_shot_fingerprint(job.zero_shot.tasks, job.zero_shot.data_dir)
+        zero_shot = evaluate_zero_shot(pruned.path, pruned.record.sha256, job.zero_shot, data, job.engine.device)
+        if job.evaluate_dense:
+            dense_zero_shot = evaluate_zero_shot(model.path, model.digest, job.zero_shot, data, job.engine.device)
     seconds["evaluate"] = time.perf_counter() - started
 
     export(Path(pruned.path), job.output_dir)
     return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,
             "model": job.model, "output_dir": str(job.output_dir), "artifact": pruned.path,
             "record_sha256": pruned.record.sha256, "perplexity": results, "dense_perplexity": dense,
-            "flow_seconds": seconds}
+            "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot, "flow_seconds": seconds}

@@ -8,23 +8,26 @@
                                # remove `sparsity` of the MLP neurons (and options.attention_groups)
     options: {sparsegpt: {blocksize: 128}}
   calibration: {...}  evaluation: [{...}]  engine: {...}
+  zero_shot: {tasks: [piqa, arc_easy], data_dir: ../shared/data, limit: 200}   # optional, lm-eval
   dense_baseline: true
   paths: {runs: runs, cache: .pruneflow/cache, artifacts: .pruneflow/artifacts}
   tracking: {experiment: pruneflow}
   dask: {enabled: false, address: null, workers: 2}
+  bench: {devices: [cpu, cuda], prefill_batches: [1, 8], decode_batches: [1, 16], min_run_time: 5, in_sweep: false}
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob
+from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.methods import METHOD_MODULES, is_structured
 from pruning.sources import ModelSource
+from pruning.speed import SpeedSettings
 
 
 class _Strict(BaseModel):
@@ -88,16 +91,37 @@ class DaskConfig(_Strict):
     workers: int = Field(default=2, gt=0)
 
 
+class BenchConfig(_Strict):
+    """The bench stage: speed of every form on each device (see pruning.speed); `in_sweep` also runs it at the
+    end of `pruneflow sweep`."""
+
+    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    prefill_batches: tuple[PositiveInt, ...] = (1, 8)
+    prefill_tokens: PositiveInt = 512
+    decode_batches: tuple[PositiveInt, ...] = (1, 16)
+    decode_new_tokens: PositiveInt = 32
+    gemm_layers: PositiveInt = 3
+    min_run_time: float = Field(default=5.0, gt=0)
+    in_sweep: bool = False
+
+    def settings(self) -> SpeedSettings:
+        return SpeedSettings(prefill_batches=self.prefill_batches, prefill_tokens=self.prefill_tokens,
+                             decode_batches=self.decode_batches, decode_new_tokens=self.decode_new_tokens,
+                             gemm_layers=self.gemm_layers, min_run_time=self.min_run_time)
+
+
 class SweepParams(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     prune: PruneGrid
     calibration: CalibrationConfig = CalibrationConfig()
     evaluation: tuple[EvaluationConfig, ...] = (EvaluationConfig(),)
+    zero_shot: ZeroShotConfig | None = None
     engine: EngineConfig = EngineConfig()
     dense_baseline: bool = True
     paths: PathsConfig = PathsConfig()
     tracking: TrackingConfig = TrackingConfig()
     dask: DaskConfig = DaskConfig()
+    bench: BenchConfig = BenchConfig()
 
     def jobs(self) -> list[PruneJob]:
         """Every model x method x (pattern, sparsity) combination as a validated job."""
@@ -113,7 +137,8 @@ class SweepParams(_Strict):
                                  **({"sparsity": sparsity} if sparsity is not None else {})}
                 jobs.append(PruneJob.model_validate({
                     "model": model.source, "method": method_fields, "calibration": self.calibration,
-                    "evaluation": self.evaluation, "engine": self.engine, "cache_dir": self.paths.cache,
+                    "evaluation": self.evaluation, "zero_shot": self.zero_shot, "engine": self.engine,
+                    "cache_dir": self.paths.cache,
                     "output_dir": output_root / combination_slug(method_fields)}))
         return jobs
 

@@ -4,25 +4,25 @@
   calibrate  the calibration windows and manifest at --output
   prune      every pattern x sparsity of one method, each a pruned model under --output/<combination>
   evaluate   perplexity of a model directory (or of every pruned model under it) into a metrics JSON
-  report     all metrics into reports/: results.md, metrics.json, perplexity.csv, block_errors.csv
+  bench      speed of the dense model and every pruned model of one model name, into speed/<model>.json
+  report     all metrics (and speed files) into reports/: results.md, metrics.json, CSVs and PNG plots
 
 DVC caches and versions what these write; they run the same library code as the Prefect flows.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from flows.params import ModelEntry, SweepParams
-from flows.tracking import block_errors
+from flows.report import dense_fields, record_fields
 from pruning.calibration import build_calibration_set, load_calibration_set, save_calibration_set
 from pruning.corpora import load_corpus
 from pruning.io import atomic_directory, write_json
-from pruning.pipeline import check_architecture, fetch_model, run_evaluation, run_prune_job
+from pruning.pipeline import check_architecture, fetch_model, run_model_evaluation, run_prune_job
 from pruning.reassemble import RECORD_FILE
 from pruning.sources import load_tokenizer
 
@@ -57,51 +57,40 @@ def prune(params: SweepParams, name: str, method: str, model_dir: Path, calibrat
             run_prune_job(job.model_copy(update={"evaluation": ()}), calibration=calibration)
 
 
+def model_directories(model_dir: Path) -> list[Path]:
+    """`model_dir` itself when it is a model, else the pruned model directories one level under it."""
+    if (model_dir / "config.json").is_file():
+        return [model_dir]
+    return sorted(path.parent for path in model_dir.glob(f"*/{RECORD_FILE}"))
+
+
 def evaluate(params: SweepParams, model_dir: Path, metrics: Path) -> None:
-    """Metrics of one dense model directory, or of every pruned model directory under `model_dir`."""
-    directories = ([model_dir] if (model_dir / "config.json").is_file()
-                   else sorted(path.parent for path in model_dir.glob(f"*/{RECORD_FILE}")))
+    """Metrics of one dense model directory, or of every pruned model directory under `model_dir`:
+    perplexity per protocol, zero-shot accuracies (when params.zero_shot is set), parameters left,
+    engine time, per-block reconstruction errors."""
     entries: dict[str, Any] = {}
-    for directory in directories:
-        results = run_evaluation(str(directory), list(params.evaluation), params.paths.cache, params.engine.device)
+    for directory in model_directories(model_dir):
+        results, zero_shot = run_model_evaluation(str(directory), list(params.evaluation), params.zero_shot,
+                                                  params.paths.cache, params.engine.device)
         record_path = directory / RECORD_FILE
         record = json.loads(record_path.read_text()) if record_path.is_file() else None
+        fields = record_fields(record) if record else dense_fields(directory)
         entries[directory.name if record else "dense"] = {
-            "method": record["method"] if record else "dense",
-            "pattern": record["pattern"] if record else "-",
-            "sparsity": record["decoder_linear_sparsity"] if record else 0.0,
-            "target_sparsity": record["target_sparsity"] if record else 0.0,
-            "perplexity": {result.protocol: result.perplexity for result in results},
-            "block_relative_error": block_errors(record["engine"]["layers"]) if record else [],
-        }
+            **fields, "perplexity": {result.protocol: result.perplexity for result in results}, "zero_shot": zero_shot}
     write_json(metrics, entries)
 
 
-def report(metrics_dir: Path, output: Path) -> None:
-    entries = [entry for path in sorted(metrics_dir.glob("**/*.json"))
-               for entry in json.loads(path.read_text()).values()]
-    rows = [{"method": entry["method"], "pattern": entry["pattern"], "target_sparsity": entry["target_sparsity"],
-             "sparsity": round(entry["sparsity"], 4), "protocol": protocol, "perplexity": round(value, 4)}
-            for entry in entries for protocol, value in entry["perplexity"].items()]
-    nested: dict[str, dict[str, dict[str, float]]] = {}
-    for row in rows:
-        combination = f"{row['pattern']}@{row['target_sparsity']:g}"
-        nested.setdefault(row["method"], {}).setdefault(combination, {})[row["protocol"]] = row["perplexity"]
-    with atomic_directory(output) as staging:
-        write_json(staging / "metrics.json", nested)
-        _write_csv(staging / "perplexity.csv", rows)
-        _write_csv(staging / "block_errors.csv", [
-            {"method": f"{entry['method']} {entry['pattern']} {entry['sparsity']:.2f}", "block": block,
-             "relative_error": error}
-            for entry in entries for block, error in enumerate(entry["block_relative_error"])])
-        table = ["| method | pattern | sparsity | perplexity | protocol |", "|---|---|---|---|---|"]
-        columns = ("method", "pattern", "sparsity", "perplexity", "protocol")
-        table += ["| " + " | ".join(str(row[key]) for key in columns) + " |" for row in rows]
-        (staging / "results.md").write_text("\n".join(table) + "\n")
+def bench(params: SweepParams, model_dir: Path, output: Path) -> None:
+    """Speed of one dense model directory, or of every pruned model directory under `model_dir`, in each form
+    on each device of params.bench.devices (an absent device is recorded as skipped, with the reason)."""
+    from pruning.speed import benchmark_models
+
+    write_json(output, benchmark_models(model_directories(model_dir), params.bench.settings(), params.bench.devices))
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
+def report(metrics_dir: Path, speed_dir: Path | None, output: Path, experiment: str | None = None) -> None:
+    from flows.report import load_entries, load_speed, log_report, write_report
+
+    write_report(load_entries(metrics_dir), load_speed(speed_dir), output)
+    if experiment is not None:
+        log_report(output, experiment)

@@ -2,7 +2,9 @@
 
 With `dask.enabled`, combinations are submitted as tasks to prefect-dask's DaskTaskRunner (a
 LocalCluster of `dask.workers` processes, or the cluster at `dask.address`) and run concurrently.
-Results go to MLflow: one parent run for the sweep, one child run per combination.
+Results go to MLflow: one parent run for the sweep, one child run per combination; the comparison report
+(table and plots, `<paths.runs>/report`) is logged to the parent run. With `bench.in_sweep` the speed of every
+form is measured first (`<paths.runs>/speed/<model>.json`) and joins the report.
 """
 
 
@@ -15,21 +17,29 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.compress import compress
 from flows.params import SweepParams, load_params
+from flows.report import load_speed, sweep_entries, write_report
 from flows.tracking import SweepTracker
-from pruning.config import EvaluationConfig, PruneJob
+from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.corpora import source_fingerprint
 from pruning.pipeline import peak_rss_megabytes
+from pruning.zeroshot import zero_shot_fingerprint
 from tasks.artifacts import ArtifactStore
-from tasks.evaluate import evaluate
+from tasks.bench import benchmark
+from tasks.evaluate import evaluate, evaluate_zero_shot
 from tasks.fetch import fetch_model
 
 
 @flow(name="baseline")
-def baseline(model: str, evaluation: tuple[EvaluationConfig, ...], cache_dir: str, device: str) -> list[dict[str, Any]]:
-    """The dense model's perplexities, evaluated exactly as the pruned ones are."""
+def baseline(model: str, evaluation: tuple[EvaluationConfig, ...], zero_shot: ZeroShotConfig | None, cache_dir: str,
+             device: str) -> dict[str, Any]:
+    """The dense model's perplexities (and zero-shot accuracies), evaluated exactly as the pruned ones are."""
     dense = fetch_model(model, cache_dir)
-    return [evaluate(dense.path, dense.digest, item, source_fingerprint(item.dataset), cache_dir, device)
-            for item in evaluation]
+    perplexities = [evaluate(dense.path, dense.digest, item, source_fingerprint(item.dataset), cache_dir, device)
+                    for item in evaluation]
+    accuracies = (evaluate_zero_shot(dense.path, dense.digest, zero_shot,
+                                     zero_shot_fingerprint(zero_shot.tasks, zero_shot.data_dir), device)
+                  if zero_shot is not None else None)
+    return {"perplexity": perplexities, "zero_shot": accuracies}
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="combination-{job.output_dir.name}")
@@ -50,13 +60,24 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
     with tracker.sweep_run(f"sweep | {Path(params_path).name}", params.model_dump(mode="json")):
         if params.dense_baseline:
             for model in params.models:
-                results = baseline(model.source, params.evaluation, str(params.paths.cache), params.engine.device)
+                results = baseline(model.source, params.evaluation, params.zero_shot, str(params.paths.cache),
+                                   params.engine.device)
                 tracker.log_dense(model.source, results)
                 summaries.append({"model": model.source, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
-                                  "perplexity": results})
+                                  **results})
         for job, summary in zip(params.jobs(), run_combinations(params, store), strict=True):
             tracker.log_combination(job, summary, register=params.tracking.register_models)
             summaries.append(summary)
+        if params.bench.in_sweep:
+            for model in params.models:
+                pruned = [summary["output_dir"] for summary in summaries
+                          if summary.get("model") == model.source and "output_dir" in summary]
+                benchmark(model.source, pruned, params.bench.settings(), params.bench.devices, str(params.paths.cache),
+                          str(params.paths.runs / "speed" / f"{model.name}.json"))
+        report = write_report(sweep_entries(summaries, {model.source: model.name for model in params.models},
+                                            params.paths.cache),
+                              load_speed(params.paths.runs / "speed"), params.paths.runs / "report")
+        tracker.mlflow.log_artifacts(str(report), artifact_path="report")
     return summaries
 
 

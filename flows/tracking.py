@@ -94,11 +94,13 @@ class SweepTracker:
         return {"git_commit": git_commit(self.root), "dvc_lock_stage": dvc_stage_hash(self.root, stage_prefix),
                 "pruneflow_version": __version__}
 
-    def log_dense(self, model: str, results: list[dict[str, Any]]) -> str:
+    def log_dense(self, model: str, results: dict[str, Any]) -> str:
+        """`results`: the baseline flow's {"perplexity": [...], "zero_shot": {...} or None}."""
         with self.mlflow.start_run(run_name=f"dense | {model.split('/')[-1]}", nested=True) as run:
             self.mlflow.log_params({"model": model, "method": "dense"})
             self.mlflow.set_tags(self._tags("evaluate"))
-            self._log_evaluations(results)
+            self._log_evaluations(results["perplexity"])
+            self._log_zero_shot(results.get("zero_shot"))
             return str(run.info.run_id)
 
     def log_combination(self, job: PruneJob, summary: dict[str, Any], register: bool = False) -> str:
@@ -108,6 +110,7 @@ class SweepTracker:
             self.mlflow.log_params(flatten(job.model_dump(mode="json")))
             self.mlflow.set_tags(self._tags("prune"))
             self._log_evaluations(summary["perplexity"])
+            self._log_zero_shot(summary.get("zero_shot"))
             sparsity, parameters = record["decoder_linear_sparsity"], record["decoder_linear_parameters"]
             self.mlflow.log_metrics({
                 "decoder_linear_sparsity": sparsity, "decoder_linear_parameters": parameters,
@@ -144,6 +147,15 @@ class SweepTracker:
                 json.dumps(provenance, sort_keys=True).encode()).hexdigest()
             self._log_input(provenance.get("source", result["settings"]["dataset"]), digest, "evaluation")
 
+    def _log_zero_shot(self, result: dict[str, Any] | None) -> None:
+        """zeroshot.<task>.<metric> per task, zeroshot.average_acc, and the lm-eval version and limit as tags."""
+        if result is None:
+            return
+        self.mlflow.log_metrics({**zero_shot_metrics(result), "zeroshot.average_acc": result["average_accuracy"]})
+        settings = result["settings"]
+        self.mlflow.set_tags({"lm_eval_version": settings["lm_eval_version"], "zeroshot.limit": str(settings["limit"]),
+                              "zeroshot.source": settings["source"]})
+
     def _log_input(self, source: str, digest: str, context: str) -> None:
         """Local files as local artifact sources; named, hub and package sources by their URI."""
         from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -153,6 +165,11 @@ class SweepTracker:
         origin = resolve_dataset_source(source) if Path(source).exists() else CodeDatasetSource({"uri": source})
         dataset = MetaDataset(origin, name=Path(source).name or source, digest=digest[:16])  # type: ignore[abstract]
         self.mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def zero_shot_metrics(result: dict[str, Any]) -> dict[str, float]:
+    return {metric_key(f"zeroshot.{task}.{name}"): value for task, metrics in result["tasks"].items()
+            for name, value in metrics.items() if name != "documents"}
 
 
 def registered_model_name(job: PruneJob) -> str:

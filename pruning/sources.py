@@ -12,6 +12,7 @@ GGUF models are dequantized once and cached as a safetensors directory keyed by 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -150,3 +151,12 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):  # type: i
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def stored_parameters(model_dir: Path) -> int:
+    """Parameters in a model directory's safetensors files, read from their headers (tied weights stored once)."""
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())  # noqa: SIM118
+    return total

@@ -10,7 +10,7 @@ from prefect import task
 
 from pruning.architectures import adapter_for
 from pruning.block_files import load_linears
-from pruning.methods import is_structured
+from pruning.methods import is_structured, method_config
 from pruning.reassemble import RECORD_FILE, decoder_linear_sparsity, save_pruned_model, software_versions
 from pruning.shrink import shrink_record
 from pruning.sources import load_model, load_tokenizer
@@ -39,6 +39,7 @@ def reassemble(model: ModelArtifact, calibration: CalibrationArtifact, states: l
             "config": job_config,
             "method": job_config["method"]["method"],
             "pattern": job_config["method"].get("pattern", "unstructured"),
+            "target_sparsity": method_config(job_config["method"]).target_sparsity,
             **decoder_linear_sparsity(pruned, factors),
             "engine": {
                 "forward_seconds": sum(report["forward_seconds"] for report in reports),

@@ -47,6 +47,9 @@ def base_arguments(model, corpus, output):
     (["--method", "wanda", "--sparsity", "0.5", "--num-samples", "5000"],
      "calibration.num_samples: 5000 windows of 32 tokens need 160000 tokens"),
     (["--method", "sparsegpt", "--sparsity", "0.5", "--option", "blocksize=0"], "method.blocksize"),
+    (["--method", "wanda", "--sparsity", "0.5", "--zero-shot", "piqa", "--zero-shot-data", "/no/such/data"],
+     "zero_shot.data_dir: '/no/such/data' is not a directory"),
+    (["--method", "wanda", "--sparsity", "0.5", "--zero-shot", "piqa"], "zero_shot.data_dir: tasks piqa would be read"),
 ])
 def test_bad_input_fails_with_the_field_named_and_no_output_left(extra, message, tiny_checkpoint, corpus_file,
                                                                   tmp_path, capsys, monkeypatch):
@@ -93,10 +96,11 @@ def test_several_problems_are_reported_one_line_each(tiny_checkpoint, corpus_fil
     assert status == 2 and len(lines) == 2
 
 
-def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_file, tmp_path, capsys):
+def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_file, tmp_path, capsys, shared_data):
     output = tmp_path / "pruned"
     status, printed, _ = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) +
-                                 ["--method", "sparsegpt", "--pattern", "2:4", "--eval-dense"], capsys)
+                                 ["--method", "sparsegpt", "--pattern", "2:4", "--eval-dense", "--zero-shot", "rte",
+                                  "--zero-shot-data", str(shared_data), "--zero-shot-limit", "5"], capsys)
     assert status == 0
     assert "dense" in printed and "pruned" in printed and "token-ppl" in printed
     record = json.loads((output / "pruneflow.json").read_text())
@@ -106,6 +110,7 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert record["inputs"]["calibration"]["num_samples"] == 4
     assert record["inputs"]["model_digest"].startswith("safetensors-sha256:")
     assert {"fetch_seconds", "calibration_seconds", "prune_seconds", "evaluation_seconds"} <= set(record["timings"])
+    assert record["zero_shot"]["tasks"]["rte"]["documents"] == 5 and record["dense_zero_shot"]["settings"]["limit"] == 5
     layers = record["engine"]["layers"]
     assert len(layers) == 14 and all(layer["sparsity"] == pytest.approx(0.5) for layer in layers)
     reloaded = AutoModelForCausalLM.from_pretrained(output)
@@ -114,9 +119,24 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert torch.isfinite(weight).all()
 
     status, printed, _ = run_cli(["eval", "--model", str(output), "--dataset", str(corpus_file), "--seqlen", "32",
-                                  "--max-windows", "2", "--cache-dir", str(tmp_path / "cache")], capsys)
+                                  "--max-windows", "2", "--cache-dir", str(tmp_path / "cache"), "--tasks", "rte",
+                                  "--data-dir", str(shared_data), "--limit", "5"], capsys)
     assert status == 0
-    assert json.loads(printed)[0]["perplexity"] == pytest.approx(record["perplexity"][0]["perplexity"], rel=1e-5)
+    evaluated = json.loads(printed)
+    assert evaluated["perplexity"][0]["perplexity"] == pytest.approx(record["perplexity"][0]["perplexity"], rel=1e-5)
+    assert evaluated["zero_shot"]["tasks"] == record["zero_shot"]["tasks"]  # same model, same documents
+
+    speed = tmp_path / "speed.json"
+    status, _, error = run_cli(["bench", "--model", str(tiny_checkpoint), "--pruned", str(output), "--devices", "tpu",
+                                "--output", str(speed)], capsys)
+    assert status == 2 and "--devices: unknown tpu" in error and not speed.exists()
+    status, _, _ = run_cli(["bench", "--model", str(tiny_checkpoint), "--pruned", str(output), "--devices", "cpu",
+                            "--min-run-time", "0.01", "--output", str(speed)], capsys)
+    assert status == 0
+    forms = [entry["forms"] for entry in json.loads(speed.read_text())["devices"]["cpu"]["models"]]
+    assert list(forms[0]) == ["dense"]
+    assert set(forms[1]) == {"zeros", "csr", "semi-structured"}
+    assert forms[1]["zeros"]["decode"]["batch16"]["tokens_per_second"] > 0
 
 
 def test_oats_from_the_command_line_with_options_prints_where_the_factored_checkpoint_is(

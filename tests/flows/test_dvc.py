@@ -22,7 +22,7 @@ def run(command, cwd, environment):
 
 
 @pytest.fixture()
-def dvc_project(tmp_path, tiny_tokenizer_dir):
+def dvc_project(tmp_path, tiny_tokenizer_dir, shared_data):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     project = tmp_path / "project"
     project.mkdir()
@@ -34,6 +34,9 @@ def dvc_project(tmp_path, tiny_tokenizer_dir):
         "prune": {"methods": ["wanda", "sparsegpt"], "sparsity": 0.5},
         "calibration": {"source": "corpus.txt", "num_samples": 4, "seqlen": 32},
         "evaluation": [{"dataset": "corpus.txt", "seqlen": 32, "max_windows": 2}],
+        "zero_shot": {"tasks": ["arc_easy", "rte"], "data_dir": str(shared_data), "limit": 3},
+        "bench": {"prefill_batches": [1], "prefill_tokens": 16, "decode_batches": [1], "decode_new_tokens": 2,
+                  "gemm_layers": 1, "min_run_time": 0.01},
         "engine": {"device": "cpu"},
         "paths": {"cache": str(tmp_path / "cache")},
     }
@@ -52,7 +55,12 @@ def test_dvc_repro_then_nothing_to_reproduce_then_an_experiment(dvc_project):
     run(["dvc", "repro"], project, environment)
     wanda = json.loads((project / "metrics" / "tiny" / "wanda.json").read_text())
     assert wanda["wanda-unstructured-0.5"]["sparsity"] == pytest.approx(0.5)
-    assert (project / "reports" / "results.md").read_text().count("| sparsegpt |") == 1
+    assert wanda["wanda-unstructured-0.5"]["zero_shot"]["tasks"]["rte"]["documents"] == 3
+    table = (project / "reports" / "results.md").read_text()
+    assert table.count("| sparsegpt |") == 1 and "cpu csr: " in table and "lm-eval 0.4.13" in table
+    speed = json.loads((project / "speed" / "tiny" / "sparsegpt.json").read_text())
+    assert speed["devices"]["cpu"]["models"][0]["forms"]["csr"]["prefill"]["1x16"]["median_s"] > 0
+    assert (project / "reports" / "speedups.png").is_file()
     assert (project / "dvc.lock").is_file()
 
     second = run(["dvc", "repro"], project, environment)
@@ -70,3 +78,4 @@ def test_dvc_repro_then_nothing_to_reproduce_then_an_experiment(dvc_project):
     assert '"unstructured@0.6"' in metrics
     plots = run(["dvc", "plots", "show", "--json"], project, environment)
     assert "reports/perplexity.csv" in plots and "reports/block_errors.csv" in plots
+    assert "reports/perplexity_vs_sparsity.png" in plots and "reports/speedups.png" in plots

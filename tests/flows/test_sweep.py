@@ -56,12 +56,27 @@ def post(url, payload):
         return json.loads(response.read())
 
 
-def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capsys):
+def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capsys, shared_data):
     directory, params = project
-    params = {**params, "tracking": {"experiment": "sweep-test", "register_models": True}}
+    params = {**params, "tracking": {"experiment": "sweep-test", "register_models": True},
+              "zero_shot": {"tasks": ["piqa", "winogrande"], "data_dir": str(shared_data), "limit": 4},
+              "bench": {"devices": ["cpu", "cuda"], "prefill_batches": [1], "prefill_tokens": 16, "decode_batches": [1],
+                        "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "in_sweep": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
     assert "| wanda | unstructured | 0.5 |" in printed and "| dense | - | 0 |" in printed
+
+    # The comparison report: one row per combination, with zero-shot average, parameters and speed-ups.
+    report = directory / "runs" / "report"
+    table = (report / "results.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| tiny |")}
+    assert set(rows) == {"dense", "wanda", "sparsegpt"}
+    assert "cpu zeros: " in rows["wanda"] and "cpu csr: " in rows["wanda"]
+    assert "lm-eval 0.4.13, first 4 documents per task" in table
+    speed = json.loads((directory / "runs" / "speed" / "tiny.json").read_text())
+    assert "no CUDA device" in speed["devices"]["cuda"]["skipped"] or "models" in speed["devices"]["cuda"]
+    for name in ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     port = free_port()
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -97,6 +112,14 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
     parents = [run for run in runs if "mlflow.parentRunId" not in tags(run)]
     children = [run for run in runs if "mlflow.parentRunId" in tags(run)]
     assert len(parents) == 1 and len(children) == 3
+    parent_artifacts = directory / "mlruns" / parents[0]["info"]["run_id"] / "artifacts" / "report"
+    assert (parent_artifacts / "results.md").is_file() and (parent_artifacts / "speedups.png").is_file()
+    for child in children:
+        metrics = {metric["key"]: metric["value"] for metric in child["data"]["metrics"]}
+        assert {"zeroshot.piqa.acc", "zeroshot.piqa.acc_norm", "zeroshot.winogrande.acc"} <= set(metrics)
+        assert metrics["zeroshot.average_acc"] == pytest.approx(
+            (metrics["zeroshot.piqa.acc"] + metrics["zeroshot.winogrande.acc"]) / 2)
+        assert tags(child)["lm_eval_version"] == "0.4.13" and tags(child)["zeroshot.limit"] == "4"
     assert all(tags(child)["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for child in children)
     pruned = [child for child in children if any(p["key"] == "method.method" for p in child["data"]["params"])]
     assert {next(p["value"] for p in child["data"]["params"] if p["key"] == "method.method")

@@ -1,0 +1,83 @@
+"""pruning.speed on tiny pruned models: every form loads, computes what the saved model computes, and is timed;
+forms the device cannot run are reported skipped with a reason, never timed."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import random_ids, save_tiny_checkpoint
+
+from pruning.config import PruneJob
+from pruning.pipeline import run_prune_job
+from pruning.sources import load_model
+from pruning.speed import SpeedSettings, benchmark_models, load_form, model_forms
+
+QUICK = SpeedSettings(prefill_batches=(1, 2), prefill_tokens=16, decode_batches=(1, 2), decode_new_tokens=4,
+                      gemm_layers=2, min_run_time=0.01)
+
+
+@pytest.fixture(scope="module")
+def pruned_models(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("speed")
+    dense = save_tiny_checkpoint(root / "dense", tiny_tokenizer_dir)
+    corpus = root / "corpus.txt"
+    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 200)
+    directories = {}
+    for name, method in {"two-four": {"method": "sparsegpt", "pattern": "2:4"},
+                         "structured": {"method": "osscar", "sparsity": 0.5},
+                         "oats": {"method": "oats", "sparsity": 0.5, "iterations": 3}}.items():
+        job = PruneJob.model_validate({"model": str(dense), "method": method, "output_dir": root / name,
+                                       "calibration": {"source": str(corpus), "num_samples": 4, "seqlen": 32},
+                                       "evaluation": [{"dataset": str(corpus), "seqlen": 32, "max_windows": 1}],
+                                       "cache_dir": root / "cache", "engine": {"device": "cpu"}})
+        run_prune_job(job, progress=False)
+        directories[name] = root / name
+    return dense, directories
+
+
+def test_each_form_computes_the_saved_model(pruned_models):
+    dense, directories = pruned_models
+    assert model_forms(dense) == ["dense"]
+    assert model_forms(directories["two-four"]) == ["zeros", "csr", "semi-structured"]
+    assert model_forms(directories["structured"]) == ["structured"]
+    assert model_forms(directories["oats"]) == ["merged", "factored-dense", "factored-csr"]
+    ids = random_ids(2, 16)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        for name, directory in directories.items():
+            expected = load_model(directory).eval()(ids).logits
+            for form in model_forms(directory):
+                if form == "semi-structured":
+                    continue
+                logits = load_form(directory, form, cpu)(ids).logits
+                torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=f"{name} {form}")
+
+
+def test_benchmark_reports_every_case_and_skips_what_the_device_cannot_run(pruned_models):
+    dense, directories = pruned_models
+    results = benchmark_models([dense, *directories.values()], QUICK, ("cpu", "cuda"))
+    json.dumps(results)  # the whole record is plain JSON
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in results["devices"]["cuda"]["skipped"]
+    cpu = results["devices"]["cpu"]
+    assert cpu["threads"] == torch.get_num_threads()
+    models = {entry["method"] + "-" + entry["pattern"]: entry["forms"] for entry in cpu["models"]}
+    assert "needs CUDA" in models["sparsegpt-2:4"]["semi-structured"]["skipped"]
+    for forms in models.values():
+        for form, measured in forms.items():
+            if "skipped" in measured:
+                continue
+            assert set(measured["prefill"]) == {"1x16", "2x16"}, form
+            assert set(measured["decode"]) == {"batch1", "batch2"}, form
+            assert len(measured["gemm"]) == 2
+            for case in [*measured["prefill"].values(), *measured["decode"].values(), *measured["gemm"].values()]:
+                assert case["median_s"] > 0 and case["iqr_s"] >= 0 and case["runs"] >= 1
+            assert measured["prefill"]["2x16"]["peak_rss_mb"] > 0
+            assert measured["decode"]["batch2"]["tokens_per_second"] > 0
+    # The structured model's largest linears are physically smaller than the dense model's.
+    dense_shapes = {tuple(case["shape"]) for case in models["dense--"]["dense"]["gemm"].values()}
+    structured_shapes = {tuple(case["shape"]) for case in models["osscar-structured"]["structured"]["gemm"].values()}
+    assert max(a * b for a, b in structured_shapes) < max(a * b for a, b in dense_shapes)
+    speedups = {(row["method"], row["form"]): row for row in cpu["speedups"]}
+    assert speedups[("dense", "dense")]["prefill_1x16_speedup"] == pytest.approx(1.0)
+    assert "skipped" in speedups[("sparsegpt", "semi-structured")]
