@@ -13,14 +13,26 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_block_errors(errors: list[float], title: str, path: Path) -> Path:
-    """Mean relative reconstruction error ‖(W−Ŵ)X‖²/‖WX‖² of each block's linears, by block index."""
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.plot(range(len(errors)), errors, marker="o", markersize=3)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("block")
-    axes.set_ylabel("mean relative error")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
+    """One run's mean relative reconstruction error ‖(W−Ŵ)X‖²/‖WX‖² of each block's linears, by block index."""
+    rows = [{"method": title, "block": block, "relative_error": error} for block, error in enumerate(errors)]
+    return plot_block_errors_by_method(rows, path)
+
+
+def _short_protocol(protocol: str) -> str:
+    """token-ppl[<dataset>|seqlen=...|...] -> <dataset>."""
+    return protocol.partition("[")[2].partition("|")[0] or protocol
+
+
+def _lines_figure(count: int) -> tuple[Any, Any]:
+    """A figure with room for a legend of `count` entries at its right, and a palette of 20 colours."""
+    figure, axes = plt.subplots(figsize=(9, max(4.0, 0.18 * count + 1)))
+    axes.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    return figure, axes
+
+
+def _finish(figure: Any, axes: Any, path: Path) -> Path:
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -28,44 +40,43 @@ def plot_block_errors(errors: list[float], title: str, path: Path) -> Path:
 
 
 def plot_perplexity_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One line per method (and protocol): perplexity against achieved sparsity, log scale."""
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    """One line per method and pattern: perplexity against the achieved sparsity of the decoder linears (log
+    scale); the dense model as a dashed line. Several evaluation protocols get a line each."""
+    protocols = sorted({row["protocol"] for row in rows})
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        label = f"{row['method']} ({row['pattern']})" if row["pattern"] not in ("unstructured", "-") else row["method"]
-        series.setdefault(f"{label} | {row['protocol']}", []).append((row["sparsity"], row["perplexity"]))
+        label = row["method"] if row["pattern"] in ("unstructured", "-") else f"{row['method']} ({row['pattern']})"
+        if len(protocols) > 1:
+            label += f" | {_short_protocol(row['protocol'])}"
+        series.setdefault(label, []).append((row["sparsity"], row["perplexity"]))
+    figure, axes = _lines_figure(len(series))
     for label, points in sorted(series.items()):
         points.sort()
+        if label.startswith("dense"):
+            axes.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=label)
+            continue
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
     axes.set_yscale("log")
-    axes.set_xlabel("achieved sparsity of the decoder linears")
-    axes.set_ylabel("perplexity (token)")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    axes.set_xlabel("achieved sparsity of the decoder linears (share of weights removed)")
+    axes.set_ylabel("perplexity (token level)")
+    if len(protocols) == 1:
+        axes.set_title(_short_protocol(protocols[0]), fontsize=9)
+    return _finish(figure, axes, path)
 
 
 def plot_block_errors_by_method(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Mean relative reconstruction error of each block's linears, one line per combination."""
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    """Mean relative reconstruction error of each block's linears, one line per combination (log scale)."""
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         series.setdefault(row["method"], []).append((row["block"], row["relative_error"]))
+    figure, axes = _lines_figure(len(series))
     for label, points in sorted(series.items()):
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=2, label=label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_yscale("log")
     axes.set_xlabel("block")
     axes.set_ylabel("mean relative error ‖(W−Ŵ)X‖²/‖WX‖²")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish(figure, axes, path)
 
 
 def plot_speedups(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -81,9 +92,6 @@ def plot_speedups(rows: list[dict[str, Any]], path: Path) -> Path:
     axes.set_xticks([index + 0.4 - width / 2 for index in range(len(rows))], labels, rotation=30, ha="right",
                     fontsize=7)
     axes.set_ylabel("speed-up over dense (x)")
-    axes.legend(fontsize=7)
-    axes.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    if not rows:
+        axes.set_title("no speed measurements (run the bench stage or `pruneflow bench`)", fontsize=9)
+    return _finish(figure, axes, path)

@@ -30,7 +30,8 @@ def record_fields(record: dict[str, Any]) -> dict[str, Any]:
     from flows.tracking import block_errors
 
     return {"method": record["method"], "pattern": record["pattern"], "target_sparsity": record["target_sparsity"],
-            "sparsity": record["decoder_linear_sparsity"], "parameters": record.get("remaining_parameters"),
+            "sparsity": record["decoder_linear_sparsity"],
+            "parameters": record.get("remaining_parameters") or record.get("structured", {}).get("parameters_after"),
             "prune_seconds": record["engine"]["forward_seconds"] + record["engine"]["solve_seconds"],
             "block_relative_error": block_errors(record["engine"]["layers"])}
 
@@ -93,13 +94,15 @@ def speed_summary(rows: list[dict[str, Any]], entry: dict[str, Any]) -> str:
 
 def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]) -> str:
     protocols = sorted({protocol for entry in entries for protocol in entry["perplexity"]})
-    header = (["model", "method", "pattern", "sparsity", "params (M)"] + [f"ppl {protocol}" for protocol in protocols]
+    header = (["model", "method", "pattern", "target", "sparsity", "params (M)"]
+              + [f"ppl {protocol}" for protocol in protocols]
               + ["zero-shot avg acc", "prune s", "speed-up prefill 1x / decode b1 (form: x)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in entries:
         zero_shot = entry.get("zero_shot")
         parameters = entry.get("parameters")
-        cells = [entry["model"], entry["method"], entry["pattern"], f"{entry['sparsity']:.3f}",
+        cells = [entry["model"], entry["method"], entry["pattern"], f"{entry['target_sparsity']:g}",
+                 f"{entry['sparsity']:.3f}",
                  f"{parameters / 1e6:.1f}" if parameters else "-"]
         cells += [f"{entry['perplexity'][protocol]:.2f}" if protocol in entry["perplexity"] else "-"
                   for protocol in protocols]
@@ -114,9 +117,11 @@ def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]
         notes.append(f"Zero-shot: mean `acc` over {', '.join(with_zero_shot[0]['tasks'])}; lm-eval "
                      f"{settings['lm_eval_version']}, first {settings['limit']} documents per task, 0-shot, "
                      f"batch {settings['batch_size']}, data {settings['source']}.")
-    notes.append("Perplexity: token-level, the protocol names dataset, window length and window count. "
-                 "Params: parameters left (zeros not counted; tied embeddings once). Prune s: the engine's "
-                 "forward + solve time. Speed-ups: dense time / form time from the bench stage.")
+    notes.append("Target: the method's target (share of MLP neurons for structured methods); sparsity: the "
+                 "achieved share of decoder-linear weights removed. Perplexity: token-level, the protocol names "
+                 "dataset, window length and window count. Params: parameters left (zeros not counted; tied "
+                 "embeddings once). Prune s: the engine's forward + solve time. Speed-ups: dense time / form time "
+                 "from the bench stage (prefill at batch 1 / decode at batch 1).")
     return "\n".join(lines + notes) + "\n"
 
 

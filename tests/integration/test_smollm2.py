@@ -117,3 +117,18 @@ def test_sparsegpt_two_four_end_to_end_on_the_offline_corpus(smollm2_dir, cache_
     dense = load_model(smollm2_dir)
     assert torch.equal(reloaded.lm_head.weight, dense.lm_head.weight)
     assert torch.equal(reloaded.model.embed_tokens.weight, dense.model.embed_tokens.weight)
+
+
+def test_zero_shot_on_every_local_task_is_above_chance_where_smollm2_is_known_to_be(smollm2_dir, shared_data):
+    """lm-eval through the shipped YAMLs on the first 50 documents of each task. SmolLM2-135M's card reports
+    PIQA ~68% and ARC-e well above 25%; LAMBADA accuracy is far above 0 for any working LM."""
+    from pruning.zeroshot import CHANCE_ACCURACY, LOCAL_TASKS, zero_shot
+
+    result = zero_shot(load_model(smollm2_dir), load_tokenizer(smollm2_dir), LOCAL_TASKS, shared_data, limit=50,
+                       batch_size=8, device=torch.device("cpu"))
+    assert set(result.tasks) == set(LOCAL_TASKS)
+    assert all(metrics["documents"] == 50 for metrics in result.tasks.values())
+    for task in ("piqa", "arc_easy", "lambada_openai"):
+        assert result.tasks[task]["acc"] > CHANCE_ACCURACY[task] + 0.1, (task, result.tasks[task])
+    assert result.tasks["lambada_openai"]["perplexity"] < 200
+    assert result.settings["lm_eval_version"] == "0.4.13"

