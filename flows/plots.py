@@ -32,7 +32,8 @@ def _lines_figure(count: int) -> tuple[Any, Any]:
 
 def _finish(figure: Any, axes: Any, path: Path) -> Path:
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
