@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a pruned model directory, or a folder of them (repeatable)")
     bench.add_argument("--devices", default="cpu,cuda", help="comma-separated; an absent CUDA is reported skipped")
     bench.add_argument("--min-run-time", type=float, default=5.0, help="seconds of timing per case (default 5)")
+    bench.add_argument("--max-run-time", type=float, default=20.0,
+                       help="at most this many seconds per case while the IQR exceeds 10%% of the median")
     bench.add_argument("--output", type=Path, required=True, help="JSON file to write")
     bench.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
 
@@ -240,8 +242,9 @@ def _bench(arguments: argparse.Namespace) -> int:
             raise ValueError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
         pruned += found
     directories = [fetch_model(arguments.model, Path(arguments.cache_dir)), *pruned]
-    write_json(arguments.output, benchmark_models(directories, SpeedSettings(min_run_time=arguments.min_run_time),
-                                                  devices))
+    settings = SpeedSettings(min_run_time=arguments.min_run_time,
+                             max_run_time=max(arguments.min_run_time, arguments.max_run_time))
+    write_json(arguments.output, benchmark_models(directories, settings, devices))
     print(f"wrote {arguments.output}")
     return 0
 

@@ -102,12 +102,14 @@ class BenchConfig(_Strict):
     decode_new_tokens: PositiveInt = 32
     gemm_layers: PositiveInt = 3
     min_run_time: float = Field(default=5.0, gt=0)
+    max_run_time: float = Field(default=20.0, gt=0)
     in_sweep: bool = False
 
     def settings(self) -> SpeedSettings:
         return SpeedSettings(prefill_batches=self.prefill_batches, prefill_tokens=self.prefill_tokens,
                              decode_batches=self.decode_batches, decode_new_tokens=self.decode_new_tokens,
-                             gemm_layers=self.gemm_layers, min_run_time=self.min_run_time)
+                             gemm_layers=self.gemm_layers, min_run_time=self.min_run_time,
+                             max_run_time=max(self.min_run_time, self.max_run_time))
 
 
 class SweepParams(_Strict):

@@ -26,7 +26,7 @@ def _short_protocol(protocol: str) -> str:
 def _lines_figure(count: int) -> tuple[Any, Any]:
     """A figure with room for a legend of `count` entries at its right, and a palette of 20 colours."""
     figure, axes = plt.subplots(figsize=(9, max(4.0, 0.18 * count + 1)))
-    axes.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    axes.set_prop_cycle(color=[plt.get_cmap("tab20")(index) for index in range(20)])
     return figure, axes
 
 

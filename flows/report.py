@@ -2,7 +2,8 @@
 
 Inputs: the evaluate stage's metrics files (`metrics/<model>/<method>.json`: perplexity per protocol,
 zero-shot accuracies, parameters, engine time, per-block errors) and, when present, the bench stage's
-speed files (`speed/<model>.json`). Outputs, written atomically into one folder:
+speed files (`speed/<model>.json`, or `speed/<model>/<name>.json` from the DVC bench stages). Outputs, written
+atomically into one folder:
   results.md          the table: model, method, pattern, sparsity, params, perplexity per protocol,
                       zero-shot average, prune time, speed-ups over the dense model
   metrics.json        the same numbers nested by method and combination (a DVC metrics file)
