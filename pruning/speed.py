@@ -98,6 +98,9 @@ def replace_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -
     return model
 
 
+DENSE_KERNEL_FORMS = ("dense", "zeros", "structured", "merged")  # forms whose linears are plain dense matmuls
+
+
 def model_forms(directory: Path) -> list[str]:
     """The forms a model directory can be benchmarked in (see the module docstring)."""
     record_path = directory / RECORD_FILE
@@ -237,10 +240,29 @@ def benchmark_directory(directory: Path, settings: SpeedSettings, device: torch.
         model = load_form(directory, form, device)
         results[form] = {**measure_model(model, settings, device),
                          "checkpoint_bytes": checkpoint_bytes(directory, form)}
+        if form in DENSE_KERNEL_FORMS:
+            results[form]["linear_flops_per_token"] = linear_flops_per_token(model)
         del model
     return {"directory": str(directory), "method": record.get("method", "dense"), "pattern": record.get("pattern", "-"),
-            "target_sparsity": record.get("target_sparsity", 0.0),
+            "target_sparsity": record_target(record),
             "sparsity": record.get("decoder_linear_sparsity", 0.0), "forms": results}
+
+
+def linear_flops_per_token(model: nn.Module) -> int:
+    """2·Σ d_in·d_out over the model's dense nn.Linear modules (lm_head included): the matmul work per token."""
+    return sum(2 * module.in_features * module.out_features for module in model.modules()
+               if isinstance(module, nn.Linear))
+
+
+def record_target(record: dict[str, Any]) -> float:
+    """The record's target sparsity (older flow records lack the field: derived from their method config)."""
+    if not record:
+        return 0.0
+    if "target_sparsity" in record:
+        return float(record["target_sparsity"])
+    from pruning.methods import method_config
+
+    return method_config(record["config"]["method"]).target_sparsity
 
 
 def checkpoint_bytes(directory: Path, form: str) -> int:
