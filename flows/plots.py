@@ -83,7 +83,8 @@ def plot_block_errors_by_method(rows: list[dict[str, Any]], path: Path) -> Path:
 def plot_speedups(rows: list[dict[str, Any]], path: Path) -> Path:
     """Grouped bars: speed-up over dense of every measured form, per prefill/decode case (1.0 = dense)."""
     cases = sorted({key for row in rows for key in row if key.endswith("_speedup")})
-    labels = [f"{row['method']} {row['pattern']} {row['form']} ({row.get('device', 'cpu')})" for row in rows]
+    labels = [f"{row['method']} {row['pattern']} {row['target_sparsity']:g} {row['form']} ({row.get('device', 'cpu')})"
+              for row in rows]
     figure, axes = plt.subplots(figsize=(max(6.5, 0.9 * len(rows) + 2), 4))
     width = 0.8 / max(len(cases), 1)
     for offset, case in enumerate(cases):
