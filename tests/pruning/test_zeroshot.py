@@ -3,6 +3,7 @@
 import importlib.metadata
 from pathlib import Path
 
+import lm_eval
 import pytest
 import torch
 import yaml
@@ -10,7 +11,6 @@ from pydantic import ValidationError
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
-import lm_eval
 from pruning.config import ZeroShotConfig
 from pruning.lm_eval_tasks import local_data
 from pruning.pipeline import check_zero_shot
