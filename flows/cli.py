@@ -225,26 +225,25 @@ def _fail(lines: list[str]) -> int:
 
 def _bench(arguments: argparse.Namespace) -> int:
     """Benchmark the dense model, then every pruned directory given (or found one level under a folder)."""
+    from flows.params import BenchConfig
+    from flows.stages import model_directories
     from pruning.io import write_json
     from pruning.pipeline import fetch_model
-    from pruning.reassemble import RECORD_FILE
-    from pruning.speed import SpeedSettings, benchmark_models
+    from pruning.speed import benchmark_models
 
     devices = tuple(arguments.devices.split(","))
     unknown = [device for device in devices if device not in ("cpu", "cuda")]
     if unknown:
         raise ValueError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
+    config = BenchConfig(devices=devices, min_run_time=arguments.min_run_time, max_run_time=arguments.max_run_time)
     pruned = []
     for path in arguments.pruned:
-        found = ([path] if (path / RECORD_FILE).is_file()
-                 else sorted(item.parent for item in path.glob(f"*/{RECORD_FILE}")))
+        found = model_directories(path)
         if not found:
             raise ValueError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
         pruned += found
     directories = [fetch_model(arguments.model, Path(arguments.cache_dir)), *pruned]
-    settings = SpeedSettings(min_run_time=arguments.min_run_time,
-                             max_run_time=max(arguments.min_run_time, arguments.max_run_time))
-    write_json(arguments.output, benchmark_models(directories, settings, devices))
+    write_json(arguments.output, benchmark_models(directories, config.settings(), config.devices))
     print(f"wrote {arguments.output}")
     return 0
 

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.tracking import block_errors
 from pruning.io import atomic_directory, write_json
 from pruning.reassemble import RECORD_FILE
 from pruning.sources import stored_parameters
@@ -28,8 +29,6 @@ PLOTS = ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png")
 
 def record_fields(record: dict[str, Any]) -> dict[str, Any]:
     """What the report takes from a pruned model's record (pruneflow.json)."""
-    from flows.tracking import block_errors
-
     return {"method": record["method"], "pattern": record["pattern"], "target_sparsity": record["target_sparsity"],
             "sparsity": record["decoder_linear_sparsity"],
             "parameters": record.get("remaining_parameters") or record.get("structured", {}).get("parameters_after"),

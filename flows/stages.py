@@ -4,7 +4,7 @@
   calibrate  the calibration windows and manifest at --output
   prune      every pattern x sparsity of one method, each a pruned model under --output/<combination>
   evaluate   perplexity of a model directory (or of every pruned model under it) into a metrics JSON
-  bench      speed of the dense model and every pruned model of one model name, into speed/<model>.json
+  bench      speed of a model directory (or of every pruned model under it), in each form, into a speed JSON
   report     all metrics (and speed files) into reports/: results.md, metrics.json, CSVs and PNG plots
 
 DVC caches and versions what these write; they run the same library code as the Prefect flows.

@@ -26,6 +26,17 @@ FORMAT_NAME = "pruneflow-sparse-low-rank-v1"
 SparseFormat = Literal["csr", "dense"]
 
 
+def to_csr(weight: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch calls its CSR support "beta"; CPU matmuls work
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return weight.detach().to_sparse_csr()
+
+
+def csr_times(sparse: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """x·Sᵀ for a CSR S, as (S·xᵀ)ᵀ: CSR matmuls need the sparse operand first."""
+    return (sparse @ flat.t()).t()
+
+
 class SparseLowRankLinear(nn.Module):
     """y = x·Sᵀ + (x·Vᵀ)·Uᵀ + b, with S kept as a CSR tensor (or dense, for comparison)."""
 
@@ -35,9 +46,7 @@ class SparseLowRankLinear(nn.Module):
         self.out_features, self.in_features = sparse.shape
         self.sparse_format = sparse_format
         if sparse_format == "csr":
-            with warnings.catch_warnings():  # torch calls its CSR support "beta"; CPU matmuls work
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                sparse = sparse.to_sparse_csr()
+            sparse = to_csr(sparse)
         # Not persistent: the checkpoint stores S as bitmask + values (see `save_factored`).
         self.register_buffer("sparse", sparse, persistent=False)
         self.up = nn.Parameter(up, requires_grad=False)
@@ -47,8 +56,7 @@ class SparseLowRankLinear(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         flat = inputs.reshape(-1, self.in_features)
         sparse = cast(torch.Tensor, self.sparse)
-        # x·Sᵀ = (S·xᵀ)ᵀ lets the sparse operand come first, as CSR matmuls require.
-        outputs = (sparse @ flat.t()).t() if self.sparse_format == "csr" else flat @ sparse.t()
+        outputs = csr_times(sparse, flat) if self.sparse_format == "csr" else flat @ sparse.t()
         outputs = outputs + (flat @ self.down.t()) @ self.up.t()
         if self.bias is not None:
             outputs = outputs + self.bias

@@ -19,7 +19,6 @@ import json
 import platform
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from torch import nn
 from torch.utils import benchmark
 
 from pruning.architectures import adapter_for
+from pruning.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
 from pruning.reassemble import RECORD_FILE
 
 
@@ -47,19 +47,16 @@ class SpeedSettings:
 
 
 class CsrLinear(nn.Module):
-    """y = (W·xᵀ)ᵀ + b with W stored as a CSR tensor (the sparse operand must come first)."""
+    """y = x·Wᵀ + b with W stored as a CSR tensor."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.register_buffer("weight", linear.weight.detach().to_sparse_csr())
+        self.register_buffer("weight", to_csr(linear.weight))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        flat = inputs.reshape(-1, self.in_features)
-        outputs = (cast(torch.Tensor, self.weight) @ flat.t()).t()
+        outputs = csr_times(cast(torch.Tensor, self.weight), inputs.reshape(-1, self.in_features))
         if self.bias is not None:
             outputs = outputs + self.bias
         return outputs.reshape(*inputs.shape[:-1], self.out_features)
@@ -93,25 +90,30 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 def replace_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -> nn.Module:
     for name, linear in decoder_linears(model).items():
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, build(linear))
+        model.set_submodule(name, build(linear))
     return model
 
 
 DENSE_KERNEL_FORMS = ("dense", "zeros", "structured", "merged")  # forms whose linears are plain dense matmuls
 
 
-def model_forms(directory: Path) -> list[str]:
-    """The forms a model directory can be benchmarked in (see the module docstring)."""
-    record_path = directory / RECORD_FILE
-    if not record_path.is_file():
+def model_forms(directory: Path, record: dict[str, Any] | None = None) -> list[str]:
+    """The forms a model directory can be benchmarked in (see the module docstring); `record`: its
+    pruneflow.json when already read."""
+    record = read_record(directory) if record is None else record
+    if not record:
         return ["dense"]
-    record = json.loads(record_path.read_text())
     if record["pattern"] == "structured":
         return ["structured"]
-    if (directory / "factored").is_dir():
+    if (directory / FACTORED_DIRECTORY).is_dir():
         return ["merged", "factored-dense", "factored-csr"]
     return ["zeros", "csr"] + (["semi-structured"] if record["pattern"] == "2:4" else [])
+
+
+def read_record(directory: Path) -> dict[str, Any]:
+    """The pruned model's record (pruneflow.json), or {} for a model without one."""
+    path = directory / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def unsupported_reason(form: str, device: torch.device) -> str | None:
@@ -123,7 +125,7 @@ def unsupported_reason(form: str, device: torch.device) -> str | None:
 
 
 def load_form(directory: Path, form: str, device: torch.device) -> nn.Module:
-    from pruning.factored import SparseFormat, load_compressed
+    from pruning.factored import SparseFormat
     from pruning.sources import load_model
 
     # fp16 on CUDA (the semi-structured kernels need it, and it is how GPUs serve), fp32 on CPU.
@@ -229,10 +231,9 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
 def benchmark_directory(directory: Path, settings: SpeedSettings, device: torch.device,
                         forms: list[str] | None = None) -> dict[str, Any]:
     """Every form of one model directory: {form: measurements or {"skipped": reason}}, plus what it is."""
-    record_path = directory / RECORD_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_record(directory)
     results: dict[str, Any] = {}
-    for form in forms or model_forms(directory):
+    for form in forms or model_forms(directory, record):
         reason = unsupported_reason(form, device)
         if reason is not None:
             results[form] = {"skipped": reason}
@@ -266,7 +267,7 @@ def record_target(record: dict[str, Any]) -> float:
 
 
 def checkpoint_bytes(directory: Path, form: str) -> int:
-    folder = directory / "factored" if form.startswith("factored") else directory
+    folder = directory / FACTORED_DIRECTORY if form.startswith("factored") else directory
     return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
 
 
