@@ -65,11 +65,17 @@ def row_count_mask(scores: torch.Tensor, kept_per_row: torch.Tensor) -> torch.Te
 
 
 def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Over the whole matrix, drop the floor(numel * sparsity) lowest scores."""
+    """Over the whole matrix, drop the floor(numel * sparsity) lowest scores (ties: the first ones in row-major
+    order, as a stable sort would), found by a selection rather than a sort."""
     pruned = math.floor(scores.numel() * sparsity)
-    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    flat = scores.flatten()
+    mask = torch.ones_like(flat, dtype=torch.bool)
     if pruned:
-        mask[torch.argsort(scores.flatten(), stable=True)[:pruned]] = False
+        threshold = torch.kthvalue(flat, pruned).values  # the pruned-th lowest score
+        below = flat < threshold
+        ties = torch.nonzero(flat == threshold).flatten()[: pruned - int(below.sum())]
+        mask &= ~below
+        mask[ties] = False
     return mask.view_as(scores)
 
 

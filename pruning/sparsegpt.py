@@ -42,7 +42,7 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
     mask = torch.ones_like(weight, dtype=torch.bool)
     for start in range(0, columns, config.blocksize):
         end = min(start + config.blocksize, columns)
-        block = pruned[:, start:end]
+        block = pruned[:, start:end].clone()  # contiguous: the column loop below updates it in place
         block_upper = upper[start:end, start:end]
         denominators = torch.diagonal(block_upper)
         errors = torch.zeros_like(block)
@@ -59,6 +59,7 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
             block[:, column:].addr_(error, block_upper[column, column:], alpha=-1)
             block[:, column] = kept
             errors[:, column] = error
+        pruned[:, start:end] = block
         mask[:, start:end] = block_mask
         pruned[:, end:] -= errors @ upper[start:end, end:]
     return LayerResult.measure(weight, pruned, mask, statistics)
