@@ -7,26 +7,37 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
   apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70%
   osscar      OSSCAR and the structured baselines (Wanda-sp with/without refit, magnitude with/without refit) at
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
+  engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
+              per block; every method at 50% once (seed 0); dense
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
-raw test pages joined with "\\n\\n", tokenized once without special tokens. Each case runs in its own
-process so that its peak RSS is its own. Also records, on real SmolLM2 layers with their real dense
-input statistics, each method's per-layer reconstruction error ||(W - W_hat) X||^2.
+raw test pages joined with "\\n\\n", tokenized once without special tokens. Each case is the real command
+(`pruneflow prune --config <job>.yaml`, `pruneflow eval` for dense) in a process of its own, whose peak RSS
+(the kernel's maximum resident set of that process, evaluation included) is recorded; its block store is
+a fresh folder, so nothing is reused. Once per suite, in the same run, one dense forward pass of the full model
+(`model(input_ids)`, fp32, batch 8, no grad) over the same calibration windows is timed: every case's
+`prune_ratio` is its prune wall time (the engine: capture, statistics passes, solves, block reads and writes)
+over that forward, `command_ratio` the whole command's wall time over it. Also records, on real SmolLM2 layers
+with their real dense input statistics, each method's per-layer reconstruction error ||(W - W_hat) X||^2.
 
-  .venv/bin/python bench/prune_smollm2.py --suite baselines
-  .venv/bin/python bench/prune_smollm2.py --suite oats   (oats-sweep, apt)
+  .venv/bin/python bench/prune_smollm2.py --suite engine
+  .venv/bin/python bench/prune_smollm2.py --suite baselines   (oats, oats-sweep, apt, osscar)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
@@ -49,8 +60,14 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                {"method": "osscar", "sparsity": 0.5, "local_search": True},
                {"method": "structured-wanda", "sparsity": 0.5, "refit": False},
                {"method": "structured-magnitude", "sparsity": 0.5, "refit": True}],
+    "engine": [{"method": "dense"},
+               *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
+                 for sequential in (True, False) for seed in (0, 1, 2)),
+               *({"method": method, "sparsity": 0.5} for method in
+                 ("magnitude", "wanda", "apt", "oats", "osscar", "structured-wanda"))],
 }
 ERROR_BLOCKS = (0, 15, 29)
+CASE_SETTINGS = ("seed", "true_sequential")  # case fields that are not method options
 
 
 def case_name(case: dict[str, Any]) -> str:
@@ -58,41 +75,78 @@ def case_name(case: dict[str, Any]) -> str:
 
 
 def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path) -> dict[str, Any]:
+    method = {key: value for key, value in case.items() if key not in CASE_SETTINGS}
+    engine = {"true_sequential": case["true_sequential"]} if "true_sequential" in case else {}
     return {
         "model": MODEL,
-        "method": case,
+        "method": method,
         "calibration": {"source": str(DATA / "validation"), "num_samples": arguments.num_samples,
-                        "seqlen": arguments.seqlen, "seed": 0},
+                        "seqlen": arguments.seqlen, "seed": case.get("seed", 0)},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
+        "engine": {"device": "cpu", **engine},
         "output_dir": str(output),
         "cache_dir": str(arguments.cache_dir),
     }
 
 
-def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, Any]:
-    """One case, in this process: prune (or not) and evaluate; report timings and peak RSS."""
-    from pruning import pipeline
-    from pruning.config import EvaluationConfig, PruneJob
-
+def run_measured(command: list[str]) -> tuple[str, float, float]:
+    """Run a command; its stdout, wall seconds and peak RSS in MB (this process's only child)."""
     started = time.perf_counter()
+    completed = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    return completed.stdout, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, Any]:
+    """One case as the user runs it: the pruneflow command in a process of its own, with a fresh block store."""
+    pruneflow = [sys.executable, "-m", "flows.cli"]
     if case["method"] == "dense":
-        evaluation = EvaluationConfig(dataset=str(DATA / "test"), seqlen=arguments.seqlen,
-                                      max_windows=arguments.windows)
-        results = pipeline.run_evaluation(MODEL, [evaluation], arguments.cache_dir, "cpu")
-        return {"method": "dense", "pattern": "-", "perplexity": results[0].perplexity,
-                "protocol": results[0].protocol, "wall_seconds": time.perf_counter() - started,
-                "peak_rss_mb": pipeline.peak_rss_megabytes()}
+        printed, wall, peak = run_measured([
+            *pruneflow, "eval", "--model", MODEL, "--dataset", str(DATA / "test"), "--seqlen", str(arguments.seqlen),
+            "--max-windows", str(arguments.windows), "--device", "cpu", "--cache-dir", str(arguments.cache_dir)])
+        result = json.loads(printed)["perplexity"][0]
+        return {"method": "dense", "pattern": "-", "perplexity": result["perplexity"], "protocol": result["protocol"],
+                "wall_seconds": wall, "peak_rss_mb": peak}
     output = arguments.cache_dir / "bench-models" / case_name(case)
-    job = PruneJob.model_validate(job_fields(case, arguments, output))
-    record = pipeline.run_prune_job(job, progress=False)
+    job = arguments.cache_dir / "bench-jobs" / f"{case_name(case)}.yaml"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(yaml.safe_dump(job_fields(case, arguments, output)))
+    shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)  # a fresh block store: nothing is reused
+    _, wall, peak = run_measured([*pruneflow, "prune", "--config", str(job)])
+    shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)
+    record = json.loads((output / "pruneflow.json").read_text())
     engine = record["engine"]
-    return {**case, "pattern": job.method.pattern, "target": job.method.target_sparsity, "output_dir": str(output),
+    return {**case, "pattern": record["pattern"], "target": record["target_sparsity"], "output_dir": str(output),
             "perplexity": record["perplexity"][0]["perplexity"],
             "protocol": record["perplexity"][0]["protocol"], "sparsity": record["decoder_linear_sparsity"],
-            "wall_seconds": time.perf_counter() - started, "prune_seconds": record["timings"]["prune_seconds"],
+            "wall_seconds": wall, "prune_seconds": record["timings"]["prune_seconds"],
+            "evaluation_seconds": record["timings"]["evaluation_seconds"],
             "calibration_forward_seconds": engine["forward_seconds"] + engine["capture_seconds"],
-            "solve_seconds": engine["solve_seconds"], "peak_rss_mb": record["peak_rss_mb"],
+            "solve_seconds": engine["solve_seconds"], "io_seconds": engine["io_seconds"],
+            "peak_rss_mb": peak, "threads": record["threads"],
             **({"structured": record["structured"]} if "structured" in record else {})}
+
+
+def dense_forward_seconds(arguments: argparse.Namespace) -> float:
+    """One forward pass of the whole dense model (loaded in memory, fp32) over the calibration windows."""
+    import torch
+
+    from pruning import pipeline
+    from pruning.calibration import build_calibration_set
+    from pruning.corpora import load_corpus
+    from pruning.sources import load_model, load_tokenizer
+
+    model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
+    corpus = load_corpus(str(DATA / "validation"), "calibration", arguments.cache_dir)
+    windows = build_calibration_set(corpus, load_tokenizer(model_dir), arguments.num_samples, arguments.seqlen,
+                                    0).input_ids
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model(input_ids=windows[:1])  # warm-up
+        started = time.perf_counter()
+        for batch in windows.split(8):
+            model(input_ids=batch)
+    return time.perf_counter() - started
 
 
 def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespace) -> list[dict[str, Any]]:
@@ -151,6 +205,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--case", help="internal: run one case (method fields as JSON) and print its JSON")
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
+    parser.add_argument("--dense-forward", action="store_true", help="internal: print one dense forward's seconds")
     arguments = parser.parse_args()
     from pruning.methods import is_structured
 
@@ -166,6 +221,9 @@ def main() -> None:
     if arguments.layer_errors:
         print(json.dumps(layer_errors(methods, arguments)))
         return
+    if arguments.dense_forward:
+        print(json.dumps(dense_forward_seconds(arguments)))
+        return
     from pruning.io import write_json
 
     output = arguments.output or REPO / "bench" / "results" / (
@@ -175,28 +233,37 @@ def main() -> None:
     common = ["--suite", arguments.suite, "--cache-dir", str(arguments.cache_dir),
               "--num-samples", str(arguments.num_samples),
               "--seqlen", str(arguments.seqlen), "--windows", str(arguments.windows)]
+
+    def internal(*flags: str) -> Any:
+        completed = subprocess.run([sys.executable, __file__, *flags, *common], check=True, capture_output=True,
+                                   text=True)
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+
     protocol = {"model": MODEL, "calibration": f"wikitext-2 raw validation pages, {arguments.num_samples}x"
-                f"{arguments.seqlen}, seed 0", "threads": torch.get_num_threads()}
+                f"{arguments.seqlen}", "threads": torch.get_num_threads()}
     # Resumable: cases already in the output file (same protocol) are kept; the file is rewritten after each case.
     previous = json.loads(output.read_text()) if output.is_file() else {}
     same_protocol = all(previous.get(key) == value for key, value in protocol.items())
     done = {json.dumps(case["case"], sort_keys=True): case for case in previous.get("cases", []) if same_protocol}
     errors = previous.get("layer_errors") if same_protocol else None
-    result: dict[str, Any] = {**protocol, "cases": [], "layer_errors": errors or []}
+    forward = previous.get("dense_forward_seconds") if same_protocol else None
+    if forward is None:
+        forward = internal("--dense-forward")
+    result: dict[str, Any] = {**protocol, "dense_forward_seconds": forward, "cases": [], "layer_errors": errors or []}
     for case in SUITES[arguments.suite]:
         key = json.dumps(case, sort_keys=True)
         if key not in done:
-            completed = subprocess.run([sys.executable, __file__, "--case", json.dumps(case), *common], check=True,
-                                       capture_output=True, text=True)
-            done[key] = {"case": case, **json.loads(completed.stdout.strip().splitlines()[-1])}
+            measured = internal("--case", json.dumps(case))
+            if "prune_seconds" in measured:
+                measured.update(prune_ratio=measured["prune_seconds"] / forward,
+                                command_ratio=measured["wall_seconds"] / forward)
+            done[key] = {"case": case, **measured}
             print(json.dumps(done[key]), flush=True)
         result["cases"].append(done[key])
         result["evaluation"] = result["cases"][0]["protocol"]
         write_json(output, result)
     if not result["layer_errors"]:
-        completed = subprocess.run([sys.executable, __file__, "--layer-errors", *common], check=True,
-                                   capture_output=True, text=True)
-        result["layer_errors"] = json.loads(completed.stdout.strip().splitlines()[-1])
+        result["layer_errors"] = internal("--layer-errors")
         write_json(output, result)
     print(f"wrote {output}")
 

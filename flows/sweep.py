@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -31,23 +32,27 @@ from tasks.fetch import fetch_model
 
 @flow(name="baseline")
 def baseline(model: str, evaluation: tuple[EvaluationConfig, ...], zero_shot: ZeroShotConfig | None, cache_dir: str,
-             device: str) -> dict[str, Any]:
+             device: str, store: ArtifactStore) -> dict[str, Any]:
     """The dense model's perplexities (and zero-shot accuracies), evaluated exactly as the pruned ones are."""
     dense = fetch_model(model, cache_dir)
-    perplexities = [evaluate(dense.path, dense.digest, item, source_fingerprint(item.dataset), cache_dir, device)
-                    for item in evaluation]
+    perplexities = [evaluate(dense.path, dense.digest, item, source_fingerprint(item.dataset), cache_dir, device,
+                             store) for item in evaluation]
     accuracies = (evaluate_zero_shot(dense.path, dense.digest, zero_shot,
-                                     zero_shot_fingerprint(zero_shot.tasks, zero_shot.data_dir), device)
+                                     zero_shot_fingerprint(zero_shot.tasks, zero_shot.data_dir), device, store)
                   if zero_shot is not None else None)
     return {"perplexity": perplexities, "zero_shot": accuracies}
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="combination-{job.output_dir.name}")
-def run_combination(job: PruneJob, store: ArtifactStore) -> dict[str, Any]:
-    """One combination on a task runner's worker (a Dask worker process when Dask is enabled)."""
+def run_combination(job: PruneJob, store: ArtifactStore, threads: int | None = None) -> dict[str, Any]:
+    """One combination on a task runner's worker (a Dask worker process when Dask is enabled), with `threads`
+    torch threads when given."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     started = time.time()
     summary = compress(job, store)
-    return {**summary, "started_at": started, "finished_at": time.time(), "peak_rss_mb": peak_rss_megabytes()}
+    return {**summary, "started_at": started, "finished_at": time.time(), "peak_rss_mb": peak_rss_megabytes(),
+            "threads": torch.get_num_threads()}
 
 
 @flow(name="sweep")
@@ -61,7 +66,7 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
         if params.dense_baseline:
             for model in params.models:
                 results = baseline(model.source, params.evaluation, params.zero_shot, str(params.paths.cache),
-                                   params.engine.device)
+                                   params.engine.device, store)
                 tracker.log_dense(model.source, results)
                 summaries.append({"model": model.source, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
                                   **results})
@@ -85,7 +90,8 @@ def run_combinations(params: SweepParams, store: ArtifactStore) -> list[dict[str
     jobs = params.jobs()
     if not params.dask.enabled:
         return [run_combination.fn(job, store) for job in jobs]
-    futures = [run_combination.submit(job, store) for job in jobs]
+    threads = None if params.dask.address else params.dask.threads_per_worker
+    futures = [run_combination.submit(job, store, threads) for job in jobs]
     return [future.result() for future in futures]
 
 
@@ -96,7 +102,10 @@ def sweep_with_task_runner(params_path: str) -> list[dict[str, Any]]:
         return sweep(params_path)
     from prefect_dask import DaskTaskRunner
 
+    # Local workers get their share of the cores before they import torch (OpenMP reads these at start).
+    threads = str(params.dask.threads_per_worker)
     runner = (DaskTaskRunner(address=params.dask.address) if params.dask.address else
               DaskTaskRunner(cluster_kwargs={"n_workers": params.dask.workers, "threads_per_worker": 1,
-                                             "processes": True}))
+                                             "processes": True,
+                                             "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}))
     return sweep.with_options(task_runner=runner)(params_path)  # type: ignore[arg-type]

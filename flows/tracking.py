@@ -124,9 +124,12 @@ class SweepTracker:
             for step, error in enumerate(errors):
                 self.mlflow.log_metric("block_relative_error", error, step=step)
             for step, layer in enumerate(record["engine"]["layers"]):
-                self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
-            self._log_input(record["inputs"]["calibration"]["corpus"].get("source", "calibration"),
-                            record["inputs"]["calibration_sha256"], "calibration")
+                if layer["relative_error"] is not None:  # data-free methods measure no error
+                    self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
+            calibration = record["inputs"]["calibration"]
+            if calibration is not None:
+                self._log_input(calibration["corpus"].get("source", "calibration"), calibration["windows_sha256"],
+                                "calibration")
             self.mlflow.log_artifact(str(Path(summary["output_dir"]) / "pruneflow.json"))
             with tempfile.TemporaryDirectory() as scratch:
                 from flows.plots import plot_block_errors
@@ -181,9 +184,12 @@ def registered_model_name(job: PruneJob) -> str:
 
 
 def block_errors(layers: list[dict[str, Any]]) -> list[float]:
-    """Mean relative reconstruction error of each block's linears, in block order."""
+    """Mean relative reconstruction error of each block's linears, in block order (none for data-free methods,
+    which measure no error)."""
     by_block: dict[int, list[float]] = {}
     for layer in layers:
+        if layer["relative_error"] is None:
+            continue
         index = int(re.search(r"\.(\d+)\.", layer["name"]).group(1))  # type: ignore[union-attr]
         by_block.setdefault(index, []).append(layer["relative_error"])
     return [sum(errors) / len(errors) for _, errors in sorted(by_block.items())]

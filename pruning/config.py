@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
@@ -71,12 +80,23 @@ class EngineConfig(_Strict):
     batch_size: PositiveInt = 8
     true_sequential: bool = True
     skip_layers: tuple[str, ...] = Field(default=(), description="fnmatch patterns of full linear names")
+    memory_budget: ByteSize | None = Field(
+        default=None, description="memory for calibration activations, e.g. 2GB or 512MiB; past it they go to "
+                                  "disk (default: half of the memory available at the start, cgroup limits included)")
 
     def options(self, progress: bool = True) -> EngineOptions:
         device = resolve_device(self.device)
         return EngineOptions(device=device, forward_dtype=resolve_forward_dtype(self.forward_dtype, device),
                              batch_size=self.batch_size, true_sequential=self.true_sequential,
-                             skip_layers=self.skip_layers, progress=progress)
+                             skip_layers=self.skip_layers, progress=progress,
+                             memory_budget=int(self.memory_budget) if self.memory_budget is not None else None)
+
+    def cache_fields(self) -> dict[str, object]:
+        """The settings that change a pruning result (not where activations live)."""
+        options = self.options(progress=False)
+        return {"device": options.device.type, "forward_dtype": str(options.forward_dtype),
+                "batch_size": self.batch_size, "true_sequential": self.true_sequential,
+                "skip_layers": list(self.skip_layers)}
 
 
 def resolve_device(device: str) -> torch.device:

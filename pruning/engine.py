@@ -3,11 +3,16 @@
 1. One embeddings-only pass: every decoder block is replaced by a pass-through catcher that records
    the exact arguments the model calls it with (masks, rotary tables, per-layer-type variants), and
    block 0's catcher keeps the hidden states. No block is computed.
-2. For each block: a working copy moves to the compute device (in the forward dtype); for each
-   group of linears in sequential order, hooks accumulate Σ xxᵀ in fp32 (the forward stops as soon as
-   the group's input has been seen), the method solves each linear, and the result is written to the
-   fp32 master weights and the working copy; then the pruned block re-runs to produce the inputs of
-   the next block. Only one block and the activations are on the device at any time.
+2. For each block: the block is loaded (from disk, when the model is streamed); for each group of
+   linears in sequential order (all groups at once with `true_sequential=False`), hooks accumulate
+   Σ xxᵀ in fp32 (the forward stops as soon as the stage's inputs have been seen), the method solves
+   each linear, and the result is written into the block; then the pruned block re-runs to produce the
+   inputs of the next block, and the block is written out and released. Only one block and the
+   activations are in memory at any time; activations past `memory_budget` live in files.
+
+Data-free methods (`needs_calibration` false) skip the calibration passes altogether. With a
+`BlockStore`, every finished block is kept on disk under a key of everything that determines it, so a
+second run reuses it and a killed run resumes at the first unfinished block.
 """
 
 from __future__ import annotations
@@ -15,25 +20,31 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit, adapter_for
-from pruning.methods import MethodConfig, prune_layer
-from pruning.shrink import structured_layout, unit_groups, unit_is_pruned, zero_producers
+from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
+from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit
+from pruning.block_store import BlockRecord, BlockStore
+from pruning.methods import MethodConfig, needs_calibration, prune_layer
+from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
+from pruning.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
 from pruning.statistics import InputStatistics, SparseLowRank
 from pruning.structured import StructuredBudget
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine runs: where, in which dtype, how many sequences per forward, what to skip."""
+    """How the engine runs: where, in which dtype, how many sequences per forward, what to skip, and how much
+    memory calibration activations may take before they go to disk (None: half of the available memory)."""
 
     device: torch.device = torch.device("cpu")
     forward_dtype: torch.dtype = torch.bfloat16
@@ -41,6 +52,7 @@ class EngineOptions:
     true_sequential: bool = True
     skip_layers: tuple[str, ...] = ()
     progress: bool = True
+    memory_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,28 +68,59 @@ class LayerReport:
     name: str
     shape: tuple[int, int]
     sparsity: float
-    reconstruction_error: float
-    relative_error: float
+    reconstruction_error: float | None
+    relative_error: float | None
     solve_seconds: float
     details: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class PruneReport:
-    """Per-layer records and stage times; `factors` holds the sparse + low-rank terms of methods that
-    produce them, by full linear name (on the CPU), for the factored checkpoint."""
+    """Per-layer records, stage times and counts over all blocks; `factors` holds the sparse + low-rank terms of
+    methods that produce them, by full linear name (on the CPU), when the model is pruned in memory."""
 
     layers: list[LayerReport] = field(default_factory=list)
     capture_seconds: float = 0.0
     forward_seconds: float = 0.0
     solve_seconds: float = 0.0
+    io_seconds: float = 0.0
+    blocks_computed: int = 0
+    blocks_reused: int = 0
+    linear_parameters: int = 0
+    linear_removed: int = 0
+    removed_groups: dict[str, list[int]] = field(default_factory=dict)
+    activations_in_memory: bool = True
     factors: dict[str, SparseLowRank] = field(default_factory=dict)
+
+    def add_block(self, record: BlockRecord, reused: bool) -> None:
+        self.layers += [LayerReport(**{**layer, "shape": tuple(layer["shape"])}) for layer in record.layers]
+        self.linear_parameters += record.linear_parameters
+        self.linear_removed += record.linear_removed
+        for kind, count in record.removed_groups.items():
+            self.removed_groups.setdefault(kind, []).append(count)
+        if reused:
+            self.blocks_reused += 1
+        else:
+            self.blocks_computed += 1
+            self.forward_seconds += record.forward_seconds
+            self.solve_seconds += sum(layer["solve_seconds"] for layer in record.layers)
+
+    def sparsity_fields(self, model_parameters: int) -> dict[str, float]:
+        """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded), and the
+        model's parameter count before and after."""
+        return {"decoder_linear_sparsity": self.linear_removed / max(self.linear_parameters, 1),
+                "decoder_linear_parameters": self.linear_parameters, "model_parameters": model_parameters,
+                "remaining_parameters": model_parameters - self.linear_removed}
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "capture_seconds": self.capture_seconds,
             "forward_seconds": self.forward_seconds,
             "solve_seconds": self.solve_seconds,
+            "io_seconds": self.io_seconds,
+            "blocks_computed": self.blocks_computed,
+            "blocks_reused": self.blocks_reused,
+            "activations_in_memory": self.activations_in_memory,
             "layers": [vars(layer) for layer in self.layers],
         }
 
@@ -89,61 +132,84 @@ class _StopForward(Exception):
 class _ArgumentCatcher(nn.Module):
     """Stands in for a decoder block during the capture pass: records its call, passes hidden states on."""
 
-    def __init__(self, calls: list[BlockCall], hidden_store: list[torch.Tensor] | None, last: bool) -> None:
+    def __init__(self, calls: list[BlockCall], keep_hidden: Callable[[torch.Tensor], None] | None,
+                 last: bool) -> None:
         super().__init__()
         self.calls = calls
-        self.hidden_store = hidden_store
+        self.keep_hidden = keep_hidden
         self.last = last
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self.calls.append(BlockCall(args, kwargs))
-        if self.hidden_store is not None:
-            self.hidden_store.append(hidden_states.detach())
+        if self.keep_hidden is not None:
+            self.keep_hidden(hidden_states.detach())
         if self.last:
             raise _StopForward
         return hidden_states
 
 
-def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor,
-                         batch_size: int) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
-    """Run the embeddings once; return block 0's hidden states per batch and every block's call arguments."""
+@contextlib.contextmanager
+def blocks_replaced(model: nn.Module, adapter: ArchitectureAdapter, replacements: Sequence[nn.Module]) -> Any:
+    """Temporarily put `replacements` in place of the model's decoder blocks."""
     blocks = adapter.blocks(model)
     originals = list(blocks)
-    hidden_batches: list[torch.Tensor] = []
-    calls: list[list[BlockCall]] = [[] for _ in originals]
-    for index in range(len(originals)):
-        blocks[index] = _ArgumentCatcher(calls[index], hidden_batches if index == 0 else None,
-                                         last=index == len(originals) - 1)
+    for index, replacement in enumerate(replacements):
+        blocks[index] = replacement
     try:
-        with torch.no_grad():
-            for batch in input_ids.split(batch_size):
-                with contextlib.suppress(_StopForward):
-                    model(input_ids=batch, use_cache=False)
+        yield
     finally:
         for index, block in enumerate(originals):
             blocks[index] = block
-    return hidden_batches, calls
 
 
-def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor, batch_size: int,
+                         hidden: ActivationSet | None = None,
+                         dtype: torch.dtype | None = None) -> tuple[ActivationSet, list[list[BlockCall]]]:
+    """Run the embeddings once; return block 0's hidden states per batch (in `dtype` when given, appended to
+    `hidden` when given) and every block's call arguments."""
+    hidden = hidden if hidden is not None else ActivationSet()
+    num_blocks = len(adapter.blocks(model))
+    calls: list[list[BlockCall]] = [[] for _ in range(num_blocks)]
+
+    def keep(states: torch.Tensor) -> None:
+        hidden.append(states if dtype is None else states.to(dtype))
+
+    catchers: list[nn.Module] = [_ArgumentCatcher(calls[index], keep if index == 0 else None,
+                                                  last=index == num_blocks - 1) for index in range(num_blocks)]
+    with blocks_replaced(model, adapter, catchers), torch.no_grad():
+        for batch in input_ids.split(batch_size):
+            with contextlib.suppress(_StopForward):
+                model(input_ids=batch, use_cache=False)
+    return hidden, calls
+
+
+def move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """Move tensors (nested in tuples, lists, dicts) to `device`; floating tensors also to `dtype`."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
     if isinstance(value, (tuple, list)):
-        return type(value)(_move(item, device, dtype) for item in value)
+        return type(value)(move(item, device, dtype) for item in value)
     if isinstance(value, dict):
-        return {key: _move(item, device, dtype) for key, item in value.items()}
+        return {key: move(item, device, dtype) for key, item in value.items()}
     return value
 
 
-def _run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
+def on_device(block: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The block itself when it is already on `device` in `dtype`, else a copy that is."""
+    parameter = next(block.parameters())
+    if parameter.device == device and parameter.dtype == dtype:
+        return block
+    return copy.deepcopy(block).to(device=device, dtype=dtype)
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
     output = block(hidden, *call.args, **call.kwargs)
     return output[0] if isinstance(output, tuple) else output
 
 
 def collect_input_statistics(
-        block: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor], calls: list[BlockCall],
-        options: EngineOptions, input_producers: tuple[tuple[str, str], ...] = (),
+        block: nn.Module, stage: list[tuple[str, ...]], hidden: ActivationSet | list[torch.Tensor],
+        calls: list[BlockCall], options: EngineOptions, input_producers: tuple[tuple[str, str], ...] = (),
 ) -> dict[tuple[str, ...], InputStatistics]:
     """Σxxᵀ (fp32) of the inputs of each group in `stage`, one forward over all batches.
 
@@ -182,24 +248,32 @@ def collect_input_statistics(
         with torch.no_grad():
             for batch, call in zip(hidden, calls, strict=True):
                 with contextlib.suppress(_StopForward):
-                    _run_block(block, batch.to(options.device, options.forward_dtype), call)
+                    run_block(block, batch.to(options.device, options.forward_dtype), call)
     finally:
         for handle in handles:
             handle.remove()
     return statistics
 
 
+@dataclass
+class BlockResult:
+    """What pruning one block produced, besides the block's new weights (written into it in place)."""
+
+    layers: list[LayerReport]
+    factors: dict[str, SparseLowRank]
+    forward_seconds: float
+
+
 class BlockPruner:
     """Prunes one decoder block in place, given its input activations and call arguments."""
 
     def __init__(self, adapter: ArchitectureAdapter, method: MethodConfig, options: EngineOptions,
-                 report: PruneReport, layout: HeadLayout | None = None) -> None:
+                 layout: HeadLayout | None = None) -> None:
         """`layout` (the model's head layout) is needed by structured methods, which solve only each
         sub-block's second linear and then zero the rows that produced its removed column groups."""
         self.adapter = adapter
         self.method = method
         self.options = options
-        self.report = report
         self.layout = layout
         self.units: dict[str, StructuredUnit] = {}
         if isinstance(method, StructuredBudget):
@@ -207,7 +281,7 @@ class BlockPruner:
                 raise ValueError("structured methods need the model's head layout (see `structured_layout`)")
             self.units = {unit.target: unit for unit in adapter.structured_units if unit_is_pruned(unit, method)}
 
-    def prunable_groups(self, block_prefix: str) -> list[tuple[str, ...]]:
+    def prunable_groups(self, prefix: str) -> list[tuple[str, ...]]:
         """The block's linear groups with skipped layers removed (groups left empty are dropped); for a
         structured method only the second linears of the sub-blocks it prunes."""
         groups = []
@@ -215,103 +289,257 @@ class BlockPruner:
             if self.units:
                 group = tuple(name for name in group if name in self.units)
             kept = tuple(name for name in group if not any(
-                fnmatch.fnmatch(f"{block_prefix}.{name}", pattern) for pattern in self.options.skip_layers))
+                fnmatch.fnmatch(f"{prefix}.{name}", pattern) for pattern in self.options.skip_layers))
             if kept:
                 groups.append(kept)
         return groups
 
-    def stages(self, block_prefix: str) -> list[list[tuple[str, ...]]]:
+    def stages(self, prefix: str) -> list[list[tuple[str, ...]]]:
         """Groups solved from one statistics pass each: one group per stage when true-sequential."""
-        groups = self.prunable_groups(block_prefix)
+        groups = self.prunable_groups(prefix)
         return [[group] for group in groups] if self.options.true_sequential else [groups]
 
-    def prepare(self, block: nn.Module, calls: list[BlockCall]) -> tuple[nn.Module, list[BlockCall]]:
-        """A working copy of the block and its call arguments on the compute device, in the forward dtype."""
+    def working_copy(self, block: nn.Module) -> nn.Module:
+        """The block on the compute device in the forward dtype (see `on_device`)."""
+        return on_device(block, self.options.device, self.options.forward_dtype)
+
+    def device_calls(self, calls: list[BlockCall]) -> list[BlockCall]:
         device, dtype = self.options.device, self.options.forward_dtype
-        working = copy.deepcopy(block).to(device=device, dtype=dtype)
-        return working, [BlockCall(_move(call.args, device, dtype), _move(call.kwargs, device, dtype))
-                         for call in calls]
+        return [BlockCall(move(call.args, device, dtype), move(call.kwargs, device, dtype)) for call in calls]
 
-    def __call__(self, block: nn.Module, block_prefix: str, hidden: list[torch.Tensor],
-                 calls: list[BlockCall]) -> list[torch.Tensor]:
-        """Prune all stages of `block` in place and return its outputs for the next block."""
-        working, device_calls = self.prepare(block, calls)
-        for stage in self.stages(block_prefix):
-            statistics = self.collect_statistics(working, stage, hidden, device_calls)
-            self.solve_stage(block, working, block_prefix, stage, statistics)
-        return self.propagate(working, hidden, device_calls)
-
-    def propagate(self, working: nn.Module, hidden: list[torch.Tensor], calls: list[BlockCall]) -> list[torch.Tensor]:
-        """The block's outputs (on the CPU), which are the next block's inputs."""
-        started = time.perf_counter()
+    def propagate(self, working: nn.Module, hidden: ActivationSet, calls: list[BlockCall],
+                  outputs: ActivationSet) -> None:
+        """Append the block's outputs on every batch of `hidden` to `outputs`."""
         with torch.no_grad():
-            outputs = [_run_block(working, batch.to(self.options.device, self.options.forward_dtype), call).to("cpu")
-                       for batch, call in zip(hidden, calls, strict=True)]
-        self.report.forward_seconds += time.perf_counter() - started
-        return outputs
+            for batch, call in zip(hidden, calls, strict=True):
+                outputs.append(run_block(working, batch.to(self.options.device, self.options.forward_dtype), call))
 
-    def collect_statistics(self, working: nn.Module, stage: list[tuple[str, ...]], hidden: list[torch.Tensor],
-                           calls: list[BlockCall]) -> dict[tuple[str, ...], InputStatistics]:
-        """Σxxᵀ of the stage's inputs (see `collect_input_statistics`), timed into the report."""
+    def __call__(self, block: nn.Module, prefix: str, hidden: ActivationSet | None, calls: list[BlockCall],
+                 outputs: ActivationSet | None) -> BlockResult:
+        """Prune all stages of `block` in place; append its outputs (the next block's inputs) to `outputs`.
+
+        Without calibration data (`hidden` None) every linear is solved without input statistics."""
+        working = self.working_copy(block)
+        device_calls = self.device_calls(calls)
+        result = BlockResult([], {}, 0.0)
+        for stage in self.stages(prefix):
+            statistics: dict[tuple[str, ...], InputStatistics | None] = dict.fromkeys(stage)
+            if hidden is not None:
+                started = time.perf_counter()
+                statistics.update(collect_input_statistics(working, stage, hidden, device_calls, self.options,
+                                                           self.adapter.input_producers))
+                result.forward_seconds += time.perf_counter() - started
+            for group in stage:
+                for name in group:
+                    self._solve_linear(block, working, prefix, name, statistics[group], result)
+        if hidden is not None and outputs is not None:
+            started = time.perf_counter()
+            self.propagate(working, hidden, device_calls, outputs)
+            result.forward_seconds += time.perf_counter() - started
+        return result
+
+    def _solve_linear(self, block: nn.Module, working: nn.Module, prefix: str, name: str,
+                      statistics: InputStatistics | None, result: BlockResult) -> None:
         started = time.perf_counter()
-        statistics = collect_input_statistics(working, stage, hidden, calls, self.options, self.adapter.input_producers)
-        self.report.forward_seconds += time.perf_counter() - started
-        return statistics
-
-    def solve_stage(self, block: nn.Module, working: nn.Module, block_prefix: str, stage: list[tuple[str, ...]],
-                    statistics: dict[tuple[str, ...], InputStatistics]) -> list[str]:
-        """Solve every linear of the stage; write results to the master block and the working copy.
-
-        Returns the names of the linears written (a structured unit's producers included)."""
-        written = []
-        for group in stage:
-            for name in group:
-                written += self._solve_linear(block, working, block_prefix, name, statistics[group])
-        return written
-
-    def _solve_linear(self, block: nn.Module, working: nn.Module, block_prefix: str, name: str,
-                      statistics: InputStatistics) -> list[str]:
-        started = time.perf_counter()
-        master = block.get_submodule(name)
-        weight = self.adapter.read_weight(master).to(self.options.device)
+        stored = block.get_submodule(name)
+        weight = self.adapter.read_weight(stored).to(self.options.device)
         unit = self.units.get(name)
         groups = unit_groups(block, self.adapter, unit, cast(HeadLayout, self.layout)) if unit else None
-        result = prune_layer(weight, statistics, self.method, groups)
-        self.adapter.write_weight(master, result.weight.to("cpu"))
-        self.adapter.write_weight(working.get_submodule(name), result.weight)
+        solved = prune_layer(weight, statistics, self.method, groups)
         written = [name]
+        self.adapter.write_weight(stored, solved.weight)
         if unit is not None and groups is not None:
-            # A removed group's columns are zero: zero the rows that produced them, in both copies.
-            kept = result.mask[0].view(groups.count, groups.size).all(dim=1).cpu()
-            removed = torch.nonzero(~kept).flatten()
-            for copy_of_block in (block, working):
-                written += zero_producers(copy_of_block, self.adapter, unit, groups, cast(HeadLayout, self.layout),
-                                          removed)
-            written = list(dict.fromkeys(written))
-        if result.factors is not None:
-            self.report.factors[f"{block_prefix}.{name}"] = result.factors.to("cpu")
+            # A removed group's columns are zero: zero the rows that produced them.
+            kept = solved.mask[0].view(groups.count, groups.size).all(dim=1).cpu()
+            written += zero_producers(block, self.adapter, unit, groups, cast(HeadLayout, self.layout),
+                                      torch.nonzero(~kept).flatten())
+        if working is not block:
+            # The forward copy takes the weights as stored (rounded to the stored dtype), as the saved model has them.
+            for linear in dict.fromkeys(written):
+                self.adapter.write_weight(working.get_submodule(linear),
+                                          self.adapter.read_weight(block.get_submodule(linear)))
+        if solved.factors is not None:
+            result.factors[name] = solved.factors.to("cpu")
         elapsed = time.perf_counter() - started
-        self.report.solve_seconds += elapsed
-        self.report.layers.append(LayerReport(
-            name=f"{block_prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
-            sparsity=result.sparsity, reconstruction_error=result.reconstruction_error,
-            relative_error=result.relative_error, solve_seconds=elapsed, details=result.details))
-        return written
+        result.layers.append(LayerReport(
+            name=f"{prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
+            sparsity=solved.sparsity, reconstruction_error=solved.reconstruction_error,
+            relative_error=solved.relative_error, solve_seconds=elapsed, details=solved.details))
 
 
-def prune_model(model: nn.Module, input_ids: torch.Tensor, method: MethodConfig,
+def linear_counts(block: nn.Module, adapter: ArchitectureAdapter,
+                  factors: dict[str, SparseLowRank]) -> tuple[int, int]:
+    """(parameters, removed) over the block's decoder linears; a sparse + low-rank linear keeps
+    nnz(S) + r(d_out + d_in) parameters."""
+    total = removed = 0
+    for name in adapter.linear_names:
+        weight = cast(torch.Tensor, block.get_submodule(name).weight)
+        term = factors.get(name)
+        removed += weight.numel() - term.kept_parameters if term is not None else int((weight == 0).sum())
+        total += weight.numel()
+    return total, removed
+
+
+class PruneEngine:
+    """Prunes a model block by block (see the module docstring); one object serves every driver.
+
+    `run()` prunes all blocks; `prune_block(i)` makes sure block i is finished, computing it from the
+    previous block's outputs (held in memory, or in the store), and returns its record.
+    """
+
+    def __init__(self, access: ModelAccess, method: MethodConfig, options: EngineOptions,
+                 input_ids: torch.Tensor | None = None, store: BlockStore | None = None) -> None:
+        self.access = access
+        self.method = method
+        self.options = options
+        self.store = store
+        self.adapter = access.adapter
+        self.config = cast(Any, access.model).config
+        self.needs_data = needs_calibration(method)
+        if self.needs_data and input_ids is None:
+            raise ValueError(f"{method.method} needs calibration data")
+        self.input_ids = input_ids
+        self.pruner = BlockPruner(self.adapter, method, options, structured_layout(self.adapter, method, self.config))
+        self.report = PruneReport()
+        self.activation_device = torch.device("cpu")
+        self.report.activations_in_memory = self._activations_fit()
+        self._calls: list[list[BlockCall]] | None = None
+        self._latest: tuple[int, ActivationSet] | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.access.num_blocks
+
+    def close(self) -> None:
+        """Remove this process's scratch files (finished blocks stay in the store)."""
+        if self.store is not None:
+            self.store.close()
+
+    def _activations_fit(self) -> bool:
+        """Whether two activation sets (a block's inputs and outputs) fit in memory: on the GPU when it has room
+        for them (half of its free memory), else in the host memory budget, else they go to disk."""
+        if self.input_ids is None:
+            return True
+        batches = -(-self.input_ids.shape[0] // self.options.batch_size)
+        size = activation_bytes(batches, self.options.batch_size, self.input_ids.shape[1],
+                                int(self.config.get_text_config().hidden_size), self.options.forward_dtype)
+        if self.options.device.type == "cuda" and 2 * size <= torch.cuda.mem_get_info(self.options.device)[0] // 2:
+            self.activation_device = self.options.device
+            return True
+        budget = self.options.memory_budget if self.options.memory_budget is not None else default_memory_budget()
+        return 2 * size <= budget
+
+    def _new_activations(self, directory: Path | None) -> ActivationSet:
+        """An empty activation set written to `directory` (when given); a set that does not fit the memory budget
+        and has no directory goes to a scratch folder."""
+        in_memory = self.report.activations_in_memory
+        if directory is None and not in_memory:
+            if self.store is None:
+                raise ValueError("engine.memory_budget: the calibration activations do not fit the budget and this "
+                                 "run has no block store to spill them to; raise the budget or use a store")
+            directory = Path(tempfile.mkdtemp(dir=self.store.scratch))
+        return ActivationSet(directory, in_memory=in_memory, device=self.activation_device,
+                             pinned=self.options.device.type == "cuda")
+
+    def run(self) -> PruneReport:
+        """Prune every block (reusing finished ones from the store); return the report over all blocks."""
+        for index in tqdm(range(self.num_blocks), desc=f"{self.method.method} blocks", unit="block",
+                          disable=not self.options.progress):
+            self.prune_block(index)
+        return self.report
+
+    def prune_block(self, index: int) -> BlockRecord:
+        if self.store is not None and self.store.is_complete(index):
+            record = self.store.record(index)
+            self.report.add_block(record, reused=True)
+            return record
+        inputs = self._inputs(index) if self.needs_data else None
+        started = time.perf_counter()
+        block = self.access.load_block(index)
+        self.report.io_seconds += time.perf_counter() - started
+        last = index == self.num_blocks - 1
+        outputs = (self._new_activations(self.store.outputs_directory(index) if self.store else None)
+                   if inputs is not None and not last else None)
+        prefix = block_prefix(self.adapter, index)
+        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs)
+        parameters, removed = linear_counts(block, self.adapter, result.factors)
+        record = BlockRecord(index=index, layers=[vars(layer) for layer in result.layers],
+                             linear_parameters=parameters, linear_removed=removed,
+                             removed_groups=self._removed_groups(block), forward_seconds=result.forward_seconds)
+        started = time.perf_counter()
+        if self.store is not None:
+            self.store.save(record, block_state(block, prefix), result.factors, outputs)
+        else:
+            self.report.factors.update({f"{prefix}.{name}": term for name, term in result.factors.items()})
+        self.access.release_block(index)
+        self.report.io_seconds += time.perf_counter() - started
+        self.report.add_block(record, reused=False)
+        if inputs is not None:  # the previous block's outputs (or the embeddings) are no longer needed
+            inputs.delete()
+        self._latest = (index, outputs) if outputs is not None else None
+        release_free_memory()
+        return record
+
+    def _removed_groups(self, block: nn.Module) -> dict[str, int]:
+        """Structured methods: how many column groups each pruned unit kind lost in this block."""
+        if not self.pruner.units:
+            return {}
+        layout = cast(HeadLayout, self.pruner.layout)
+        return {unit.kind: int(removed_groups(block, self.adapter, unit,
+                                              unit_groups(block, self.adapter, unit, layout)).numel())
+                for unit in self.adapter.structured_units}
+
+    def _capture(self) -> ActivationSet:
+        """Block 0's inputs and every block's call arguments, from one embeddings-only pass."""
+        started = time.perf_counter()
+        self.access.load_stem()
+        try:
+            hidden, self._calls = capture_block_inputs(
+                self.access.model, self.adapter, cast(torch.Tensor, self.input_ids), self.options.batch_size,
+                self._new_activations(None), self.options.forward_dtype)
+        finally:
+            self.access.release_stem()
+        self.report.capture_seconds += time.perf_counter() - started
+        return hidden
+
+    def _inputs(self, index: int) -> ActivationSet:
+        """Block `index`'s inputs: the previous block's outputs from memory or the store; else recomputed from the
+        latest stored outputs (or the embeddings) by re-running the finished blocks in between."""
+        if self._latest is not None and self._latest[0] == index - 1:
+            return self._latest[1]
+        store = self.store
+        start = -1
+        if store is not None:
+            start = next((previous for previous in range(index - 1, -1, -1) if store.has_outputs(previous)), -1)
+        embedded = self._capture() if self._calls is None or start < 0 else None
+        if start < 0:
+            hidden = cast(ActivationSet, embedded)
+        else:
+            if embedded is not None:  # only the call arguments were needed
+                embedded.delete()
+            hidden = cast(BlockStore, store).outputs(start, self.report.activations_in_memory,
+                                                     self.activation_device)
+        for replayed in range(start + 1, index):
+            replayed_outputs = self._replay(replayed, hidden)
+            hidden.delete()
+            hidden = replayed_outputs
+        return hidden
+
+    def _replay(self, index: int, hidden: ActivationSet) -> ActivationSet:
+        """The outputs of finished block `index` (its stored weights) on `hidden`."""
+        store = cast(BlockStore, self.store)
+        block = self.access.load_block(index)
+        store.load_weights(index, block, block_prefix(self.adapter, index))
+        outputs = self._new_activations(store.outputs_directory(index))
+        started = time.perf_counter()
+        self.pruner.propagate(self.pruner.working_copy(block), hidden,
+                              self.pruner.device_calls(cast(list[list[BlockCall]], self._calls)[index]), outputs)
+        self.report.forward_seconds += time.perf_counter() - started
+        self.access.release_block(index)
+        return outputs
+
+
+def prune_model(model: nn.Module, input_ids: torch.Tensor | None, method: MethodConfig,
                 options: EngineOptions = EngineOptions()) -> PruneReport:
-    """Prune every decoder-block linear of `model` (kept on the CPU) in place; return per-layer records."""
-    adapter = adapter_for(model)
-    report = PruneReport()
-    started = time.perf_counter()
-    hidden, calls = capture_block_inputs(model, adapter, input_ids, options.batch_size)
-    hidden = [batch.to(options.forward_dtype) for batch in hidden]
-    report.capture_seconds = time.perf_counter() - started
-    layout = structured_layout(adapter, method, cast(Any, model).config)
-    pruner = BlockPruner(adapter, method, options, report, layout)
-    blocks = adapter.blocks(model)
-    for index in tqdm(range(len(blocks)), desc="blocks", disable=not options.progress):
-        hidden = pruner(blocks[index], f"{adapter.blocks_path}.{index}", hidden, calls[index])
-        calls[index] = []
-    return report
+    """Prune every decoder-block linear of a model held in memory (on the CPU), in place; return the report."""
+    return PruneEngine(InMemoryModel(model), method, options, input_ids).run()

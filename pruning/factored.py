@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from pruning.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
 from pruning.statistics import SparseLowRank
 
 FACTORED_DIRECTORY = "factored"
@@ -84,50 +83,56 @@ def _factored_tensors(name: str, factors: SparseLowRank, dtype: torch.dtype) -> 
             f"{name}.up": factors.up.to(dtype).contiguous(), f"{name}.down": factors.down.to(dtype).contiguous()}
 
 
+def factored_shard(tensors: dict[str, torch.Tensor], factors: dict[str, SparseLowRank]) -> dict[str, torch.Tensor]:
+    """A shard's tensors (full names) with the weight of every linear in `factors` (full names) replaced by its
+    factored form, in the dtype the weight was stored in."""
+    shard = {key: tensor for key, tensor in tensors.items()
+             if not (key.endswith(".weight") and key.removesuffix(".weight") in factors)}
+    for name, term in factors.items():
+        shard.update(_factored_tensors(name, term, tensors[f"{name}.weight"].dtype))
+    return shard
+
+
+def factored_metadata(factors: dict[str, SparseLowRank]) -> dict[str, str]:
+    """Index metadata that marks a factored checkpoint and lists its factored linears' shapes."""
+    return {"format": FORMAT_NAME, "linears": json.dumps({name: list(term.sparse.shape)
+                                                          for name, term in factors.items()})}
+
+
 def save_factored(model: nn.Module, factors: dict[str, SparseLowRank], directory: Path) -> None:
-    """Write config and weights with every linear in `factors` (full names) stored factored.
+    """Write config and weights of a model in memory with every linear in `factors` (full names) stored factored.
 
     Tensors that share storage (tied embeddings) are written once; the loader re-ties them.
     """
-    state = model.state_dict()
-    dtype = next(iter(state.values())).dtype
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for key, tensor in state.items():
-        if key.removesuffix(".weight") in factors and key.endswith(".weight"):
-            continue
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        tensors[key] = tensor.contiguous()
-    shapes = {}
-    for name, term in factors.items():
-        tensors.update(_factored_tensors(name, term, dtype))
-        shapes[name] = list(term.sparse.shape)
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[key] = tensor
     directory.mkdir(parents=True, exist_ok=True)
     cast(Any, model).config.save_pretrained(directory)
-    save_file(tensors, str(directory / FACTORED_WEIGHTS), metadata={"format": FORMAT_NAME,
-                                                                    "linears": json.dumps(shapes)})
+    writer = ShardedWriter(directory, 1, metadata=factored_metadata(factors))
+    writer.write(0, factored_shard(tensors, factors))
+    writer.finish()
 
 
 def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") -> nn.Module:
-    """Rebuild a model saved by `save_factored` (a pruned model's `factored/` directory, or the model
-    directory that holds one) with `SparseLowRankLinear` modules in place of the factored linears."""
+    """Rebuild a factored checkpoint (a pruned model's `factored/` directory, or the model directory that holds
+    one) with `SparseLowRankLinear` modules in place of the factored linears."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = Path(directory)
-    if (directory / FACTORED_DIRECTORY / FACTORED_WEIGHTS).is_file():
+    if (directory / FACTORED_DIRECTORY).is_dir():
         directory = directory / FACTORED_DIRECTORY
-    weights = directory / FACTORED_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory}: no {FACTORED_WEIGHTS}; a factored checkpoint is written by methods "
-                                "with a sparse + low-rank result (oats) under <output_dir>/factored")
-    with safe_open(str(weights), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"{weights}: format '{metadata.get('format')}', expected '{FORMAT_NAME}'")
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
-    shapes = json.loads(metadata["linears"])
+    if not (directory / INDEX_FILE).is_file() and not (directory / FACTORED_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory}: no factored checkpoint; one is written by methods with a sparse + "
+                                "low-rank result (oats) under <output_dir>/factored")
+    reader = CheckpointReader(directory)
+    if reader.metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"{directory}: format '{reader.metadata.get('format')}', expected '{FORMAT_NAME}'")
+    tensors = {name: reader.read(name) for name in reader.names}
+    shapes = json.loads(reader.metadata["linears"])
     dtype = tensors[f"{next(iter(shapes))}.up"].dtype if shapes else next(iter(tensors.values())).dtype
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory)).to(dtype)
     for name, shape in shapes.items():
@@ -144,5 +149,5 @@ def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") 
     loaded = {state[key].data_ptr() for key in tensors if key in state}
     untied = [key for key in missing if key.rsplit(".", 1)[0] not in shapes and state[key].data_ptr() not in loaded]
     if untied or unexpected:
-        raise ValueError(f"{weights}: missing {untied[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{directory}: missing {untied[:5]}, unexpected {unexpected[:5]}")
     return model.eval()

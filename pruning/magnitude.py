@@ -18,8 +18,13 @@ from pruning.targets import SparsityConfig
 class MagnitudeConfig(SparsityConfig):
     method: Literal["magnitude"] = "magnitude"
 
+    @property
+    def needs_calibration(self) -> bool:
+        return False
 
-def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MagnitudeConfig) -> LayerResult:
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics | None, config: MagnitudeConfig) -> LayerResult:
+    """`statistics`, when given, only measures the layer's reconstruction error."""
     scores = weight.abs()
     mask = nm_mask(scores, config.nm) if config.nm else matrix_mask(scores, config.target_sparsity)
     return LayerResult.measure(weight, weight * mask, mask, statistics)

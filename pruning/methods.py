@@ -38,10 +38,17 @@ MethodConfig = Annotated[
 ]
 
 
-def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: MethodConfig,
+def needs_calibration(config: MethodConfig) -> bool:
+    """Whether a method config reads calibration inputs; data-free ones are pruned without any forward pass."""
+    return config.needs_calibration
+
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics | None, config: MethodConfig,
                 groups: ColumnGroups | None = None) -> LayerResult:
     """Dispatch one linear layer to its method's solver; structured methods also take the layer's input
-    column groups (see `pruning.structured`)."""
+    column groups (see `pruning.structured`). `statistics` may be None only for data-free methods."""
+    if statistics is None and config.needs_calibration:
+        raise ValueError(f"{config.method} needs the layer's input statistics")
     module = METHOD_MODULES[config.method]
     if isinstance(config, StructuredBudget):
         if groups is None:

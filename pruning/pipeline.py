@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,24 @@ from typing import Any
 import torch
 
 from pruning.architectures import adapter_for_model_type
+from pruning.block_store import BlockStore, run_key
 from pruning.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
-from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig, check_context_length, resolve_device
+from pruning.config import (
+    EngineConfig,
+    EvaluationConfig,
+    PruneJob,
+    ZeroShotConfig,
+    check_context_length,
+    resolve_device,
+)
 from pruning.corpora import load_corpus
-from pruning.engine import prune_model
+from pruning.engine import PruneEngine, PruneReport
 from pruning.evaluate import PerplexityResult, perplexity
-from pruning.methods import MethodConfig
-from pruning.reassemble import decoder_linear_sparsity, save_pruned_model, software_versions
-from pruning.shrink import shrink_record, structured_layout
+from pruning.io import atomic_directory, code_digest, write_json
+from pruning.methods import MethodConfig, is_structured, needs_calibration
+from pruning.model_access import StreamedModel
+from pruning.reassemble import RECORD_FILE, software_versions, write_pruned_checkpoint
+from pruning.shrink import structured_layout
 from pruning.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
 from pruning.structured import StructuredBudget
 from pruning.zeroshot import check_hub_tasks, zero_shot
@@ -57,6 +68,13 @@ def check_architecture(model_dir: Path, method: MethodConfig | None = None) -> N
         structured_layout(adapter, method, AutoConfig.from_pretrained(model_dir))
 
 
+def check_job(job: PruneJob, model_dir: Path) -> None:
+    """Everything about a job that can be checked from config files, before any weight is read."""
+    check_architecture(model_dir, job.method)
+    check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
+    check_zero_shot(job.zero_shot)
+
+
 def check_calibration_matches(calibration: CalibrationSet, job: PruneJob) -> None:
     manifest = calibration.manifest
     for key in ("num_samples", "seqlen", "seed"):
@@ -82,9 +100,11 @@ def load_evaluation_data(evaluation: EvaluationConfig, tokenizer: Any, cache_dir
     return EvaluationData(evaluation, tokens, corpus.provenance)
 
 
-def evaluate_all(model: torch.nn.Module, data: list[EvaluationData], device: torch.device) -> list[PerplexityResult]:
+def evaluate_all(model: StreamedModel, data: list[EvaluationData], device: torch.device,
+                 scratch: Path | None = None) -> list[PerplexityResult]:
+    """Perplexity on every evaluation dataset, block by block from disk."""
     return [perplexity(model, item.tokens, item.config.seqlen, item.config.dataset, item.config.max_windows,
-                       item.config.batch_size, device) for item in data]
+                       item.config.batch_size, device, scratch=scratch) for item in data]
 
 
 def check_zero_shot(config: ZeroShotConfig | None) -> None:
@@ -93,32 +113,68 @@ def check_zero_shot(config: ZeroShotConfig | None) -> None:
         check_hub_tasks(config.tasks)
 
 
-def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, config: ZeroShotConfig | None,
-                       device: torch.device) -> dict[str, Any] | None:
+def evaluate_zero_shot(model_dir: Path, tokenizer: Any, config: ZeroShotConfig | None, device: torch.device,
+                       trust_remote_code: bool = False) -> dict[str, Any] | None:
+    """lm-eval's zero-shot tasks need the whole model in memory: it is loaded for them alone."""
     if config is None:
         return None
+    model = load_model(model_dir, torch.float32, trust_remote_code)
     return zero_shot(model, tokenizer, config.tasks, config.data_dir, config.limit, config.batch_size,
                      device).as_dict()
+
+
+def block_store(root: Path, model: str, model_digest: str, method: MethodConfig, engine: EngineConfig,
+                calibration: CalibrationSet | None) -> BlockStore:
+    """The block store of one model x method: keyed by everything that determines its pruned blocks."""
+    fields = {"model_digest": model_digest, "method": method.model_dump(mode="json"),
+              "calibration": calibration.manifest["windows_sha256"] if calibration is not None else None,
+              "engine": engine.cache_fields(), "code": code_digest()}
+    return BlockStore(root, run_key(**fields), {**fields, "model": model})
+
+
+def prune_record(job: PruneJob, report: PruneReport, model: StreamedModel, model_digest: str,
+                 calibration: CalibrationSet | None, structured: dict[str, Any] | None) -> dict[str, Any]:
+    """The run record written as `pruneflow.json` (evaluation results are added by the caller)."""
+    record = {
+        "config": job.model_dump(mode="json"),
+        "method": job.method.method,
+        "pattern": job.method.pattern,
+        "target_sparsity": job.method.target_sparsity,
+        **report.sparsity_fields(model.parameter_count()),
+        "engine": report.as_dict(),
+        "peak_rss_mb": peak_rss_megabytes(),
+        "threads": torch.get_num_threads(),
+        "inputs": {"model": job.model, "model_digest": model_digest,
+                   "calibration": calibration.manifest if calibration is not None else None,
+                   "code_digest": code_digest()},
+        "versions": software_versions(),
+    }
+    if structured is not None:
+        record["structured"] = structured
+    return record
 
 
 def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`.
 
     `calibration`, when given (e.g. a DVC stage's output), is used instead of sampling one; it must
-    match the job's calibration settings.
+    match the job's calibration settings. The model is read block by block from disk and written block by
+    block; a run killed mid-way resumes from its finished blocks (in `<cache_dir>/blocks`).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model_dir = fetch_model(job.model, job.cache_dir)
-    check_architecture(model_dir, job.method)
-    check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
-    check_zero_shot(job.zero_shot)
+    check_job(job, model_dir)
     device = resolve_device(job.engine.device)
+    model = StreamedModel(model_dir, job.trust_remote_code)
+    model_digest = source_digest(model_dir)
     timings["fetch_seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(model_dir, job.trust_remote_code)
-    if calibration is None:
+    if not needs_calibration(job.method):
+        calibration = None
+    elif calibration is None:
         corpus = load_corpus(job.calibration.source, "calibration", job.cache_dir, job.calibration.text_field)
         calibration = build_calibration_set(corpus, tokenizer, job.calibration.num_samples, job.calibration.seqlen,
                                             job.calibration.seed)
@@ -127,40 +183,37 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
     evaluation_data = [load_evaluation_data(item, tokenizer, job.cache_dir) for item in job.evaluation]
     timings["calibration_seconds"] = time.perf_counter() - started
 
-    model = load_model(model_dir, torch.float32, job.trust_remote_code)
-    dense_results = evaluate_all(model, evaluation_data, device) if job.evaluate_dense else []
-    dense_zero_shot = evaluate_zero_shot(model, tokenizer, job.zero_shot, device) if job.evaluate_dense else None
+    store = block_store(job.cache_dir / "blocks", job.model, model_digest, job.method, job.engine, calibration)
+    try:
+        started = time.perf_counter()
+        dense_results = evaluate_all(model, evaluation_data, device, store.scratch) if job.evaluate_dense else []
+        dense_zero_shot = (evaluate_zero_shot(model_dir, tokenizer, job.zero_shot, device, job.trust_remote_code)
+                           if job.evaluate_dense else None)
+        timings["dense_evaluation_seconds"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    report = prune_model(model, calibration.input_ids, job.method, job.engine.options(progress))
-    timings["prune_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        engine = PruneEngine(model, job.method, job.engine.options(progress),
+                             calibration.input_ids if calibration is not None else None, store)
+        report = engine.run()
+        timings["prune_seconds"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    pruned_results = evaluate_all(model, evaluation_data, device)
-    pruned_zero_shot = evaluate_zero_shot(model, tokenizer, job.zero_shot, device)
-    timings["evaluation_seconds"] = time.perf_counter() - started
-
-    record = {
-        "config": job.model_dump(mode="json"),
-        "method": job.method.method,
-        "pattern": job.method.pattern,
-        "target_sparsity": job.method.target_sparsity,
-        **decoder_linear_sparsity(model, report.factors),
-        "perplexity": [result.as_dict() for result in pruned_results],
-        "dense_perplexity": [result.as_dict() for result in dense_results],
-        "zero_shot": pruned_zero_shot,
-        "dense_zero_shot": dense_zero_shot,
-        "engine": report.as_dict(),
-        "timings": timings,
-        "peak_rss_mb": peak_rss_megabytes(),
-        "inputs": {"model": job.model, "model_digest": source_digest(model_dir),
-                   "calibration": calibration.manifest,
-                   "evaluation": [item.provenance for item in evaluation_data]},
-        "versions": software_versions(),
-    }
-    if isinstance(job.method, StructuredBudget):
-        record["structured"] = shrink_record(model)
-    save_pruned_model(model, tokenizer, job.output_dir, record, report.factors)
+        with atomic_directory(job.output_dir) as staging:
+            started = time.perf_counter()
+            structured = write_pruned_checkpoint(model, store, staging, tokenizer, is_structured(job.method.method))
+            timings["write_seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            pruned_results = evaluate_all(StreamedModel(staging, job.trust_remote_code), evaluation_data, device,
+                                          store.scratch)
+            pruned_zero_shot = evaluate_zero_shot(staging, tokenizer, job.zero_shot, device, job.trust_remote_code)
+            timings["evaluation_seconds"] = time.perf_counter() - started
+            record = prune_record(job, report, model, model_digest, calibration, structured)
+            record.update({"perplexity": [result.as_dict() for result in pruned_results],
+                           "dense_perplexity": [result.as_dict() for result in dense_results],
+                           "zero_shot": pruned_zero_shot, "dense_zero_shot": dense_zero_shot, "timings": timings})
+            record["inputs"]["evaluation"] = [item.provenance for item in evaluation_data]
+            write_json(staging / RECORD_FILE, record)
+    finally:
+        store.close()
     return record
 
 
@@ -173,12 +226,16 @@ def run_evaluation(model: str, evaluations: list[EvaluationConfig], cache_dir: P
 def run_model_evaluation(model: str, evaluations: list[EvaluationConfig], zero_shot_config: ZeroShotConfig | None,
                          cache_dir: Path, device: str = "auto", trust_remote_code: bool = False,
                          ) -> tuple[list[PerplexityResult], dict[str, Any] | None]:
-    """Perplexities and (when configured) zero-shot accuracies of an unpruned or already pruned model."""
+    """Perplexities (block by block from disk) and, when configured, zero-shot accuracies of an unpruned or
+    already pruned model."""
     model_dir = fetch_model(model, cache_dir)
     check_context_length(model_context_length(model_dir), None, tuple(evaluations))
     check_zero_shot(zero_shot_config)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     data = [load_evaluation_data(item, tokenizer, cache_dir) for item in evaluations]
-    loaded = load_model(model_dir, torch.float32, trust_remote_code)
+    streamed = StreamedModel(model_dir, trust_remote_code)
     resolved = resolve_device(device)
-    return evaluate_all(loaded, data, resolved), evaluate_zero_shot(loaded, tokenizer, zero_shot_config, resolved)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="evaluation-") as scratch:
+        results = evaluate_all(streamed, data, resolved, Path(scratch))
+    return results, evaluate_zero_shot(model_dir, tokenizer, zero_shot_config, resolved, trust_remote_code)

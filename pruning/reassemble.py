@@ -1,40 +1,31 @@
-"""Save a pruned model as a plain Hugging Face directory plus `pruneflow.json`, atomically."""
+"""Assemble the pruned checkpoint from the block store: a plain Hugging Face directory, one shard per block.
+
+Block shards are hard-linked from the store when they can be used as they are (copied across file
+systems); structured methods slice each block into its smaller shape first. The tensors outside the blocks
+are copied from the source checkpoint as stored. Methods with a sparse + low-rank result also get
+`factored/`, the factored checkpoint that `pruning.load_compressed` reads. Memory holds one block.
+"""
 
 from __future__ import annotations
 
+import copy
+import os
 import platform
+import shutil
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import nn
 
-from pruning.architectures import adapter_for
-from pruning.factored import FACTORED_DIRECTORY, save_factored
-from pruning.io import atomic_directory, write_json
+from pruning.architectures import head_layout
+from pruning.block_store import BlockStore
+from pruning.checkpoint import ShardedWriter, tensor_sizes
+from pruning.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
+from pruning.model_access import StreamedModel, block_prefix, block_state
+from pruning.shrink import shrink_block, shrunk_config
 from pruning.statistics import SparseLowRank
 
 RECORD_FILE = "pruneflow.json"
-
-
-def decoder_linear_sparsity(model: nn.Module, factors: dict[str, SparseLowRank] | None = None) -> dict[str, float]:
-    """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded), and the
-    model's parameter count before and after (tied embeddings counted once).
-
-    A linear with a sparse + low-rank form (full name in `factors`) keeps nnz(S) + r(d_out + d_in) parameters.
-    """
-    adapter = adapter_for(model)
-    factors = factors or {}
-    removed = total = 0
-    for index, block in enumerate(adapter.blocks(model)):
-        for name in adapter.linear_names:
-            weight = cast(torch.Tensor, block.get_submodule(name).weight)
-            term = factors.get(f"{adapter.blocks_path}.{index}.{name}")
-            removed += weight.numel() - term.kept_parameters if term is not None else int((weight == 0).sum())
-            total += weight.numel()
-    model_parameters = sum(parameter.numel() for parameter in model.parameters())
-    return {"decoder_linear_sparsity": removed / total, "decoder_linear_parameters": total,
-            "model_parameters": model_parameters, "remaining_parameters": model_parameters - removed}
 
 
 def software_versions() -> dict[str, str]:
@@ -46,16 +37,81 @@ def software_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_pruned_model(model: nn.Module, tokenizer: Any, output_dir: Path, record: dict[str, Any],
-                      factors: dict[str, SparseLowRank] | None = None) -> None:
-    """Write safetensors weights, config, tokenizer and the run record; nothing appears until all is written.
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
-    With `factors` (sparse + low-rank results), `factored/` beside them holds the factored checkpoint
-    that `pruning.load_compressed` reads.
-    """
-    with atomic_directory(output_dir) as staging:
-        cast(Any, model).save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+
+def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str, SparseLowRank]]:
+    by_block = {}
+    for index in range(model.num_blocks):
+        prefix = block_prefix(model.adapter, index)
+        factors = store.factors(index)
         if factors:
-            save_factored(model, factors, staging / FACTORED_DIRECTORY)
-        write_json(staging / RECORD_FILE, record)
+            by_block[index] = {f"{prefix}.{name}": term for name, term in factors.items()}
+    return by_block
+
+
+def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: Path, tokenizer: Any,
+                            structured: bool) -> dict[str, Any] | None:
+    """Write the pruned model from `store` into `directory` (which must exist and be empty): weights, index,
+    config, generation config, tokenizer, and `factored/` where the method made factors.
+
+    For structured methods the removed groups are sliced away and the config updated; returns what was
+    removed and the parameter counts before and after (None for other methods)."""
+    num_blocks = model.num_blocks
+    writer = ShardedWriter(directory, num_blocks + 1)
+    config = copy.deepcopy(model.config)
+    counts_per_block = []
+    parameters_after = 0
+    for index in range(num_blocks):
+        if structured:
+            block = model.load_block(index)
+            store.load_weights(index, block, block_prefix(model.adapter, index))
+            smaller = copy.deepcopy(block)
+            model.release_block(index)
+            counts_per_block.append(shrink_block(smaller, model.adapter, head_layout(model.config)))
+            tensors = block_state(smaller, block_prefix(model.adapter, index))
+            parameters_after += sum(tensor.numel() for tensor in tensors.values())
+            writer.write(index, tensors)
+        else:
+            target = directory / writer.shard_name(index)
+            _link_or_copy(store.weights_path(index), target)
+            writer.add(index, tensor_sizes(target))
+    stem = model.stem_tensors()
+    writer.write(num_blocks, stem)
+    writer.finish()
+    if structured:
+        shrunk_config(config, model.adapter, head_layout(model.config), counts_per_block)
+    config.save_pretrained(directory)
+    if (model.directory / "generation_config.json").is_file():
+        shutil.copyfile(model.directory / "generation_config.json", directory / "generation_config.json")
+    tokenizer.save_pretrained(directory)
+    factors = _all_factors(model, store)
+    if factors:
+        _write_factored(model, store, directory / FACTORED_DIRECTORY, factors, stem, config)
+    if not structured:
+        return None
+    before = model.parameter_count()
+    return {"removed_groups_per_block": counts_per_block[0] if counts_per_block else {},
+            "parameters_before": before,
+            "parameters_after": parameters_after + sum(tensor.numel() for tensor in stem.values())}
+
+
+def _write_factored(model: StreamedModel, store: BlockStore, directory: Path,
+                    factors: dict[int, dict[str, SparseLowRank]], stem: dict[str, torch.Tensor], config: Any) -> None:
+    """The factored checkpoint: per block, its weights with the factored linears replaced by S (bitmask +
+    values), U and V; the stem as in the main checkpoint."""
+    from safetensors.torch import load_file
+
+    directory.mkdir()
+    writer = ShardedWriter(directory, model.num_blocks + 1,
+                           metadata=factored_metadata({name: term for terms in factors.values()
+                                                       for name, term in terms.items()}))
+    for index in range(model.num_blocks):
+        writer.write(index, factored_shard(load_file(str(store.weights_path(index))), factors.get(index, {})))
+    writer.write(model.num_blocks, stem)
+    writer.finish()
+    config.save_pretrained(directory)

@@ -107,28 +107,32 @@ def _complement(count: int, removed: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(keep).flatten()
 
 
-def shrink_model(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, int]:
-    """Slice every removed group (all-zero target columns) out of the model in place and update its config.
+def shrink_block(block: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayout) -> dict[str, int]:
+    """Slice every removed group (all-zero target columns) out of one block in place; return the removed counts
+    per unit kind."""
+    counts = {}
+    for unit in adapter.structured_units:
+        groups = unit_groups(block, adapter, unit, layout)
+        removed = removed_groups(block, adapter, unit, groups)
+        counts[unit.kind] = int(removed.numel())
+        if not removed.numel():
+            continue
+        kept = _complement(groups.count, removed)
+        for name, segments in unit.producers:
+            _slice_linear(block.get_submodule(name), adapter, producer_rows(segments, groups, layout, kept), None)
+        _slice_linear(block.get_submodule(unit.target), adapter, None, groups.columns(kept))
+    return counts
+
+
+def shrunk_config(config: Any, adapter: ArchitectureAdapter, layout: HeadLayout,
+                  counts_per_block: list[dict[str, int]]) -> None:
+    """Update `config` in place for blocks shrunk by `shrink_block`.
 
     Every block must remove the same number of groups per unit kind (budgets are uniform), since the
-    config holds one `intermediate_size` and one head count. Returns the removed counts per kind.
-    """
-    config = cast(Any, model).config
-    layout = head_layout(config)
-    removed_per_kind: dict[str, set[int]] = {}
-    for block in adapter.blocks(model):
-        for unit in adapter.structured_units:
-            groups = unit_groups(block, adapter, unit, layout)
-            removed = removed_groups(block, adapter, unit, groups)
-            removed_per_kind.setdefault(unit.kind, set()).add(int(removed.numel()))
-            if not removed.numel():
-                continue
-            kept = _complement(groups.count, removed)
-            for name, segments in unit.producers:
-                _slice_linear(block.get_submodule(name), adapter, producer_rows(segments, groups, layout, kept), None)
-            _slice_linear(block.get_submodule(unit.target), adapter, None, groups.columns(kept))
+    config holds one `intermediate_size` and one head count."""
     counts = {}
-    for kind, values in removed_per_kind.items():
+    for kind in {kind for block_counts in counts_per_block for kind in block_counts}:
+        values = {block_counts.get(kind, 0) for block_counts in counts_per_block}
         if len(values) != 1:
             raise ValueError(f"blocks removed different numbers of {kind} groups ({sorted(values)}); a Hugging Face "
                              "config holds one size for all blocks")
@@ -141,7 +145,16 @@ def shrink_model(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, in
         config.head_dim = layout.head_dim
         config.num_key_value_heads = layout.num_key_value_heads - counts["attention"]
         config.num_attention_heads = layout.num_attention_heads - counts["attention"] * layout.queries_per_group
-    return counts
+
+
+def shrink_model(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, int]:
+    """Slice every removed group out of a model in memory and update its config (see `shrink_block`);
+    return the removed counts per kind."""
+    config = cast(Any, model).config
+    layout = head_layout(config)
+    counts_per_block = [shrink_block(block, adapter, layout) for block in adapter.blocks(model)]
+    shrunk_config(config, adapter, layout, counts_per_block)
+    return counts_per_block[0] if counts_per_block else {}
 
 
 def shrink_record(model: nn.Module) -> dict[str, Any]:

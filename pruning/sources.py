@@ -15,12 +15,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 
 from pruning.assets import PackageAsset, fetch_package_asset, is_package_asset
+from pruning.checkpoint import ShardedWriter
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
 
 SourceKind = Literal["hub", "local", "gguf", "package"]
@@ -105,27 +106,87 @@ def _download_from_hub(spec: str) -> Path:
 
 
 def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
-    """Dequantize a GGUF checkpoint once into `cache_dir/models/gguf-<sha256>` (safetensors + tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantize a GGUF checkpoint once into `cache_dir/models/gguf-<sha256>`: fp32 safetensors, one shard per
+    block (and one for the rest), with config and tokenizer.
+
+    Streamed: the GGUF file is memory-mapped and each tensor is dequantized, un-permuted as transformers' own
+    GGUF loader does, and written with its shard, so memory holds about one block's tensors.
+    """
+    from accelerate import init_empty_weights
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.integrations.gguf.utils import is_gguf_arch_supported
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+        read_field,
+    )
+
+    from pruning.architectures import adapter_for_model_type
 
     digest = sha256_file(gguf_path)
     target = cache_dir / "models" / f"gguf-{digest[:16]}"
     if (target / "pruneflow-source.json").is_file():
         return target
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    # save_pretrained refuses GGUF-quantized models: rebuild a plain model of the same class with the same weights.
-    config_fields = quantized.config.to_dict()
-    config_fields.pop("quantization_config", None)
-    plain_config = type(quantized.config).from_dict(config_fields)
-    plain = type(quantized)(plain_config)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
+    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config.dtype = torch.float32
+    adapter = adapter_for_model_type(config.model_type)
+    with init_empty_weights(include_buffers=False):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(skeleton).__name__]
+    # Only the config part of the parsed metadata is kept: the tokenizer's vocabulary is large.
+    parsed = {"config": load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]}
+    reader = GGUFReader(gguf_path)
+    architecture = read_field(reader, "general.architecture")[0]
+    if is_gguf_arch_supported(architecture):
+        raise ValueError(f"model: GGUF architecture '{architecture}' is read by transformers' packed GGUF loader, "
+                         "which pruneflow does not convert; convert the model to safetensors first")
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    num_blocks = len(adapter.blocks(skeleton))
+    by_shard: dict[int, list[Any]] = {}
+    for tensor in reader.tensors:  # GGUF names a block's tensors "blk.<index>.<name>"
+        parts = tensor.name.split(".")
+        by_shard.setdefault(int(parts[1]) if parts[0] == "blk" else num_blocks, []).append(tensor)
     with atomic_directory(target) as staging:
-        plain.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        writer = ShardedWriter(staging, num_blocks + 1)
+        for shard, tensors in sorted(by_shard.items()):
+            # A processor may rename a tensor, or hand it over in parsed["tensors"] under its final name.
+            parsed["tensors"] = converted = {}
+            for tensor in tensors:
+                processed = processor.process(weights=_dequantize_by_rows(tensor, dequantize), name=tensor.name,
+                                              tensor_key_mapping=names, parsed_parameters=parsed)
+                if processed.name in names:
+                    converted[names[processed.name]] = torch.from_numpy(processed.weights.copy())
+            writer.write(shard, {name: tensor.to(torch.float32) for name, tensor in converted.items()})
+        writer.finish()
+        del reader, by_shard
+        config.save_pretrained(staging)
+        GenerationConfig.from_model_config(config).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(staging)
         write_json(staging / "pruneflow-source.json",
-                   {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest})
+                   {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest, "converter": "streamed-v1"})
     return target
+
+
+def _dequantize_by_rows(tensor: Any, dequantize: Any, chunk_elements: int = 1 << 22) -> Any:
+    """A GGUF tensor as float32, dequantized a few rows at a time so that the dequantizer's temporaries stay
+    small next to the result."""
+    import numpy as np
+
+    data = tensor.data
+    if data.ndim != 2:
+        return dequantize(data, tensor.tensor_type)
+    row_elements = int(np.prod(tensor.shape)) // data.shape[0]
+    rows = max(1, chunk_elements // row_elements)
+    first = dequantize(data[:rows], tensor.tensor_type)
+    result = np.empty((data.shape[0], *first.shape[1:]), dtype=np.float32)
+    result[:rows] = first
+    for start in range(rows, data.shape[0], rows):
+        result[start:start + rows] = dequantize(data[start:start + rows], tensor.tensor_type)
+    return result
 
 
 def source_digest(model_dir: Path) -> str:

@@ -95,16 +95,18 @@ class LayerResult:
 
     weight: torch.Tensor
     mask: torch.Tensor
-    reconstruction_error: float
-    relative_error: float
+    reconstruction_error: float | None
+    relative_error: float | None
     factors: SparseLowRank | None = None
     details: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def measure(cls, original: torch.Tensor, pruned: torch.Tensor, mask: torch.Tensor,
-                statistics: InputStatistics, factors: SparseLowRank | None = None,
+                statistics: InputStatistics | None, factors: SparseLowRank | None = None,
                 details: dict[str, float] | None = None) -> LayerResult:
-        """Build the result, computing ‖(W−Ŵ)X‖² and its ratio to ‖WX‖²."""
+        """Build the result, computing ‖(W−Ŵ)X‖² and its ratio to ‖WX‖² (None for a data-free method)."""
+        if statistics is None:
+            return cls(pruned, mask, None, None, factors, details or {})
         error = reconstruction_error(original, pruned, statistics)
         signal = float(((original @ statistics.gram) * original).sum())
         return cls(pruned, mask, error, error / signal if signal > 0 else 0.0, factors, details or {})

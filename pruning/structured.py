@@ -50,6 +50,10 @@ class StructuredBudget(BaseModel):
     round_to: int = Field(1, gt=0, description="kept MLP neurons rounded down to a multiple of this (8, 64, 128)")
     ridge: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I")
 
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
     @model_validator(mode="after")
     def _removes_something(self) -> StructuredBudget:
         if self.sparsity == 0 and self.attention_groups == 0:
@@ -119,9 +123,17 @@ def top_groups(scores: torch.Tensor, kept: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, kept).indices).values
 
 
-def prune_by_column_scores(weight: torch.Tensor, statistics: InputStatistics, budget: StructuredBudget,
+def prune_by_column_scores(weight: torch.Tensor, statistics: InputStatistics | None, budget: StructuredBudget,
                            groups: ColumnGroups, column_scores: torch.Tensor, refit: bool) -> LayerResult:
-    """The score baselines: keep the groups of largest summed column score; optionally refit them."""
-    problem = StructuredProblem.build(weight, statistics, groups, budget.ridge)
+    """The score baselines: keep the groups of largest summed column score; optionally refit them
+    (the refit needs `statistics`; without them the kept columns stay as they are and no error is measured)."""
     kept = top_groups(column_scores.view(groups.count, groups.size).sum(dim=1), budget.kept(groups))
+    if statistics is None:
+        if refit:
+            raise ValueError("the refit of the kept column groups needs input statistics")
+        column_kept = torch.zeros(weight.shape[1], dtype=torch.bool, device=weight.device)
+        column_kept[groups.columns(kept)] = True
+        mask = column_kept.unsqueeze(0).expand_as(weight).clone()
+        return LayerResult.measure(weight, weight * mask, mask, None, details={"kept_groups": float(kept.numel())})
+    problem = StructuredProblem.build(weight, statistics, groups, budget.ridge)
     return problem.result(weight, problem.refit(kept) if refit else problem.dense, kept, statistics)

@@ -15,8 +15,13 @@ class StructuredMagnitudeConfig(StructuredBudget):
     method: Literal["structured-magnitude"] = "structured-magnitude"
     refit: bool = Field(False, description="least-squares refit of the kept columns (B_S = H_SS⁻¹ G_S)")
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Only the refit reads the inputs; without it the method is data-free."""
+        return self.refit
 
-def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: StructuredMagnitudeConfig,
+
+def prune_layer(weight: torch.Tensor, statistics: InputStatistics | None, config: StructuredMagnitudeConfig,
                 groups: ColumnGroups) -> LayerResult:
     # score_g = ‖W_:,g‖²_F, summed from its columns
     return prune_by_column_scores(weight, statistics, config, groups, weight.square().sum(dim=0), config.refit)

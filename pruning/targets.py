@@ -43,6 +43,11 @@ class SparsityConfig(BaseModel):
         return self
 
     @property
+    def needs_calibration(self) -> bool:
+        """Whether the method reads input statistics (data-free methods run no calibration forward)."""
+        return True
+
+    @property
     def nm(self) -> NMPattern | None:
         return None if self.pattern == "unstructured" else NMPattern.parse(self.pattern)
 

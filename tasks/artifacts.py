@@ -1,22 +1,24 @@
-"""The content-addressed artifact store and the small records tasks pass to each other.
+"""The content-addressed artifact store: the one cache of every flow task.
 
-Heavy artifacts (activations, statistics, solved weights, models) live as files under
-`<root>/<kind>/<key>/`, where the key is a hash of everything that determines the content. Tasks
-exchange only records holding paths and sha256 digests, so a Prefect cache key built from a task's
-parameters covers the content of every file it reads (and never the run id).
+Heavy artifacts (calibration sets, pruned models, evaluation results) live as files under
+`<root>/<kind>/<key>/`, where the key is a hash of everything that determines the content, the `pruning`
+source digest included; pruned blocks live in the engine's block store under `<root>/blocks`. A task first
+looks for its keyed artifact and computes it only when it is missing, so a second identical run reuses
+everything and a killed run resumes. Prefect's own result cache is off (no pickles): tasks exchange only
+small records of paths and sha256 digests.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from pruning.io import sha256_file
+from pruning.io import code_digest, sha256_file, write_json
 
 DEFAULT_ARTIFACT_ROOT = Path(".pruneflow/artifacts")
 
@@ -33,9 +35,6 @@ class FileRef(BaseModel):
     def of(cls, path: Path) -> FileRef:
         return cls(path=str(path), sha256=sha256_file(path))
 
-    def exists(self) -> bool:
-        return Path(self.path).is_file()
-
 
 class ArtifactStore(BaseModel):
     """Where artifacts live; `directory(kind, key)` is the one place a keyed artifact may be written."""
@@ -47,19 +46,20 @@ class ArtifactStore(BaseModel):
     def directory(self, kind: str, key: str) -> Path:
         return self.root.resolve() / kind / key
 
+    @property
+    def blocks(self) -> Path:
+        """The engine's block store (see `pruning.block_store`)."""
+        return self.root.resolve() / "blocks"
+
+    def cached_json(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """The JSON result stored under (kind, key), computed and stored first when it is missing."""
+        path = self.directory(kind, key) / "result.json"
+        if not path.is_file():
+            write_json(path, compute())
+        return json.loads(path.read_text())
+
 
 DEFAULT_STORE = ArtifactStore()
-
-
-def references_missing_files(record: Any) -> bool:
-    """True when a record (or any record nested in it) names a file that no longer exists."""
-    if isinstance(record, FileRef):
-        return not record.exists()
-    if isinstance(record, BaseModel):
-        return any(references_missing_files(getattr(record, name)) for name in type(record).model_fields)
-    if isinstance(record, (list, tuple)):
-        return any(references_missing_files(item) for item in record)
-    return False
 
 
 def _jsonable(value: Any) -> Any:
@@ -75,15 +75,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def content_key(*parts: Any) -> str:
-    """A stable hex key for JSON-able parts (pydantic records, paths, plain values)."""
-    payload = json.dumps(_jsonable(list(parts)), sort_keys=True, separators=(",", ":"))
+    """A stable hex key for JSON-able parts (pydantic records, paths, plain values) and the `pruning` source."""
+    payload = json.dumps(_jsonable([*parts, code_digest()]), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def task_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect cache key: the task's name and source plus its parameters (records carry file digests).
-
-    Unlike Prefect's default policy this leaves out the flow run id, so a later run reuses results.
-    """
-    task = context.task
-    return f"{task.name}-{content_key(inspect.getsource(task.fn), parameters)}"

@@ -1,37 +1,51 @@
 """Stage `evaluate`: perplexity of a model directory on one evaluation dataset, with its protocol; and its
-zero-shot accuracies through lm-eval."""
+zero-shot accuracies through lm-eval. Results are kept as JSON in the artifact store."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from pruning import pipeline
 from pruning.config import EvaluationConfig, ZeroShotConfig, resolve_device
+from pruning.model_access import StreamedModel
 from pruning.pipeline import evaluate_all, load_evaluation_data
-from pruning.sources import load_model, load_tokenizer
-from tasks.artifacts import task_cache_key
+from pruning.sources import load_tokenizer
+from tasks.artifacts import ArtifactStore, content_key
 
 
-@task(cache_key_fn=task_cache_key, persist_result=True)
+@task(cache_policy=NO_CACHE, persist_result=False)
 def evaluate(model_path: str, model_digest: str, evaluation: EvaluationConfig, source_fingerprint: str,
-             cache_dir: str, device: str) -> dict[str, Any]:
-    """`model_digest` and `source_fingerprint` put the model's and the text's content in the cache key."""
-    directory = Path(model_path)
-    data = load_evaluation_data(evaluation, load_tokenizer(directory), Path(cache_dir))
-    result = evaluate_all(load_model(directory), [data], resolve_device(device))[0]
-    return {**result.as_dict(), "provenance": data.provenance}
+             cache_dir: str, device: str, store: ArtifactStore) -> dict[str, Any]:
+    """`model_digest` and `source_fingerprint` put the model's and the text's content in the key."""
+
+    def compute() -> dict[str, Any]:
+        directory = Path(model_path)
+        data = load_evaluation_data(evaluation, load_tokenizer(directory), Path(cache_dir))
+        with tempfile.TemporaryDirectory(dir=store.root, prefix="evaluation-") as scratch:
+            result = evaluate_all(StreamedModel(directory), [data], resolve_device(device), Path(scratch))[0]
+        return {**result.as_dict(), "provenance": data.provenance}
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    return store.cached_json("evaluations", content_key(model_digest, evaluation, source_fingerprint, device),
+                             compute)  # type: ignore[no-any-return]
 
 
-@task(cache_key_fn=task_cache_key, persist_result=True)
+@task(cache_policy=NO_CACHE, persist_result=False)
 def evaluate_zero_shot(model_path: str, model_digest: str, config: ZeroShotConfig, data_fingerprint: str,
-                       device: str) -> dict[str, Any]:
+                       device: str, store: ArtifactStore) -> dict[str, Any]:
     """`data_fingerprint` (pruning.zeroshot.zero_shot_fingerprint) puts the task files and lm-eval's version
-    in the cache key."""
-    directory = Path(model_path)
-    model, tokenizer = load_model(directory), load_tokenizer(directory)
-    result = pipeline.evaluate_zero_shot(model, tokenizer, config, resolve_device(device))
-    assert result is not None
-    return result
+    in the key."""
+
+    def compute() -> dict[str, Any]:
+        directory = Path(model_path)
+        result = pipeline.evaluate_zero_shot(directory, load_tokenizer(directory), config, resolve_device(device))
+        assert result is not None
+        return result
+
+    return store.cached_json("zero-shot", content_key(model_digest, config, data_fingerprint, device),
+                             compute)  # type: ignore[no-any-return]

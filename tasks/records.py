@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from pruning.config import EngineConfig
+from pruning.methods import MethodConfig
 from tasks.artifacts import FileRef
 
 
@@ -25,14 +27,21 @@ class CalibrationArtifact(_Record):
     manifest: FileRef
 
 
-class BlockState(_Record):
-    """One block's progress: its inputs, the solved linears so far, and (once done) its outputs."""
+class EngineRun(_Record):
+    """Everything the pruning engine needs for one model x method: the engine object of a process is built from
+    this record (see `tasks.prune.engine_for`) and keeps its finished blocks under `blocks_root`."""
 
-    block_index: int
-    inputs: FileRef
-    linears: tuple[FileRef, ...] = ()
-    reports: tuple[FileRef, ...] = ()
-    outputs: FileRef | None = None
+    model: ModelArtifact
+    calibration: CalibrationArtifact | None
+    method: MethodConfig
+    engine: EngineConfig
+    blocks_root: str
+    trust_remote_code: bool = False
+
+
+class BlockOutcome(_Record):
+    index: int
+    reused: bool
 
 
 class PrunedModel(_Record):

@@ -11,9 +11,10 @@ import bz2
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+if TYPE_CHECKING:  # imported where rows become a dataset: `datasets` costs a second and ~100 MB to import
+    import datasets
 
 TASK_FILES = {
     "piqa": ("piqa/valid.jsonl", "piqa/valid-labels.lst"),
@@ -29,6 +30,8 @@ TASK_FILES = {
 
 
 def _split(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
+    import datasets
+
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
@@ -96,6 +99,8 @@ def lambada_openai(data_dir: str, **_: Any) -> datasets.DatasetDict:
 
 
 def winogrande(data_dir: str, **_: Any) -> datasets.DatasetDict:
+    import datasets
+
     table = datasets.Dataset.from_file(str(Path(data_dir) / TASK_FILES["winogrande"][0]))
     return datasets.DatasetDict({"test": table})
 

@@ -59,6 +59,7 @@ def test_bad_input_fails_with_the_field_named_and_no_output_left(extra, message,
         raise AssertionError("the model was loaded before the input was validated")
 
     monkeypatch.setattr(pipeline, "load_model", refuse_to_load)
+    monkeypatch.setattr(pipeline, "StreamedModel", refuse_to_load)
     output = tmp_path / "out"
     status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) + extra, capsys)
     assert status == 2

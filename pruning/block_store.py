@@ -1,0 +1,133 @@
+"""Finished blocks of a pruning run on disk: what a second run reuses and a killed run resumes from.
+
+A run's directory is `<root>/<run key>/`, the key a hash of everything that determines the result (model
+digest, calibration tokens, method config, engine settings, the digest of the `pruning` source). Per block:
+  block-NNNNN/weights.safetensors   the pruned block's tensors under their full names, in the stored dtype
+  block-NNNNN/factors.safetensors   sparse + low-rank terms "<linear>:sparse|up|down" (methods that make them)
+  block-NNNNN/outputs/              the block's outputs on the calibration set (the next block's inputs),
+                                    kept until the next block is finished
+  block-NNNNN/block.json            its record, written last: a block is finished once this file exists
+Every file is written to a temporary name and renamed, so a killed run leaves no half-written block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pruning.activations import ActivationSet
+from pruning.io import atomic_path, write_json
+from pruning.statistics import SparseLowRank
+
+RECORD_FILE = "block.json"
+WEIGHTS_FILE = "weights.safetensors"
+FACTORS_FILE = "factors.safetensors"
+OUTPUTS_DIRECTORY = "outputs"
+
+
+class BlockRecord(BaseModel):
+    """What one finished block reports: its layers, its decoder-linear counts, and its forward time."""
+
+    index: int
+    layers: list[dict[str, Any]]
+    linear_parameters: int
+    linear_removed: int
+    removed_groups: dict[str, int] = {}
+    forward_seconds: float = 0.0
+
+
+def run_key(**parts: Any) -> str:
+    """A stable hex key for JSON-able parts (strings, numbers, dicts of them)."""
+    payload = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class BlockStore:
+    """The finished blocks of one run (see the module docstring)."""
+
+    def __init__(self, root: Path, key: str, description: dict[str, Any] | None = None) -> None:
+        self.directory = Path(root).resolve() / key
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if description is not None and not (self.directory / "run.json").is_file():
+            write_json(self.directory / "run.json", description)
+        self._remove_stale_scratch()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"scratch-{os.getpid()}-", dir=self.directory))
+
+    def _remove_stale_scratch(self) -> None:
+        """Scratch folders of processes that no longer run (killed ones) are removed."""
+        for folder in self.directory.glob("scratch-*"):
+            pid = int(folder.name.split("-")[1])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                continue
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def block_directory(self, index: int) -> Path:
+        return self.directory / f"block-{index:05d}"
+
+    def is_complete(self, index: int) -> bool:
+        return (self.block_directory(index) / RECORD_FILE).is_file()
+
+    def record(self, index: int) -> BlockRecord:
+        return BlockRecord.model_validate_json((self.block_directory(index) / RECORD_FILE).read_text())
+
+    def weights_path(self, index: int) -> Path:
+        return self.block_directory(index) / WEIGHTS_FILE
+
+    def factors_path(self, index: int) -> Path:
+        return self.block_directory(index) / FACTORS_FILE
+
+    def outputs_directory(self, index: int) -> Path:
+        return self.block_directory(index) / OUTPUTS_DIRECTORY
+
+    def has_outputs(self, index: int) -> bool:
+        return self.is_complete(index) and self.outputs_directory(index).is_dir()
+
+    def outputs(self, index: int, in_memory: bool, device: torch.device) -> ActivationSet:
+        return ActivationSet.from_directory(self.outputs_directory(index), in_memory, device)
+
+    def save(self, record: BlockRecord, weights: dict[str, torch.Tensor], factors: dict[str, SparseLowRank],
+             outputs: ActivationSet | None) -> None:
+        """Write a finished block; `outputs` must already be in `outputs_directory` (the engine writes them there)."""
+        directory = self.block_directory(record.index)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / WEIGHTS_FILE) as staging:
+            save_file({name: tensor.contiguous().cpu() for name, tensor in weights.items()}, str(staging))
+        if factors:
+            tensors = {}
+            for name, term in factors.items():
+                tensors.update({f"{name}:sparse": term.sparse, f"{name}:up": term.up, f"{name}:down": term.down})
+            with atomic_path(directory / FACTORS_FILE) as staging:
+                save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(staging))
+        if outputs is not None and outputs.directory != self.outputs_directory(record.index):
+            raise ValueError("a block's outputs must be written to its store directory")
+        write_json(directory / RECORD_FILE, record.model_dump(mode="json"))
+
+    def load_weights(self, index: int, block: nn.Module, prefix: str) -> None:
+        """Write the stored pruned weights of block `index` into `block` (full names under `prefix`)."""
+        tensors = load_file(str(self.weights_path(index)))
+        block.load_state_dict({name.removeprefix(f"{prefix}."): tensor for name, tensor in tensors.items()})
+
+    def factors(self, index: int) -> dict[str, SparseLowRank]:
+        """The block's sparse + low-rank terms by linear name inside the block (empty for other methods)."""
+        if not self.factors_path(index).is_file():
+            return {}
+        tensors = load_file(str(self.factors_path(index)))
+        names = {key.rsplit(":", 1)[0] for key in tensors}
+        return {name: SparseLowRank(tensors[f"{name}:sparse"], tensors[f"{name}:up"], tensors[f"{name}:down"])
+                for name in sorted(names)}

@@ -1,0 +1,172 @@
+"""The streamed engine: one block in memory, the same weights as the in-memory engine, spill, resume, checks."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as functional
+from safetensors.torch import load_file, save_file
+from tiny_models import random_ids, save_tiny_checkpoint, tiny_model
+from transformers import AutoModelForCausalLM
+
+from pruning.architectures import adapter_for
+from pruning.block_store import BlockStore
+from pruning.calibration import build_calibration_set
+from pruning.checkpoint import CheckpointReader
+from pruning.config import PruneJob
+from pruning.corpora import load_corpus
+from pruning.engine import EngineOptions, PruneEngine, prune_model
+from pruning.evaluate import perplexity
+from pruning.methods import is_structured, method_config
+from pruning.model_access import StreamedModel
+from pruning.pipeline import run_prune_job
+from pruning.shrink import shrink_model
+from pruning.sources import load_model, load_tokenizer
+
+FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
+METHODS = [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4"},
+           {"method": "sparsegpt", "sparsity": 0.5}, {"method": "oats", "sparsity": 0.5, "iterations": 5},
+           {"method": "apt", "sparsity": 0.5}, {"method": "osscar", "sparsity": 0.5, "attention_groups": 1}]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
+    return path
+
+
+def job(checkpoint, corpus, directory, method, **engine):
+    return PruneJob.model_validate({
+        "model": str(checkpoint), "method": method, "calibration": {"source": str(corpus), "num_samples": 8,
+                                                                   "seqlen": 32},
+        "evaluation": [], "output_dir": str(directory / "pruned"), "cache_dir": str(directory / "cache"),
+        "engine": {"device": "cpu", "forward_dtype": "float32", "batch_size": 4, **engine}})
+
+
+def calibration_for(checkpoint, corpus, tmp_path):
+    return build_calibration_set(load_corpus(str(corpus), "calibration", tmp_path), load_tokenizer(checkpoint), 8,
+                                 32, 0)
+
+
+def stored(directory):
+    reader = CheckpointReader(directory)
+    return {name: reader.read(name) for name in reader.names}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("fields", METHODS, ids=lambda fields: fields["method"])
+def test_streamed_prune_writes_exactly_the_weights_of_the_in_memory_engine(family, fields, tmp_path, corpus,
+                                                                           tiny_tokenizer_dir):
+    if family == "gpt2" and fields.get("attention_groups"):
+        fields = {**fields, "attention_groups": 0}  # GPT-2 configs cannot describe fewer heads
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir, family)
+    calibration = calibration_for(checkpoint, corpus, tmp_path)
+    record = run_prune_job(job(checkpoint, corpus, tmp_path, fields), progress=False, calibration=calibration)
+
+    model = load_model(checkpoint)
+    method = method_config(fields)
+    prune_model(model, calibration.input_ids, method, FP32)
+    if is_structured(method.method):
+        shrink_model(model, adapter_for(model))
+    expected = {name: tensor for name, tensor in model.state_dict().items()}
+    written = stored(tmp_path / "pruned")
+    assert written.keys() <= expected.keys()
+    for name, tensor in written.items():
+        assert tensor.equal(expected[name]), name
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "pruned") is not None
+    assert record["engine"]["blocks_computed"] == 2
+    assert (tmp_path / "pruned" / "model.safetensors.index.json").is_file()
+
+
+def test_data_free_methods_run_no_calibration_forward(tmp_path, corpus, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    for fields in ({"method": "magnitude", "sparsity": 0.5}, {"method": "structured-magnitude", "sparsity": 0.5}):
+        record = run_prune_job(job(checkpoint, corpus, tmp_path, fields), progress=False)
+        engine = record["engine"]
+        assert engine["capture_seconds"] == 0 and engine["forward_seconds"] == 0, fields
+        assert record["inputs"]["calibration"] is None
+        assert all(layer["reconstruction_error"] is None for layer in engine["layers"])
+
+
+def test_activations_past_the_memory_budget_go_to_disk_with_identical_results(tmp_path, corpus, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    method = {"method": "sparsegpt", "sparsity": 0.5}
+    in_memory = run_prune_job(job(checkpoint, corpus, tmp_path / "memory", method), progress=False)
+    on_disk = run_prune_job(job(checkpoint, corpus, tmp_path / "disk", method, memory_budget="1KB"), progress=False)
+    assert in_memory["engine"]["activations_in_memory"] and not on_disk["engine"]["activations_in_memory"]
+    first, second = stored(tmp_path / "memory" / "pruned"), stored(tmp_path / "disk" / "pruned")
+    assert all(second[name].equal(tensor) for name, tensor in first.items())
+
+
+@pytest.mark.parametrize("outputs_kept", [True, False])
+def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept, tmp_path, corpus,
+                                                                    tiny_tokenizer_dir):
+    """With the last finished block's outputs in the store it continues from them; without them it re-runs the
+    finished blocks from the embeddings."""
+    import tiny_models
+    from transformers import LlamaConfig
+
+    tiny_models.FAMILY_CONFIGS["llama-4"] = LlamaConfig(**{**tiny_models._COMMON, "num_hidden_layers": 4})
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir, "llama-4")
+    ids = calibration_for(checkpoint, corpus, tmp_path).input_ids
+    method = method_config({"method": "sparsegpt", "sparsity": 0.5})
+
+    def engine(root):
+        return PruneEngine(StreamedModel(checkpoint), method, FP32, ids, BlockStore(root, "run"))
+
+    complete = engine(tmp_path / "complete")
+    complete.run()
+    interrupted = engine(tmp_path / "interrupted")
+    interrupted.prune_block(0)
+    interrupted.prune_block(1)
+    assert interrupted.store.has_outputs(1)
+    if not outputs_kept:
+        interrupted.store.outputs(1, True, torch.device("cpu")).delete()
+    resumed = engine(tmp_path / "interrupted")
+    report = resumed.run()
+    assert (report.blocks_reused, report.blocks_computed) == (2, 2)
+    for index in range(4):
+        expected = load_file(str(complete.store.weights_path(index)))
+        resumed_weights = load_file(str(resumed.store.weights_path(index)))
+        assert resumed_weights.keys() == expected.keys()
+        assert all(tensor.equal(expected[name]) for name, tensor in resumed_weights.items())
+    assert not any(resumed.store.has_outputs(index) for index in range(4)), "a finished run keeps no activations"
+
+
+def test_a_bfloat16_checkpoint_stays_bfloat16_on_disk(tmp_path, corpus, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    load_tokenizer(checkpoint).save_pretrained(tmp_path / "bf16")
+    run_prune_job(job(tmp_path / "bf16", corpus, tmp_path, {"method": "sparsegpt", "sparsity": 0.5}), progress=False)
+    reader = CheckpointReader(tmp_path / "pruned")
+    assert reader.storage_dtype() == torch.bfloat16
+    weight = reader.read("model.layers.0.mlp.up_proj.weight")
+    assert weight.dtype == torch.bfloat16 and float((weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_checkpoint_with_missing_tensors_is_refused_naming_them(tmp_path, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    weights = checkpoint / "model.safetensors"
+    save_file({"model.embed_tokens.weight": load_file(str(weights))["model.embed_tokens.weight"]}, str(weights))
+    with pytest.raises(ValueError, match=r"missing tensors model\.layers\.0\.") as raised:
+        StreamedModel(checkpoint)
+    assert "config.json" in str(raised.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "opt", "gpt2", "phi3"])
+def test_block_by_block_perplexity_equals_the_full_model_forward(family, tmp_path, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir, family)
+    tokens = random_ids(1, 700).flatten()
+    streamed = perplexity(StreamedModel(checkpoint), tokens, 64, "random", max_windows=10, batch_size=4)
+    model = tiny_model(family)
+    windows = tokens[:640].view(10, 64)
+    total = 0.0
+    with torch.no_grad():
+        for batch in windows.split(4):
+            logits = model(input_ids=batch).logits[:, :-1]
+            total += float(functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                    reduction="sum"))
+    assert streamed.perplexity == pytest.approx(math.exp(total / (10 * 63)), rel=1e-6)
+    assert json.loads(json.dumps(streamed.as_dict()))["windows"] == 10
