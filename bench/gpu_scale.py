@@ -106,7 +106,7 @@ def main() -> None:
     prune_seconds = time.perf_counter() - started
     output.mkdir()
     assemble_started = time.perf_counter()
-    write_pruned_checkpoint(model, engine.store, output, _NoTokenizer(), structured=False)  # type: ignore[arg-type]
+    write_pruned_checkpoint(model, engine.store, output, structured=False)
     from pruning.checkpoint import CheckpointReader
 
     complete = set(CheckpointReader(output).names) == set(CheckpointReader(model_dir).names)
@@ -126,13 +126,6 @@ def main() -> None:
     engine.close()
     write_json(arguments.output, result)
     print(json.dumps({key: value for key, value in result.items() if key != "block_seconds"}, indent=2))
-
-
-class _NoTokenizer:
-    """The random model has no tokenizer to save."""
-
-    def save_pretrained(self, directory: Path) -> None:
-        return None
 
 
 if __name__ == "__main__":

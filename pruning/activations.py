@@ -37,7 +37,7 @@ class ActivationSet:
         self.in_memory = in_memory
         self.device = torch.device(device)
         self.pinned = pinned and self.device.type == "cpu" and torch.cuda.is_available()
-        self._batches: list[torch.Tensor] = []
+        self._batches: list[torch.Tensor | None] = []
         self._count = 0
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -77,7 +77,17 @@ class ActivationSet:
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < self._count:
             raise IndexError(index)
-        return self._batches[index] if self.in_memory else self._read(index)
+        if not self.in_memory:
+            return self._read(index)
+        batch = self._batches[index]
+        if batch is None:
+            raise ValueError(f"activation batch {index} was released")
+        return batch
+
+    def release(self, index: int) -> None:
+        """Drop batch `index` from memory (its file, if any, stays): for a last pass that consumes the set."""
+        if self.in_memory:
+            self._batches[index] = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return (self[index] for index in range(self._count))

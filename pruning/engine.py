@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
 from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit
 from pruning.block_store import BlockRecord, BlockStore
+from pruning.finished_submodules import finished_children, recording, reusing
 from pruning.methods import MethodConfig, needs_calibration, prune_layer
 from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
 from pruning.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
@@ -275,6 +276,8 @@ class BlockPruner:
         self.method = method
         self.options = options
         self.layout = layout
+        # Whether finished sub-modules' outputs may be kept in memory and reused (an activation set per child).
+        self.reuse_outputs = True
         self.units: dict[str, StructuredUnit] = {}
         if isinstance(method, StructuredBudget):
             if layout is None:
@@ -309,10 +312,13 @@ class BlockPruner:
 
     def propagate(self, working: nn.Module, hidden: ActivationSet, calls: list[BlockCall],
                   outputs: ActivationSet) -> None:
-        """Append the block's outputs on every batch of `hidden` to `outputs`."""
+        """Append the block's outputs on every batch of `hidden` to `outputs`, releasing each input batch from
+        memory once used (this is the last pass over them): inputs and outputs together take one set's memory."""
         with torch.no_grad():
-            for batch, call in zip(hidden, calls, strict=True):
-                outputs.append(run_block(working, batch.to(self.options.device, self.options.forward_dtype), call))
+            for index, call in enumerate(calls):
+                batch = hidden[index].to(self.options.device, self.options.forward_dtype)
+                hidden.release(index)
+                outputs.append(run_block(working, batch, call))
 
     def __call__(self, block: nn.Module, prefix: str, hidden: ActivationSet | None, calls: list[BlockCall],
                  outputs: ActivationSet | None) -> BlockResult:
@@ -322,19 +328,29 @@ class BlockPruner:
         working = self.working_copy(block)
         device_calls = self.device_calls(calls)
         result = BlockResult([], {}, 0.0)
-        for stage in self.stages(prefix):
+        stages = self.stages(prefix)
+        reused: dict[str, list[Any]] = {}  # finished children's outputs (see pruning.finished_submodules)
+        for index, stage in enumerate(stages):
             statistics: dict[tuple[str, ...], InputStatistics | None] = dict.fromkeys(stage)
             if hidden is not None:
+                remaining = [name for later in stages[index:] for group in later for name in group]
+                finished = [child for child in finished_children(self.adapter, remaining) if child not in reused]
                 started = time.perf_counter()
-                statistics.update(collect_input_statistics(working, stage, hidden, device_calls, self.options,
-                                                           self.adapter.input_producers))
+                with reusing(working, reused), recording(working, finished if self.reuse_outputs else [],
+                                                         len(hidden)) as recorded:
+                    statistics.update(collect_input_statistics(working, stage, hidden, device_calls, self.options,
+                                                               self.adapter.input_producers))
+                reused.update(recorded)
                 result.forward_seconds += time.perf_counter() - started
+                release_free_memory()
             for group in stage:
                 for name in group:
                     self._solve_linear(block, working, prefix, name, statistics[group], result)
+            release_free_memory()
         if hidden is not None and outputs is not None:
             started = time.perf_counter()
-            self.propagate(working, hidden, device_calls, outputs)
+            with reusing(working, reused, consume=True):
+                self.propagate(working, hidden, device_calls, outputs)
             result.forward_seconds += time.perf_counter() - started
         return result
 
@@ -417,16 +433,18 @@ class PruneEngine:
 
     def _activations_fit(self) -> bool:
         """Whether two activation sets (a block's inputs and outputs) fit in memory: on the GPU when it has room
-        for them (half of its free memory), else in the host memory budget, else they go to disk."""
+        for them (half of its free memory), else in the host memory budget, else they go to disk. A third set,
+        the reused outputs of finished sub-modules, is kept only where it fits too."""
         if self.input_ids is None:
             return True
         batches = -(-self.input_ids.shape[0] // self.options.batch_size)
         size = activation_bytes(batches, self.options.batch_size, self.input_ids.shape[1],
                                 int(self.config.get_text_config().hidden_size), self.options.forward_dtype)
-        if self.options.device.type == "cuda" and 2 * size <= torch.cuda.mem_get_info(self.options.device)[0] // 2:
+        if self.options.device.type == "cuda" and 3 * size <= torch.cuda.mem_get_info(self.options.device)[0] // 2:
             self.activation_device = self.options.device
             return True
         budget = self.options.memory_budget if self.options.memory_budget is not None else default_memory_budget()
+        self.pruner.reuse_outputs = 3 * size <= budget
         return 2 * size <= budget
 
     def _new_activations(self, directory: Path | None) -> ActivationSet:

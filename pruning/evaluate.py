@@ -113,10 +113,12 @@ def perplexity(model: nn.Module | ModelAccess, tokens: torch.Tensor, seqlen: int
         for index in range(access.num_blocks):
             block = on_device(access.load_block(index), device, EVALUATION_DTYPE)
             outputs = new_set(f"block-{index}")
-            for batch, call in zip(hidden, calls[index], strict=True):
+            for batch_index, call in enumerate(calls[index]):
+                batch = hidden[batch_index].to(device)
+                hidden.release(batch_index)  # inputs and outputs together take one set's memory
                 device_call = BlockCall(move(call.args, device, EVALUATION_DTYPE),
                                         move(call.kwargs, device, EVALUATION_DTYPE))
-                outputs.append(run_block(block, batch.to(device), device_call).cpu())
+                outputs.append(run_block(block, batch, device_call).cpu())
             access.release_block(index)
             hidden.delete()
             hidden = outputs
@@ -146,8 +148,9 @@ def _tail_nll(access: ModelAccess, stream: torch.Tensor, hidden: ActivationSet, 
                 parameter.data = parameter.data.to(device, EVALUATION_DTYPE)
         base = cast(nn.Module, cast(Any, model).base_model)
         with blocks_replaced(model, access.adapter, replays):
-            for batch, final in zip(stream.split(batch_size), hidden, strict=True):
-                replays[-1].output = final.to(device)
+            for batch_index, batch in enumerate(stream.split(batch_size)):
+                replays[-1].output = hidden[batch_index].to(device)
+                hidden.release(batch_index)
                 states = base(input_ids=batch.to(device), use_cache=False).last_hidden_state
                 total += _head_nll(model, states[:, :-1].reshape(-1, states.shape[-1]),
                                    batch[:, 1:].reshape(-1).to(device))

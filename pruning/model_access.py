@@ -106,6 +106,7 @@ class StreamedModel:
         self.adapter = adapter_for(self.model)
         self.dtype = self.reader.storage_dtype()
         self.sources = self._tensor_sources()
+        self._loaded: dict[str, torch.Tensor] = {}  # checkpoint tensors backing materialized parameters
         for name, buffer in self.model.named_buffers():
             if name in self.reader:  # a stored buffer (most are recomputed from the config and not stored)
                 buffer.data = self.reader.read(name).to(buffer.dtype)
@@ -155,14 +156,20 @@ class StreamedModel:
         return sum(math.prod(self.reader.shape(source)) for source in set(self.sources.values()))
 
     def _load(self, names: list[str]) -> None:
-        tensors = self.reader.read_many(sorted({self.sources[name] for name in names}))
+        """Materialize parameters; one read per checkpoint tensor, shared by the parameters it feeds (a tied head
+        takes the input embeddings' tensor when they are loaded)."""
+        missing = sorted({self.sources[name] for name in names} - set(self._loaded))
+        self._loaded.update(self.reader.read_many(missing))
         for name in names:
-            _set_parameter(self.model, name, tensors[self.sources[name]])
+            _set_parameter(self.model, name, self._loaded[self.sources[name]])
 
     def _release(self, names: list[str]) -> None:
         for name in names:
             parameter = self.model.get_parameter(name)
             _set_parameter(self.model, name, torch.empty_like(parameter, device="meta"))
+        in_use = {self.sources[name] for name, parameter in self.model.named_parameters(remove_duplicate=False)
+                  if parameter.device.type != "meta"}
+        self._loaded = {source: tensor for source, tensor in self._loaded.items() if source in in_use}
 
     def load_stem(self) -> None:
         self._load(self.stem_parameters)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pruning.activations import release_free_memory
 from pruning.architectures import adapter_for_model_type
 from pruning.block_store import BlockStore, run_key
 from pruning.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
@@ -113,14 +114,14 @@ def check_zero_shot(config: ZeroShotConfig | None) -> None:
         check_hub_tasks(config.tasks)
 
 
-def evaluate_zero_shot(model_dir: Path, tokenizer: Any, config: ZeroShotConfig | None, device: torch.device,
+def evaluate_zero_shot(model_dir: Path, config: ZeroShotConfig | None, device: torch.device,
                        trust_remote_code: bool = False) -> dict[str, Any] | None:
-    """lm-eval's zero-shot tasks need the whole model in memory: it is loaded for them alone."""
+    """lm-eval's zero-shot tasks need the whole model in memory: it is loaded (with its tokenizer) for them alone."""
     if config is None:
         return None
     model = load_model(model_dir, torch.float32, trust_remote_code)
-    return zero_shot(model, tokenizer, config.tasks, config.data_dir, config.limit, config.batch_size,
-                     device).as_dict()
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    return zero_shot(model, tokenizer, config.tasks, config.data_dir, config.limit, config.batch_size, device).as_dict()
 
 
 def block_store(root: Path, model: str, model_digest: str, method: MethodConfig, engine: EngineConfig,
@@ -154,6 +155,18 @@ def prune_record(job: PruneJob, report: PruneReport, model: StreamedModel, model
     return record
 
 
+def job_calibration(job: PruneJob, tokenizer: Any, given: CalibrationSet | None) -> CalibrationSet | None:
+    """The job's calibration set: none for a data-free method, else `given` (checked) or sampled from its source."""
+    if not needs_calibration(job.method):
+        return None
+    if given is not None:
+        check_calibration_matches(given, job)
+        return given
+    corpus = load_corpus(job.calibration.source, "calibration", job.cache_dir, job.calibration.text_field)
+    return build_calibration_set(corpus, tokenizer, job.calibration.num_samples, job.calibration.seqlen,
+                                 job.calibration.seed)
+
+
 def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`.
 
@@ -166,28 +179,23 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
     model_dir = fetch_model(job.model, job.cache_dir)
     check_job(job, model_dir)
     device = resolve_device(job.engine.device)
-    model = StreamedModel(model_dir, job.trust_remote_code)
     model_digest = source_digest(model_dir)
     timings["fetch_seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(model_dir, job.trust_remote_code)
-    if not needs_calibration(job.method):
-        calibration = None
-    elif calibration is None:
-        corpus = load_corpus(job.calibration.source, "calibration", job.cache_dir, job.calibration.text_field)
-        calibration = build_calibration_set(corpus, tokenizer, job.calibration.num_samples, job.calibration.seqlen,
-                                            job.calibration.seed)
-    else:
-        check_calibration_matches(calibration, job)
+    calibration = job_calibration(job, tokenizer, calibration)
     evaluation_data = [load_evaluation_data(item, tokenizer, job.cache_dir) for item in job.evaluation]
+    del tokenizer
+    release_free_memory()
+    model = StreamedModel(model_dir, job.trust_remote_code)  # reads config.json and tensor headers, no weights  # the tokenizer and the texts are done with: hand their memory back before pruning
     timings["calibration_seconds"] = time.perf_counter() - started
 
     store = block_store(job.cache_dir / "blocks", job.model, model_digest, job.method, job.engine, calibration)
     try:
         started = time.perf_counter()
         dense_results = evaluate_all(model, evaluation_data, device, store.scratch) if job.evaluate_dense else []
-        dense_zero_shot = (evaluate_zero_shot(model_dir, tokenizer, job.zero_shot, device, job.trust_remote_code)
+        dense_zero_shot = (evaluate_zero_shot(model_dir, job.zero_shot, device, job.trust_remote_code)
                            if job.evaluate_dense else None)
         timings["dense_evaluation_seconds"] = time.perf_counter() - started
 
@@ -199,12 +207,12 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
 
         with atomic_directory(job.output_dir) as staging:
             started = time.perf_counter()
-            structured = write_pruned_checkpoint(model, store, staging, tokenizer, is_structured(job.method.method))
+            structured = write_pruned_checkpoint(model, store, staging, is_structured(job.method.method))
             timings["write_seconds"] = time.perf_counter() - started
             started = time.perf_counter()
             pruned_results = evaluate_all(StreamedModel(staging, job.trust_remote_code), evaluation_data, device,
                                           store.scratch)
-            pruned_zero_shot = evaluate_zero_shot(staging, tokenizer, job.zero_shot, device, job.trust_remote_code)
+            pruned_zero_shot = evaluate_zero_shot(staging, job.zero_shot, device, job.trust_remote_code)
             timings["evaluation_seconds"] = time.perf_counter() - started
             record = prune_record(job, report, model, model_digest, calibration, structured)
             record.update({"perplexity": [result.as_dict() for result in pruned_results],
@@ -238,4 +246,4 @@ def run_model_evaluation(model: str, evaluations: list[EvaluationConfig], zero_s
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix="evaluation-") as scratch:
         results = evaluate_all(streamed, data, resolved, Path(scratch))
-    return results, evaluate_zero_shot(model_dir, tokenizer, zero_shot_config, resolved, trust_remote_code)
+    return results, evaluate_zero_shot(model_dir, zero_shot_config, resolved, trust_remote_code)

@@ -26,6 +26,9 @@ from pruning.shrink import shrink_block, shrunk_config
 from pruning.statistics import SparseLowRank
 
 RECORD_FILE = "pruneflow.json"
+# Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.
+COPIED_FILES = ("generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+                "chat_template*", "vocab.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken")
 
 
 def software_versions() -> dict[str, str]:
@@ -54,10 +57,10 @@ def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str,
     return by_block
 
 
-def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: Path, tokenizer: Any,
+def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: Path,
                             structured: bool) -> dict[str, Any] | None:
     """Write the pruned model from `store` into `directory` (which must exist and be empty): weights, index,
-    config, generation config, tokenizer, and `factored/` where the method made factors.
+    config, generation config, the tokenizer's files (copied), and `factored/` where the method made factors.
 
     For structured methods the removed groups are sliced away and the config updated; returns what was
     removed and the parameter counts before and after (None for other methods)."""
@@ -86,9 +89,9 @@ def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: 
     if structured:
         shrunk_config(config, model.adapter, head_layout(model.config), counts_per_block)
     config.save_pretrained(directory)
-    if (model.directory / "generation_config.json").is_file():
-        shutil.copyfile(model.directory / "generation_config.json", directory / "generation_config.json")
-    tokenizer.save_pretrained(directory)
+    for pattern in COPIED_FILES:
+        for source in model.directory.glob(pattern):
+            shutil.copyfile(source, directory / source.name)
     factors = _all_factors(model, store)
     if factors:
         _write_factored(model, store, directory / FACTORED_DIRECTORY, factors, stem, config)

