@@ -78,9 +78,9 @@ def main() -> None:
     from pruning.block_store import BlockStore
     from pruning.engine import EngineOptions, PruneEngine
     from pruning.io import write_json
+    from pruning.methods import method_config
     from pruning.model_access import StreamedModel
     from pruning.reassemble import write_pruned_checkpoint
-    from pruning.sparsegpt import SparseGPTConfig
 
     device = torch.device("cuda")
     shutil.rmtree(arguments.work, ignore_errors=True)
@@ -93,8 +93,8 @@ def main() -> None:
     input_ids = torch.randint(0, SHAPES["vocabulary"], (arguments.samples, arguments.seqlen),
                               generator=torch.Generator().manual_seed(0))
     options = EngineOptions(device=device, forward_dtype=torch.bfloat16, batch_size=8, progress=False)
-    engine = PruneEngine(model, SparseGPTConfig(sparsity=0.5), options, input_ids,
-                         BlockStore(arguments.work / "blocks", "run"))
+    store = BlockStore(arguments.work / "blocks", "run")
+    engine = PruneEngine(model, method_config({"method": "sparsegpt", "sparsity": 0.5}), options, input_ids, store)
     torch.cuda.reset_peak_memory_stats(device)
     block_seconds = []
     for index in range(arguments.blocks):
@@ -106,7 +106,7 @@ def main() -> None:
     prune_seconds = time.perf_counter() - started
     output.mkdir()
     assemble_started = time.perf_counter()
-    write_pruned_checkpoint(model, engine.store, output, structured=False)
+    write_pruned_checkpoint(model, store, output, structured=False)
     from pruning.checkpoint import CheckpointReader
 
     complete = set(CheckpointReader(output).names) == set(CheckpointReader(model_dir).names)

@@ -30,9 +30,10 @@ BLOCKS = (1, 15)
 def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
     from pruning import pipeline
     from pruning.architectures import adapter_for
+    from pruning.block_calls import capture_block_inputs, run_block
     from pruning.calibration import build_calibration_set
     from pruning.corpora import load_corpus
-    from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
+    from pruning.engine import EngineOptions, collect_input_statistics
     from pruning.sources import load_model, load_tokenizer
 
     model_dir = pipeline.fetch_model(MODEL, cache_dir)
@@ -40,7 +41,8 @@ def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
                                         load_tokenizer(model_dir), 16, 512, 0)
     model = load_model(model_dir)
     adapter = adapter_for(model)
-    hidden, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
+    captured_inputs, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
+    hidden = list(captured_inputs)
     layers = {}
     for index, block in enumerate(adapter.blocks(model)):
         if index in BLOCKS:
@@ -54,8 +56,7 @@ def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
         if index == max(BLOCKS):
             return layers
         with torch.no_grad():
-            hidden = [block(batch, *call.args, **call.kwargs) for batch, call in zip(hidden, calls[index], strict=True)]
-            hidden = [output[0] if isinstance(output, tuple) else output for output in hidden]
+            hidden = [run_block(block, batch, call) for batch, call in zip(hidden, calls[index], strict=True)]
     return layers
 
 

@@ -156,9 +156,10 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
 
     from pruning import pipeline
     from pruning.architectures import adapter_for
+    from pruning.block_calls import capture_block_inputs, run_block
     from pruning.calibration import build_calibration_set
     from pruning.corpora import load_corpus
-    from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
+    from pruning.engine import EngineOptions, collect_input_statistics
     from pruning.methods import method_config, prune_layer
     from pruning.sources import load_model, load_tokenizer
 
@@ -168,7 +169,8 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
     calibration = build_calibration_set(corpus, tokenizer, 16, arguments.seqlen, 0)
     model = load_model(model_dir)
     adapter = adapter_for(model)
-    hidden, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
+    captured_inputs, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
+    hidden = list(captured_inputs)
     fp32 = EngineOptions(forward_dtype=torch.float32, progress=False)
     rows: list[dict[str, Any]] = []
     blocks = adapter.blocks(model)
@@ -180,7 +182,7 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
             for name in adapter.linear_names:
                 weight = adapter.read_weight(block.get_submodule(name))
                 for pattern in ("unstructured", "2:4"):
-                    row = {"layer": f"{adapter.blocks_path}.{index}.{name}", "pattern": pattern}
+                    row: dict[str, Any] = {"layer": f"{adapter.blocks_path}.{index}.{name}", "pattern": pattern}
                     for label, fields in methods.items():
                         config = method_config({**fields, "pattern": pattern,
                                                 **({"sparsity": 0.5} if pattern == "unstructured" else {})})
@@ -189,7 +191,7 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
                         row[f"{label} seconds"] = time.perf_counter() - started
                     rows.append(row)
         with torch.no_grad():
-            hidden = [block(batch, *call.args, **call.kwargs) for batch, call in zip(hidden, calls[index], strict=True)]
+            hidden = [run_block(block, batch, call) for batch, call in zip(hidden, calls[index], strict=True)]
         if index >= max(ERROR_BLOCKS):
             break
     return rows

@@ -22,7 +22,7 @@ import torch.nn.functional as functional
 from torch import nn
 
 from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
-from pruning.engine import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
+from pruning.block_calls import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
 from pruning.model_access import InMemoryModel, ModelAccess
 
 EVALUATION_DTYPE = torch.float32

@@ -187,8 +187,8 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
     calibration = job_calibration(job, tokenizer, calibration)
     evaluation_data = [load_evaluation_data(item, tokenizer, job.cache_dir) for item in job.evaluation]
     del tokenizer
-    release_free_memory()
-    model = StreamedModel(model_dir, job.trust_remote_code)  # reads config.json and tensor headers, no weights  # the tokenizer and the texts are done with: hand their memory back before pruning
+    release_free_memory()  # the tokenizer and the texts are done with: hand their memory back before pruning
+    model = StreamedModel(model_dir, job.trust_remote_code)  # reads config.json and tensor headers, no weights
     timings["calibration_seconds"] = time.perf_counter() - started
 
     store = block_store(job.cache_dir / "blocks", job.model, model_digest, job.method, job.engine, calibration)

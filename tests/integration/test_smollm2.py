@@ -7,8 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pruning.architectures import adapter_for
+from pruning.block_calls import capture_block_inputs
 from pruning.config import PruneJob
-from pruning.engine import EngineOptions, capture_block_inputs, collect_input_statistics
+from pruning.engine import EngineOptions, collect_input_statistics
 from pruning.masks import NMPattern, satisfies_nm
 from pruning.methods import method_config, prune_layer
 from pruning.pipeline import fetch_model, run_prune_job

@@ -6,7 +6,8 @@ from tiny_models import FAMILY_CONFIGS, random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 from pruning.architectures import SUPPORTED_MODEL_TYPES, adapter_for, adapter_for_model_type, head_layout
-from pruning.engine import EngineOptions, capture_block_inputs, prune_model
+from pruning.block_calls import capture_block_inputs
+from pruning.engine import EngineOptions, prune_model
 from pruning.statistics import InputStatistics, reconstruction_error
 from pruning.wanda import WandaConfig
 
