@@ -344,9 +344,14 @@ class PruneEngine:
         return self.access.num_blocks
 
     def close(self) -> None:
-        """Remove this process's scratch files (finished blocks stay in the store)."""
+        """Drop the run's captured block arguments and activations and remove this process's scratch files
+        (finished blocks stay in the store)."""
+        if self._latest is not None:
+            self._latest[1].delete()
+        self._calls, self._latest = None, None
         if self.store is not None:
             self.store.close()
+        release_free_memory()
 
     def _activations_fit(self) -> bool:
         """Whether two activation sets (a block's inputs and outputs) fit in memory: on the GPU when it has room

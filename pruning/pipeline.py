@@ -35,6 +35,7 @@ from pruning.evaluate import PerplexityResult, perplexity
 from pruning.io import atomic_directory, code_digest, write_json
 from pruning.methods import MethodConfig, is_structured, needs_calibration
 from pruning.model_access import StreamedModel
+from pruning.model_card import CARD_FILE, model_card
 from pruning.reassemble import RECORD_FILE, software_versions, write_pruned_checkpoint
 from pruning.shrink import structured_layout
 from pruning.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
@@ -56,7 +57,7 @@ class EvaluationData:
 
 def fetch_model(model: str, cache_dir: Path) -> Path:
     """The model as a local safetensors directory (downloaded or converted once)."""
-    return resolve_model_dir(ModelSource.parse(model), cache_dir)
+    return resolve_model_dir(ModelSource.parse(model, allow_unpinned=True), cache_dir)  # checked by the caller
 
 
 def check_architecture(model_dir: Path, method: MethodConfig | None = None) -> None:
@@ -74,6 +75,16 @@ def check_job(job: PruneJob, model_dir: Path) -> None:
     check_architecture(model_dir, job.method)
     check_context_length(model_context_length(model_dir), job.calibration, job.evaluation)
     check_zero_shot(job.zero_shot)
+
+
+def check_jobs(jobs: list[PruneJob]) -> None:
+    """`check_job` for every job, each model fetched once: what `compress` and `sweep` run before their flow
+    starts, so that they refuse the same inputs as `prune`, with the same messages."""
+    model_dirs: dict[str, Path] = {}
+    for job in jobs:
+        if job.model not in model_dirs:
+            model_dirs[job.model] = fetch_model(job.model, job.cache_dir)
+        check_job(job, model_dirs[job.model])
 
 
 def check_calibration_matches(calibration: CalibrationSet, job: PruneJob) -> None:
@@ -203,6 +214,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
         engine = PruneEngine(model, job.method, job.engine.options(progress),
                              calibration.input_ids if calibration is not None else None, store)
         report = engine.run()
+        engine.close()  # its captured block arguments would otherwise sit beside the evaluation's own
         timings["prune_seconds"] = time.perf_counter() - started
 
         with atomic_directory(job.output_dir) as staging:
@@ -220,6 +232,7 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
                            "zero_shot": pruned_zero_shot, "dense_zero_shot": dense_zero_shot, "timings": timings})
             record["inputs"]["evaluation"] = [item.provenance for item in evaluation_data]
             write_json(staging / RECORD_FILE, record)
+            (staging / CARD_FILE).write_text(model_card(record))
     finally:
         store.close()
     return record

@@ -25,6 +25,11 @@ def test_more_calibration_tokens_than_the_corpus_holds_is_a_clear_error():
         sample_windows(torch.arange(1000), num_samples=11, seqlen=100, seed=0)
 
 
+def test_an_empty_corpus_is_named_as_the_source_not_the_sample_count():
+    with pytest.raises(ValueError, match=r"calibration.source: the text holds 0 tokens, not one window of 100"):
+        sample_windows(torch.arange(0), num_samples=4, seqlen=100, seed=0)
+
+
 def test_calibration_set_round_trips_with_its_manifest(tmp_path, tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     corpus = TextCorpus(["The quick brown fox jumps over the lazy dog. " * 40, "Pruning removes weights. " * 40],
@@ -63,6 +68,9 @@ def test_shared_wikitext_pages_load_from_a_save_to_disk_folder(shared_data, tmp_
     corpus = load_corpus(str(folder), "evaluation", tmp_path)
     assert len(corpus.documents) == 62
     assert corpus.documents[0].startswith(" = Robert Boulter = ")
+    import datasets
+
+    assert corpus.documents == datasets.load_from_disk(str(folder))["page"]  # read as datasets itself reads it
     assert corpus.provenance["field"] == "page"
 
 
