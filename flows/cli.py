@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ from pruning.config import (
 from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
+UNPINNED_HELP = "accept hf://<org>/<name> without @<revision> (its weights can change between runs)"
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -81,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_options.add_argument("--batch-size", type=int)
     job_options.add_argument("--skip-layer", action="append", metavar="PATTERN",
                        help="fnmatch pattern of linears to keep dense")
-    job_options.add_argument("--output", help="output directory for the pruned model")
+    job_options.add_argument("--output", help="output directory for the pruned model (a new or empty folder)")
+    job_options.add_argument("--allow-unpinned", action="store_true", help=UNPINNED_HELP)
+    job_options.add_argument("--trust-remote-code", action="store_true",
+                             help="run the model repository's own Python code (needed by a few custom models)")
+    job_options.add_argument("--overwrite", action="store_true",
+                             help="replace a non-empty --output; the old copy stays until the new one is complete")
     job_options.add_argument("--cache-dir", help=f"cache for fetched models and corpora (default {DEFAULT_CACHE_DIR})")
     commands.add_parser("prune", parents=[job_options], add_help=False,
                         help="prune a model layer by layer in this process and evaluate it")
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", help="also lm-eval zero-shot tasks, comma-separated (e.g. piqa,arc_easy)")
     evaluate.add_argument("--data-dir", type=Path, help="local copy of the task datasets (else the hub)")
     evaluate.add_argument("--limit", type=int, help="first N documents of each zero-shot task")
+    evaluate.add_argument("--allow-unpinned", action="store_true", help=UNPINNED_HELP)
 
     bench = commands.add_parser("bench", help="speed and memory of a dense model and its pruned forms (JSON)")
     bench.add_argument("--model", default=DEFAULT_MODEL, help="the dense model (source), measured first")
@@ -129,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="scheduled-sweep")
 
     interface = commands.add_parser("ui", help="start the MLflow UI (and, with --prefect, the Prefect server)")
-    interface.add_argument("--port", type=int, default=5000)
+    interface.add_argument("--port", type=_port, default=5000)
     interface.add_argument("--prefect", action="store_true", help="also start `prefect server` on 127.0.0.1:4200")
 
     stage = commands.add_parser("stage", help="one stage of the DVC pipeline (see dvc.yaml)")
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch (and convert) a model; print its local directory")
     fetch.add_argument("--model", default=DEFAULT_MODEL)
     fetch.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    fetch.add_argument("--allow-unpinned", action="store_true", help=UNPINNED_HELP)
     return parser
 
 
@@ -158,10 +167,18 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port; use 1-65535")
+    return port
+
+
 def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
     """Merge the YAML job file (if any) with the command-line options, then validate."""
-    fields: dict[str, Any] = yaml.safe_load(arguments.config.read_text()) if arguments.config else {}
-    fields = fields or {}
+    from flows.params import read_yaml_mapping
+
+    fields = read_yaml_mapping(arguments.config, "--config") if arguments.config else {}
     for dotted, value in [("model", arguments.model), ("method.method", arguments.method),
                           ("method.sparsity", arguments.sparsity), ("method.pattern", arguments.pattern),
                           ("calibration.source", arguments.calibration),
@@ -175,6 +192,12 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
         _set(fields, f"method.{key}", value)
     if arguments.eval_dense:
         fields["evaluate_dense"] = True
+    if fields.get("trust_remote_code") and not arguments.trust_remote_code:
+        raise ValueError("trust_remote_code: the job file turns on running the model's own Python code; confirm it "
+                         "with --trust-remote-code, or remove the setting")
+    for flag in ("overwrite", "allow_unpinned", "trust_remote_code"):
+        if getattr(arguments, flag):
+            fields[flag] = True
     for dotted, value in [("zero_shot.tasks", arguments.zero_shot), ("zero_shot.data_dir", arguments.zero_shot_data),
                           ("zero_shot.limit", arguments.zero_shot_limit)]:
         _set(fields, dotted, value)
@@ -208,11 +231,11 @@ def _stage(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _check_model_source(model: str) -> None:
+def _check_model_source(model: str, allow_unpinned: bool) -> None:
     from pruning.sources import ModelSource
 
     try:
-        ModelSource.parse(model)
+        ModelSource.parse(model, allow_unpinned)
     except ValueError as error:
         raise ValueError(f"model: {error}") from None
 
@@ -227,10 +250,11 @@ def _bench(arguments: argparse.Namespace) -> int:
     """Benchmark the dense model, then every pruned directory given (or found one level under a folder)."""
     from flows.params import BenchConfig
     from flows.stages import model_directories
-    from pruning.io import write_json
+    from pruning.io import check_output_path, write_json
     from pruning.pipeline import fetch_model
     from pruning.speed import benchmark_models
 
+    check_output_path(arguments.output, "--output", directory=False)
     devices = tuple(arguments.devices.split(","))
     unknown = [device for device in devices if device not in ("cpu", "cuda")]
     if unknown:
@@ -264,14 +288,16 @@ def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
 def _sweep(params_path: str) -> int:
     from flows.params import load_params
     from flows.sweep import sweep_with_task_runner
-    from flows.tracking import tracking_uri
+    from flows.tracking import redacted, tracking_uri
+    from pruning.pipeline import check_jobs
 
-    load_params(Path(params_path))  # every problem is reported before Prefect or a model starts
+    check_jobs(load_params(Path(params_path)).jobs())  # every problem is reported before Prefect or a model starts
     started = time.perf_counter()
     summaries = sweep_with_task_runner(params_path)
     print(results_table(summaries))
-    print(f"\n{len(summaries)} runs in {time.perf_counter() - started:.0f} s. MLflow: {tracking_uri(Path.cwd())} "
-          "(see them with `pruneflow ui`); pruned models under the params' paths.runs")
+    print(f"\n{len(summaries)} runs in {time.perf_counter() - started:.0f} s. "
+          f"MLflow: {redacted(tracking_uri(Path.cwd()))} (see them with `pruneflow ui`); "
+          "pruned models under the params' paths.runs")
     return 0
 
 
@@ -293,8 +319,10 @@ def _user_interfaces(port: int, with_prefect: bool) -> int:
 
     from flows.tracking import tracking_uri
 
+    # The store's URI (it may hold a password) goes to the child by environment, not on its command line.
+    environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri(Path.cwd())}
     processes = [subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                                   "--backend-store-uri", tracking_uri(Path.cwd()), "--workers", "1"])]
+                                   "--workers", "1"], env=environment)]
     print(f"MLflow UI: http://127.0.0.1:{port}")
     if with_prefect:
         processes.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start",
@@ -317,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if arguments.command in ("eval", "fetch"):
-            _check_model_source(arguments.model)
+            _check_model_source(arguments.model, arguments.allow_unpinned)
         if arguments.command == "prune":
             job = job_from_arguments(arguments)
             record = pipeline.run_prune_job(job)
@@ -331,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             from flows.compress import compress
             from tasks.artifacts import ArtifactStore
 
+            pipeline.check_jobs([job])
             summary = compress(job, ArtifactStore(root=Path(arguments.artifacts)))
             _print_perplexities("dense", summary["dense_perplexity"])
             _print_perplexities("pruned", summary["perplexity"])
@@ -362,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(arguments)
         elif arguments.command == "report":
             from flows.stages import report
+            from pruning.io import check_output_path
 
+            # a previous report (results.md) is replaced; a folder of anything else is refused
+            check_output_path(arguments.output, "--output", directory=True,
+                              overwrite=(arguments.output / "results.md").is_file())
             report(arguments.metrics, arguments.speed, arguments.output, arguments.mlflow_experiment)
             print(f"report in {arguments.output}")
         else:

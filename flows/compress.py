@@ -10,6 +10,7 @@ unfinished block. The same engine runs `pruneflow prune`.
 """
 
 
+import json
 import os
 import shutil
 import time
@@ -23,7 +24,9 @@ from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
 from pruning.io import atomic_directory
 from pruning.methods import needs_calibration
+from pruning.model_card import CARD_FILE, model_card
 from pruning.pipeline import check_job
+from pruning.reassemble import RECORD_FILE
 from pruning.zeroshot import zero_shot_fingerprint
 from tasks.artifacts import DEFAULT_STORE, ArtifactStore
 from tasks.calibrate import build_calibration
@@ -33,9 +36,10 @@ from tasks.prune import assemble, prune_block
 from tasks.records import BlockOutcome, EngineRun
 
 
-def export(directory: Path, output_dir: Path) -> None:
+def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
     """Put the pruned model from the artifact store at the job's output directory, atomically (files are
-    hard-linked where the file system allows, else copied)."""
+    hard-linked where the file system allows, else copied), with a model card that includes `results`
+    (the evaluation's fields of the run record)."""
 
     def link_or_copy(source: str, target: str) -> None:
         try:
@@ -45,6 +49,8 @@ def export(directory: Path, output_dir: Path) -> None:
 
     with atomic_directory(output_dir) as staging:
         shutil.copytree(directory, staging, dirs_exist_ok=True, copy_function=link_or_copy)
+        record = json.loads((directory / RECORD_FILE).read_text())
+        (staging / CARD_FILE).write_text(model_card({**record, **results}))
 
 
 @flow(name="compress", log_prints=True)
@@ -83,7 +89,8 @@ def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, A
             dense_zero_shot = evaluate_zero_shot(model.path, model.digest, job.zero_shot, data, device, store)
     seconds["evaluate"] = time.perf_counter() - started
 
-    export(Path(pruned.path), job.output_dir)
+    export(Path(pruned.path), job.output_dir, {"perplexity": results, "dense_perplexity": dense,
+                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot})
     return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,
             "model": job.model, "output_dir": str(job.output_dir), "artifact": pruned.path,
             "record_sha256": pruned.record.sha256, "perplexity": results, "dense_perplexity": dense,

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob, ZeroShotConfig
+from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, is_structured
 from pruning.sources import ModelSource
 from pruning.speed import SpeedSettings
@@ -49,6 +50,15 @@ class PruneGrid(_Strict):
             raise ValueError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
         return methods
 
+    @field_validator("options")
+    @classmethod
+    def _options_name_known_methods(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = [method for method in options if method not in METHOD_MODULES]
+        if unknown:
+            raise ValueError(f"options for unknown method {', '.join(unknown)} (misspelled?); "
+                             f"available: {', '.join(METHOD_MODULES)}")
+        return options
+
     @field_validator("sparsity")
     @classmethod
     def _sparsities_are_fractions(cls, sparsity: float | tuple[float, ...]) -> float | tuple[float, ...]:
@@ -67,18 +77,29 @@ class ModelEntry(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: str
+    allow_unpinned: bool = False
 
-    @field_validator("source")
-    @classmethod
-    def _source_is_valid(cls, source: str) -> str:
-        ModelSource.parse(source)
-        return source
+    @model_validator(mode="after")
+    def _source_is_valid(self) -> ModelEntry:
+        try:
+            ModelSource.parse(self.source, self.allow_unpinned)
+        except ValueError as error:
+            raise ValueError(f"source: {error}") from None
+        return self
 
 
 class PathsConfig(_Strict):
+    """Folders the sweep owns: its run folders under `runs` are replaced by each sweep."""
+
     runs: Path = Path("runs")
     cache: Path = Path(".pruneflow/cache")
     artifacts: Path = Path(".pruneflow/artifacts")
+
+    @field_validator("runs", "cache", "artifacts")
+    @classmethod
+    def _writable(cls, folder: Path) -> Path:
+        check_output_path(folder, "", directory=True, overwrite=True)
+        return folder
 
 
 class TrackingConfig(_Strict):
@@ -132,6 +153,16 @@ class SweepParams(_Strict):
     dask: DaskConfig = DaskConfig()
     bench: BenchConfig = BenchConfig()
 
+    @field_validator("models")
+    @classmethod
+    def _model_names_are_unique(cls, models: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+        names = [model.name for model in models]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"model name {', '.join(repeated)} appears more than once; names choose the output "
+                             "folders, so give each model its own")
+        return models
+
     def jobs(self) -> list[PruneJob]:
         """Every model x method x (pattern, sparsity) combination as a validated job."""
         return [job for model in self.models for method in self.prune.methods
@@ -145,9 +176,10 @@ class SweepParams(_Strict):
                 method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
                                  **({"sparsity": sparsity} if sparsity is not None else {})}
                 jobs.append(PruneJob.model_validate({
-                    "model": model.source, "method": method_fields, "calibration": self.calibration,
+                    "model": model.source, "allow_unpinned": model.allow_unpinned,
+                    "method": method_fields, "calibration": self.calibration,
                     "evaluation": self.evaluation, "zero_shot": self.zero_shot, "engine": self.engine,
-                    "cache_dir": self.paths.cache,
+                    "cache_dir": self.paths.cache, "overwrite": True,  # the sweep owns its run folders
                     "output_dir": output_root / combination_slug(method_fields)}))
         return jobs
 
@@ -158,11 +190,23 @@ def combination_slug(method_fields: dict[str, Any]) -> str:
     return f"{method_fields['method']}-{pattern}" + (f"-{sparsity:g}" if sparsity is not None else "")
 
 
+def read_yaml_mapping(path: Path, field: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing file, bad YAML or another type is a user error naming `field`."""
+    if not path.is_file():
+        raise ValueError(f"{field}: '{path}' does not exist or is not a file")
+    try:
+        fields = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{field}: '{path}' is not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(fields, dict | None):
+        raise ValueError(f"{field}: '{path}' must hold a mapping of fields (key: value), not a "
+                         f"{type(fields).__name__}")
+    return fields or {}
+
+
 def load_params(path: Path) -> SweepParams:
     """Read and validate a params file; raises ValidationError (one entry per problem) or ValueError."""
-    if not path.is_file():
-        raise ValueError(f"params: '{path}' does not exist")
-    fields = yaml.safe_load(path.read_text()) or {}
+    fields = read_yaml_mapping(path, "params")
     params = SweepParams.model_validate(fields)
     params.jobs()
     return params

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pruning import __version__
 from pruning.config import PruneJob
@@ -29,6 +30,15 @@ DEFAULT_DATABASE = "mlruns.db"
 
 def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_root / DEFAULT_DATABASE).resolve()}"
+
+
+def redacted(uri: str) -> str:
+    """The URI as it may be printed: a password in it replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def metric_key(text: str) -> str:

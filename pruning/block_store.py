@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pruning.activations import ActivationSet
-from pruning.io import atomic_path, write_json
+from pruning.io import atomic_path, process_is_alive, write_json
 from pruning.statistics import SparseLowRank
 
 RECORD_FILE = "block.json"
@@ -66,13 +66,8 @@ class BlockStore:
     def _remove_stale_scratch(self) -> None:
         """Scratch folders of processes that no longer run (killed ones) are removed."""
         for folder in self.directory.glob("scratch-*"):
-            pid = int(folder.name.split("-")[1])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not process_is_alive(int(folder.name.split("-")[1])):
                 shutil.rmtree(folder, ignore_errors=True)
-            except PermissionError:
-                continue
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)

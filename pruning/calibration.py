@@ -44,6 +44,9 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
 def sample_windows(tokens: torch.Tensor, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
     """N distinct non-overlapping windows of L tokens, in a seeded random order."""
     slots = tokens.numel() // seqlen
+    if slots == 0:
+        raise ValueError(f"calibration.source: the text holds {tokens.numel()} tokens, not one window of {seqlen}; "
+                         "give a corpus with text in it (is the file empty, or its text_field wrong?)")
     if num_samples > slots:
         raise ValueError(f"calibration.num_samples: {num_samples} windows of {seqlen} tokens need "
                          f"{num_samples * seqlen} tokens but the corpus holds {tokens.numel()}; "

@@ -19,6 +19,7 @@ from pydantic import (
 
 from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
+from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, MethodConfig
 from pruning.sources import ModelSource
 from pruning.zeroshot import check_local_tasks
@@ -142,19 +143,22 @@ class PruneJob(_Strict):
     cache_dir: Path = DEFAULT_CACHE_DIR
     evaluate_dense: bool = False
     trust_remote_code: bool = False
+    allow_unpinned: bool = Field(False, description="accept a hub model id without @<revision>")
+    overwrite: bool = Field(False, description="replace a non-empty output_dir (atomically, once the new one is "
+                                               "complete)")
 
-    @field_validator("model")
-    @classmethod
-    def _model_source_is_valid(cls, model: str) -> str:
-        ModelSource.parse(model)
-        return model
+    @model_validator(mode="after")
+    def _model_source_is_valid(self) -> PruneJob:
+        try:
+            ModelSource.parse(self.model, self.allow_unpinned)
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
+        return self
 
-    @field_validator("output_dir")
-    @classmethod
-    def _output_is_not_a_file(cls, output_dir: Path) -> Path:
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ValueError(f"'{output_dir}' exists and is a file; give a directory path")
-        return output_dir
+    @model_validator(mode="after")
+    def _output_is_writable_and_safe(self) -> PruneJob:
+        check_output_path(self.output_dir, "output_dir", directory=True, overwrite=self.overwrite)
+        return self
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:

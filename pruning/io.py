@@ -7,7 +7,9 @@ interrupted or failed run never leaves a half-written file or directory behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -43,25 +45,74 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _staging_prefix(final_path: Path, kind: str) -> str:
+    return f".{final_path.name}.{kind}-{os.getpid()}-"
+
+
+def remove_stale_staging(final_path: Path) -> list[Path]:
+    """Remove the staging folders and files (`.<name>.partial-<pid>-*`, `.<name>.old-<pid>-*`) that a killed
+    process left next to `final_path`; return what was removed. Those of live processes are left alone."""
+    removed = []
+    for kind in ("partial", "old"):
+        for path in Path(final_path).parent.glob(f".{glob.escape(Path(final_path).name)}.{kind}-*"):
+            pid = path.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not process_is_alive(int(pid)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    return renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final_path: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `final_path`; rename it into place on success.
+    """Yield a temporary directory next to `final_path`; put it in place on success.
 
-    An existing `final_path` is replaced only after the new content is complete.
-    On any exception the temporary directory is removed and `final_path` is left untouched.
+    An existing `final_path` is swapped with the new content in one atomic step (where the filesystem allows;
+    else two renames), so at every instant one complete copy is at `final_path`. On any exception the temporary
+    directory is removed and `final_path` is left untouched. Staging folders that killed processes left are
+    removed first.
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent))
+    remove_stale_staging(final_path)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(final_path, "partial"), dir=final_path.parent))
     try:
         yield staging
-        if final_path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.old-", dir=final_path.parent))
+        if not final_path.exists():
+            os.replace(staging, final_path)
+        elif _exchange(staging, final_path):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the old copy
+        else:
+            retired = Path(tempfile.mkdtemp(prefix=_staging_prefix(final_path, "old"), dir=final_path.parent))
             os.replace(final_path, retired / "content")
             os.replace(staging, final_path)
             shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, final_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -72,7 +123,8 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final_path` for a writer to fill; rename it into place on success."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent)
+    remove_stale_staging(final_path)
+    descriptor, staging = tempfile.mkstemp(prefix=_staging_prefix(final_path, "partial"), dir=final_path.parent)
     os.close(descriptor)
     try:
         yield Path(staging)
@@ -95,3 +147,34 @@ def write_json(path: Path, payload: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+
+
+def check_output_path(path: Path, field: str, directory: bool, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written or would destroy something.
+
+    `directory`: the output is a folder (a model, a report) that must not already hold files unless `overwrite`;
+    else a file, which may be replaced but must not be a folder. The nearest existing ancestor must be a writable
+    folder. Raises ValueError naming `field` (no name where the caller's validation adds it).
+    """
+    prefix = f"{field}: " if field else ""
+    if str(path).strip() == "":
+        raise ValueError(f"{prefix}empty path; give the {'folder' if directory else 'file'} to write")
+    path = Path(path).expanduser()
+    resolved = path.resolve()
+    if directory and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents):
+        raise ValueError(f"{prefix}'{path}' is the working folder or one of its parents; give a new folder")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ValueError(f"{prefix}'{path}' exists and is a file; give a folder path")
+        if not directory and path.is_dir():
+            raise ValueError(f"{prefix}'{path}' is a folder; give a file path (e.g. {path / 'result.json'})")
+        if directory and not overwrite and any(path.iterdir()):
+            raise ValueError(f"{prefix}'{path}' exists and is not empty; choose a new folder, or pass --overwrite "
+                             "to replace it (the old copy stays until the new one is complete)")
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{prefix}'{path}' cannot be created: '{ancestor}' is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{prefix}'{path}' cannot be created: no write permission in '{ancestor}'")

@@ -39,12 +39,17 @@ class ModelSource:
     kind: SourceKind
 
     @classmethod
-    def parse(cls, spec: str) -> ModelSource:
-        """Classify `spec` and check what can be checked without loading anything."""
+    def parse(cls, spec: str, allow_unpinned: bool = False) -> ModelSource:
+        """Classify `spec` and check what can be checked without loading anything. A hub id must name its
+        revision (a commit or tag) unless `allow_unpinned`: an unpinned id gives different weights over time."""
         if spec.startswith(HUB_PREFIX):
             repo_id = spec[len(HUB_PREFIX):].split("@")[0]
             if repo_id.count("/") != 1:
                 raise ValueError(f"hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
+            if "@" not in spec and not allow_unpinned:
+                raise ValueError(f"hub source '{spec}' names no revision, so its weights can change between runs; "
+                                 f"pin one ({spec}@<commit or tag>) or allow it with allow_unpinned: true "
+                                 "(--allow-unpinned)")
             return cls(spec, "hub")
         if is_package_asset(spec):
             asset = PackageAsset.parse(spec)
@@ -99,7 +104,7 @@ def _download_from_hub(spec: str) -> Path:
 
     repo_id, _, revision = spec[len(HUB_PREFIX):].partition("@")
     local = snapshot_download(repo_id=repo_id, revision=revision or None,
-                              allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+                              allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
     directory = Path(local)
     check_safetensors_checkpoint(directory)
     return directory

@@ -114,6 +114,12 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert record["zero_shot"]["tasks"]["rte"]["documents"] == 5 and record["dense_zero_shot"]["settings"]["limit"] == 5
     layers = record["engine"]["layers"]
     assert len(layers) == 14 and all(layer["sparsity"] == pytest.approx(0.5) for layer in layers)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(output / "README.md")  # the hub library's own parser of the card format
+    assert card.data.library_name == "transformers" and {"pruneflow", "sparsegpt", "2:4"} <= set(card.data.tags)
+    assert "pruned with sparsegpt" in card.text and record["perplexity"][0]["protocol"] in card.text
+    assert record["inputs"]["calibration"]["windows_sha256"] in card.text and "| rte |" in card.text
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     weight = reloaded.model.layers[1].mlp.down_proj.weight
     assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=2) <= 2).all()
@@ -163,3 +169,70 @@ def test_yaml_job_file_is_accepted_and_overridden_by_options(tiny_checkpoint, co
     assert status == 0
     record = json.loads((output / "pruneflow.json").read_text())
     assert record["method"] == "magnitude" and record["target_sparsity"] == 0.6
+
+
+def test_a_non_empty_output_is_kept_unless_overwrite_is_given(tiny_checkpoint, corpus_file, tmp_path, capsys,
+                                                             monkeypatch):
+    import pruning.pipeline as pipeline
+
+    output = tmp_path / "keep"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    arguments = base_arguments(tiny_checkpoint, corpus_file, output) + ["--method", "magnitude", "--sparsity", "0.5"]
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline, "StreamedModel", None)  # refused before any model is opened
+        status, _, error = run_cli(arguments, capsys)
+    assert status == 2
+    assert "output_dir: " in error and "exists and is not empty" in error and "--overwrite" in error
+    assert [path.name for path in output.iterdir()] == ["notes.txt"]
+
+    status, _, _ = run_cli(arguments + ["--overwrite"], capsys)
+    assert status == 0
+    assert (output / "pruneflow.json").is_file() and not (output / "notes.txt").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "keep"]
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://bob:s3cret@db.example:5432/mlflow", "postgresql://bob:***@db.example:5432/mlflow"),
+    ("http://bob@tracker:5000", "http://bob@tracker:5000"),
+    ("sqlite:////work/mlruns.db", "sqlite:////work/mlruns.db"),
+])
+def test_a_password_in_the_tracking_uri_is_never_shown(uri, shown):
+    from flows.tracking import redacted
+
+    assert redacted(uri) == shown
+
+
+def test_remote_code_from_a_job_file_needs_the_flag(tiny_checkpoint, corpus_file, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("trust_remote_code: true\nmethod: {method: magnitude, sparsity: 0.5}\n")
+    status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, tmp_path / "out") +
+                               ["--config", str(job)], capsys)
+    assert status == 2
+    assert "trust_remote_code: the job file turns on running the model's own Python code" in error
+    assert "--trust-remote-code" in error and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--config: '{path}' does not exist or is not a file"),
+    ("method: [unclosed", "--config: '{path}' is not valid YAML"),
+    ("- a\n- b\n", "--config: '{path}' must hold a mapping of fields (key: value), not a list"),
+])
+def test_a_bad_job_file_is_one_error_line(content, message, tiny_checkpoint, corpus_file, tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    if content is not None:
+        path.write_text(content)
+    status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, tmp_path / "out") +
+                               ["--config", str(path)], capsys)
+    assert status == 2
+    assert "pruneflow: error: " + message.format(path=path) in error
+    assert "Traceback" not in error
+
+
+def test_report_without_metrics_and_ui_on_a_bad_port_are_refused(tmp_path, capsys):
+    status, _, error = run_cli(["report", "--metrics", str(tmp_path / "none"), "--output", str(tmp_path / "r")],
+                               capsys)
+    assert status == 2 and "--metrics: " in error and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", "--port", "99999"])
+    assert exited.value.code == 2 and "99999 is not a TCP port" in capsys.readouterr().err

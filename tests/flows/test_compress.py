@@ -69,6 +69,8 @@ def test_second_identical_run_computes_nothing_and_changed_text_recomputes(tmp_p
     assert file_times(tmp_path / "artifacts") == written, "an identical run wrote to the artifact store"
     record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())
     assert record["engine"]["forward_seconds"] > 0 and record["threads"] == torch.get_num_threads()
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    assert card.startswith("---\n") and first["perplexity"][0]["protocol"] in card  # the flow's evaluation too
 
     shutil.copytree(tmp_path / "pruned", tmp_path / "first-pruned")
     shutil.rmtree(tmp_path / "artifacts")
@@ -78,7 +80,7 @@ def test_second_identical_run_computes_nothing_and_changed_text_recomputes(tmp_p
 
     changed = tmp_path / "changed.txt"
     changed.write_text(corpus.read_text().replace("network", "model"))
-    third = compress(make_job(checkpoint, changed, tmp_path), store)
+    third = compress(make_job(checkpoint, changed, tmp_path, overwrite=True), store)
     assert third["blocks_computed"] == 2
 
 

@@ -81,8 +81,9 @@ def test_an_edit_to_a_solver_recomputes_the_blocks_instead_of_serving_the_cache(
         shutil.copytree(REPO / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
     environment = {**os.environ, "PYTHONPATH": str(code)}
 
-    def blocks_computed() -> int:
-        completed = subprocess.run(prune_command(checkpoint, corpus, tmp_path), env=environment, cwd=tmp_path,
+    def blocks_computed() -> int:  # each run replaces the previous one's output
+        completed = subprocess.run([*prune_command(checkpoint, corpus, tmp_path), "--overwrite"], env=environment,
+                                   cwd=tmp_path,
                                    capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, completed.stderr[-2000:]
         record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())

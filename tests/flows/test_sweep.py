@@ -105,6 +105,12 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
 
     assert sorted(model["name"] for model in registered) == ["tiny-sparsegpt-unstructured-0.5",
                                                               "tiny-wanda-unstructured-0.5"]
+    # Registered as code plus the HF directory: nothing pickled, and it loads and predicts.
+    import mlflow.pyfunc
+
+    assert not list((directory / "mlruns").rglob("*.pkl"))
+    completions = mlflow.pyfunc.load_model("models:/tiny-wanda-unstructured-0.5/1").predict(["Pruning removes"])
+    assert len(completions) == 1 and isinstance(completions[0], str)
 
     def tags(run):
         return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
@@ -143,6 +149,10 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
     ({"prune": {"methods": ["wanda"], "sparsity": -0.2}}, "prune.sparsity: sparsity -0.2 is outside [0, 1)"),
     ({"models": []}, "models: Tuple should have at least 1 item"),
     ({"evaluation": [{"dataset": "/no/such/file.jsonl"}]}, "evaluation.0.dataset: '/no/such/file.jsonl'"),
+    ({"prune": {"methods": ["sparsegpt"], "options": {"sparsgpt": {"blocksize": 64}}}},
+     "prune.options: Value error, options for unknown method sparsgpt (misspelled?)"),
+    ({"models": [{"name": "a", "source": "hf://org/model"}]}, "models.0: source: hub source 'hf://org/model' names no"),
+    ({"paths": {"runs": "params.yaml/runs"}}, "paths.runs: 'params.yaml/runs' cannot be created: "),
 ])
 def test_bad_params_fail_before_any_model_load_with_one_line_per_problem(project, capsys, change, message):
     directory, params = project
@@ -151,6 +161,21 @@ def test_bad_params_fail_before_any_model_load_with_one_line_per_problem(project
     assert status == 2
     assert message in error
     assert not (directory / "runs").exists() and not (directory / "cache").exists()
+
+
+def test_a_window_longer_than_the_models_context_is_refused_before_the_flow(project, capsys):
+    directory, params = project
+    longer = {**params, "calibration": {**params["calibration"], "seqlen": 1000}}
+    assert main(["sweep", "--params", str(write_params(directory, longer))]) == 2
+    assert "calibration.seqlen: 1000 exceeds the model's context of 256 tokens" in capsys.readouterr().err
+    assert not (directory / "runs").exists()
+
+
+def test_two_models_of_the_same_name_are_refused(project, capsys):
+    directory, params = project
+    twice = {**params, "models": params["models"] * 2}
+    assert main(["sweep", "--params", str(write_params(directory, twice))]) == 2
+    assert "models: Value error, model name tiny appears more than once" in capsys.readouterr().err
 
 
 def test_several_params_problems_are_listed_together(project, capsys):

