@@ -26,7 +26,7 @@ from pruning.block_calls import BlockCall, blocks_replaced, capture_block_inputs
 from pruning.model_access import InMemoryModel, ModelAccess
 
 EVALUATION_DTYPE = torch.float32
-HEAD_CHUNK_ELEMENTS = 1 << 23  # logits per head chunk: 32 MB in fp32
+HEAD_CHUNK_ELEMENTS = 1 << 21  # logits per head chunk: 8 MB in fp32 (and as much again for the log-softmax)
 
 
 @dataclass
