@@ -58,7 +58,7 @@ def assert_same_tensors(first: Path, second: Path) -> None:
 def test_second_identical_run_computes_nothing_and_changed_text_recomputes(tmp_path, corpus, tiny_tokenizer_dir):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     store = ArtifactStore(root=tmp_path / "artifacts")
-    job = make_job(checkpoint, corpus, tmp_path)
+    job = make_job(checkpoint, corpus, tmp_path, overwrite=True)  # each run replaces the last one's output
 
     first = compress(job, store)
     assert (first["blocks_computed"], first["blocks_reused"]) == (2, 0)
