@@ -1,9 +1,9 @@
 """Benchmark: the streamed engine's memory on random Llama checkpoints written to disk, as `pruneflow prune` runs.
 
   depth    hidden 1024, MLP 4096, 8 heads, at 8, 16, 32 and 64 blocks (0.6 to 4.5 GB in fp32): the peak RSS of
-           `pruneflow prune` (SparseGPT 50%, evaluation included) at each depth; flat means the 64-block peak is
-           at most 1.15x the 8-block one.                         -> bench/results/engine_scale_depth.json
-  limited  hidden 2048, MLP 5632, 16 heads, 12 blocks (~2.9 GB in fp32), pruned (SparseGPT 50%) and evaluated
+           `pruneflow prune` (Wanda 50% by default, --method; evaluation included) at each depth; flat means the
+           64-block peak is at most 1.15x the 8-block one.        -> bench/results/engine_scale_depth.json
+  limited  hidden 1024, MLP 4096, 8 heads, 40 blocks (~2.9 GB in fp32), pruned (SparseGPT 50%) and evaluated
            without a limit, then inside a 1.5 GB kernel memory limit, where the run is killed with SIGKILL after
            its fourth block and run again to the end; both results must be bit-identical.
                                                                   -> bench/results/engine_scale_limited.json
@@ -21,6 +21,7 @@ tokenizer is SmolLM2's (vocabulary 49,152); weights are random (normal, std 0.02
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -81,9 +82,9 @@ def write_random_llama(directory: Path, blocks: int, hidden: int, intermediate: 
     return sum(path.stat().st_size for path in directory.glob("*.safetensors"))
 
 
-def job_file(model: Path, output: Path, cache: Path, path: Path) -> Path:
+def job_file(model: Path, output: Path, cache: Path, path: Path, method: str = "sparsegpt") -> Path:
     path.write_text(yaml.safe_dump({
-        "model": str(model), "method": {"method": "sparsegpt", "sparsity": 0.5},
+        "model": str(model), "method": {"method": method, "sparsity": 0.5},
         "calibration": {"source": str(DATA / "validation"), "num_samples": 16, "seqlen": 256},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": 256, "max_windows": 8}],
         "engine": {"device": "cpu"}, "output_dir": str(output), "cache_dir": str(cache)}))
@@ -121,14 +122,15 @@ def run(command: list[str], group: Path | None = None, kill_after_blocks: int | 
     with `kill_after_blocks`, SIGKILL it once that many blocks are finished in `blocks_root`."""
     wrapper = [sys.executable, __file__, "wrap", "--", *command]
     if group is not None:
-        wrapper[3:3] = ["--cgroup", str(group)]
+        wrapper[2:2] = ["--cgroup", str(group)]  # before the positionals: argparse binds them in one go
     started = time.perf_counter()
     process = subprocess.Popen(wrapper, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     if kill_after_blocks is not None and blocks_root is not None:
         while process.poll() is None and len(list(blocks_root.glob("*/block-*/block.json"))) < kill_after_blocks:
             time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended on its own (then its status says how)
+            os.killpg(process.pid, signal.SIGKILL)
     stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
     lines = stdout.strip().splitlines()
@@ -168,7 +170,8 @@ def depth(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
         size = write_random_llama(arguments.work / f"llama-1024x4096-{blocks}", blocks, 1024, 4096, 8, tokenizer_dir)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        job = job_file(arguments.work / f"llama-1024x4096-{blocks}", work / "pruned", work / "cache", work / "job.yaml")
+        job = job_file(arguments.work / f"llama-1024x4096-{blocks}", work / "pruned", work / "cache", work / "job.yaml",
+                       arguments.method)
         measured = run(prune_command(job))
         record = json.loads((work / "pruned" / "pruneflow.json").read_text())
         rows.append({"blocks": blocks, "checkpoint_bytes": size, "peak_rss_mb": measured["peak_rss_mb"],
@@ -179,7 +182,8 @@ def depth(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
     first, last = rows[0], rows[-1]
     write_json(RESULTS / "engine_scale_depth.json", {
         "model": "random Llama, hidden 1024, MLP 4096, 8 heads, SmolLM2 tokenizer (vocab 49152), fp32",
-        "job": "pruneflow prune: sparsegpt 50%, calibration 16x256 (WikiText-2 validation), evaluation 8x256",
+        "job": f"pruneflow prune: {arguments.method} 50%, calibration 16x256 (WikiText-2 validation), "
+               "evaluation 8x256",
         "rows": rows, "peak_ratio_last_to_first": last["peak_rss_mb"] / first["peak_rss_mb"],
         "checkpoint_ratio_last_to_first": last["checkpoint_bytes"] / first["checkpoint_bytes"]})
 
@@ -187,14 +191,19 @@ def depth(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
 def limited(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
     from pruning.io import write_json
 
-    model = arguments.work / "llama-2048x5632-12"
-    size = write_random_llama(model, 12, 2048, 5632, 16, tokenizer_dir)
-    results: dict[str, Any] = {"model": "random Llama, hidden 2048, MLP 5632, 16 heads, 12 blocks, SmolLM2 tokenizer "
+    model = arguments.work / "llama-1024x4096-40"
+    size = write_random_llama(model, 40, 1024, 4096, 8, tokenizer_dir)
+    results: dict[str, Any] = {"model": "random Llama, hidden 1024, MLP 4096, 8 heads, 40 blocks, SmolLM2 tokenizer "
                                "(vocab 49152, tied), fp32", "checkpoint_bytes": size, "limit_bytes": LIMIT_BYTES}
     free = arguments.work / "unlimited"
-    shutil.rmtree(free, ignore_errors=True)
-    free.mkdir(parents=True)
-    results["unlimited"] = run(prune_command(job_file(model, free / "pruned", free / "cache", free / "job.yaml")))
+    measured = free / "measured.json"  # the unlimited run is kept: a rerun measures only the limited one
+    if measured.is_file() and (free / "pruned" / "pruneflow.json").is_file():
+        results["unlimited"] = json.loads(measured.read_text())
+    else:
+        shutil.rmtree(free, ignore_errors=True)
+        free.mkdir(parents=True)
+        results["unlimited"] = run(prune_command(job_file(model, free / "pruned", free / "cache", free / "job.yaml")))
+        write_json(measured, results["unlimited"])
     print(json.dumps(results["unlimited"]), flush=True)
 
     boxed = arguments.work / "limited"
@@ -227,6 +236,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["depth", "limited", "wrap"])
     parser.add_argument("--depths", type=lambda text: [int(item) for item in text.split(",")], default=[8, 16, 32, 64])
+    parser.add_argument("--method", default="wanda", help="depth: the method (default wanda: the same activations "
+                        "and streaming as SparseGPT, without its minutes of solves per 64-block run)")
     parser.add_argument("--work", type=Path, default=REPO / ".pruneflow" / "bench-scale")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".pruneflow" / "cache")
     parser.add_argument("--cgroup", help="internal (wrap): the cgroup to join")
