@@ -42,6 +42,7 @@ def job(checkpoint, corpus, directory, method, **engine):
         "model": str(checkpoint), "method": method, "calibration": {"source": str(corpus), "num_samples": 8,
                                                                    "seqlen": 32},
         "evaluation": [], "output_dir": str(directory / "pruned"), "cache_dir": str(directory / "cache"),
+        "overwrite": True,  # a test's jobs share one output folder, each replacing the last
         "engine": {"device": "cpu", "forward_dtype": "float32", "batch_size": 4, **engine}})
 
 
