@@ -231,15 +231,6 @@ def _stage(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _check_model_source(model: str, allow_unpinned: bool) -> None:
-    from pruning.sources import ModelSource
-
-    try:
-        ModelSource.parse(model, allow_unpinned)
-    except ValueError as error:
-        raise ValueError(f"model: {error}") from None
-
-
 def _fail(lines: list[str]) -> int:
     for line in lines:
         print(f"pruneflow: error: {line}", file=sys.stderr)
@@ -345,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if arguments.command in ("eval", "fetch"):
-            _check_model_source(arguments.model, arguments.allow_unpinned)
+            from pruning.sources import check_model_source
+
+            check_model_source(arguments.model, "model", arguments.allow_unpinned)
         if arguments.command == "prune":
             job = job_from_arguments(arguments)
             record = pipeline.run_prune_job(job)

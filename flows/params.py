@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, is_structured
-from pruning.sources import ModelSource
+from pruning.sources import check_model_source
 from pruning.speed import SpeedSettings
 
 
@@ -81,10 +81,7 @@ class ModelEntry(_Strict):
 
     @model_validator(mode="after")
     def _source_is_valid(self) -> ModelEntry:
-        try:
-            ModelSource.parse(self.source, self.allow_unpinned)
-        except ValueError as error:
-            raise ValueError(f"source: {error}") from None
+        check_model_source(self.source, "source", self.allow_unpinned)
         return self
 
 

