@@ -21,16 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from flows.environment import configure_environment
+from flows.interrupts import (
+    Stopped,
+    ignore_stop_signals,
+    needs_supervisor,
+    raise_if_stopped,
+    run_supervised,
+    stop_signals_raise,
+)
 from pruning.config import (
     DEFAULT_CACHE_DIR,
     DEFAULT_MODEL,
@@ -39,6 +46,7 @@ from pruning.config import (
     ZeroShotConfig,
     describe_validation_error,
 )
+from pruning.errors import ConfigError
 from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
@@ -52,8 +60,15 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one `pruneflow: error:` line (no usage block), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"pruneflow: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pruneflow", description="One-shot pruning of transformer models.")
+    parser = _Parser(prog="pruneflow", description="One-shot pruning of transformer models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     job_options = argparse.ArgumentParser(add_help=False)
@@ -193,7 +208,7 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
     if arguments.eval_dense:
         fields["evaluate_dense"] = True
     if fields.get("trust_remote_code") and not arguments.trust_remote_code:
-        raise ValueError("trust_remote_code: the job file turns on running the model's own Python code; confirm it "
+        raise ConfigError("trust_remote_code: the job file turns on running the model's own Python code; confirm it "
                          "with --trust-remote-code, or remove the setting")
     for flag in ("overwrite", "allow_unpinned", "trust_remote_code"):
         if getattr(arguments, flag):
@@ -231,8 +246,8 @@ def _stage(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _fail(lines: list[str]) -> int:
-    for line in lines:
+def _fail(problems: list[str]) -> int:
+    for line in (line for problem in problems for line in problem.splitlines()):
         print(f"pruneflow: error: {line}", file=sys.stderr)
     return USAGE_ERROR
 
@@ -249,13 +264,13 @@ def _bench(arguments: argparse.Namespace) -> int:
     devices = tuple(arguments.devices.split(","))
     unknown = [device for device in devices if device not in ("cpu", "cuda")]
     if unknown:
-        raise ValueError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
+        raise ConfigError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
     config = BenchConfig(devices=devices, min_run_time=arguments.min_run_time, max_run_time=arguments.max_run_time)
     pruned = []
     for path in arguments.pruned:
         found = model_directories(path)
         if not found:
-            raise ValueError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
+            raise ConfigError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
         pruned += found
     directories = [fetch_model(arguments.model, Path(arguments.cache_dir)), *pruned]
     write_json(arguments.output, benchmark_models(directories, config.settings(), config.devices))
@@ -329,76 +344,93 @@ def _user_interfaces(port: int, with_prefect: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    arguments = build_parser().parse_args(argv)
+    """Run one command in this process; a user error is one line and status 2, a stop signal 130 or 143."""
+    try:
+        with stop_signals_raise():
+            status = _run_command(build_parser().parse_args(argv))
+            raise_if_stopped()
+            return status
+    except ValidationError as error:
+        return _fail(describe_validation_error(error))
+    except ConfigError as error:  # a user's mistake; anything else is ours and keeps its traceback
+        return _fail([str(error)])
+    except Stopped as stop:
+        print("pruneflow: stopped; finished blocks stay in the cache, so the same command resumes", file=sys.stderr)
+        return stop.exit_status
+
+
+def entry_point() -> None:
+    """The `pruneflow` command: `compress` and `sweep` run in a supervised child (see flows/interrupts.py)."""
+    argv = sys.argv[1:]
+    status = run_supervised(argv) if needs_supervisor(argv) else main(argv)
+    ignore_stop_signals()
+    raise SystemExit(status)
+
+
+def _run_command(arguments: argparse.Namespace) -> int:
     configure_environment()
     from pruning import pipeline  # heavy imports only after the arguments parse
 
-    try:
-        if arguments.command in ("eval", "fetch"):
-            from pruning.sources import check_model_source
+    if arguments.command in ("eval", "fetch"):
+        from pruning.sources import check_model_source
 
-            check_model_source(arguments.model, "model", arguments.allow_unpinned)
-        if arguments.command == "prune":
-            job = job_from_arguments(arguments)
-            record = pipeline.run_prune_job(job)
-            _print_perplexities("dense", record["dense_perplexity"])
-            _print_perplexities("pruned", record["perplexity"])
-            print(f"sparsity {record['decoder_linear_sparsity']:.4f} over decoder linears; "
-                  f"prune {record['timings']['prune_seconds']:.1f} s; saved to {job.output_dir}")
-            _print_factored(job.output_dir)
-        elif arguments.command == "compress":
-            job = job_from_arguments(arguments)
-            from flows.compress import compress
-            from tasks.artifacts import ArtifactStore
+        check_model_source(arguments.model, "model", arguments.allow_unpinned)
+    if arguments.command == "prune":
+        job = job_from_arguments(arguments)
+        record = pipeline.run_prune_job(job)
+        _print_perplexities("dense", record["dense_perplexity"])
+        _print_perplexities("pruned", record["perplexity"])
+        print(f"sparsity {record['decoder_linear_sparsity']:.4f} over decoder linears; "
+              f"prune {record['timings']['prune_seconds']:.1f} s; saved to {job.output_dir}")
+        _print_factored(job.output_dir)
+    elif arguments.command == "compress":
+        job = job_from_arguments(arguments)
+        from flows.compress import compress
+        from tasks.artifacts import ArtifactStore
 
-            pipeline.check_jobs([job])
-            summary = compress(job, ArtifactStore(root=Path(arguments.artifacts)))
-            _print_perplexities("dense", summary["dense_perplexity"])
-            _print_perplexities("pruned", summary["perplexity"])
-            print(f"saved to {job.output_dir}")
-            _print_factored(job.output_dir)
-        elif arguments.command == "sweep":
-            return _sweep(arguments.params)
-        elif arguments.command == "serve":
-            from flows.params import load_params
-            from flows.sweep import sweep
+        pipeline.check_jobs([job])
+        summary = compress(job, ArtifactStore(root=Path(arguments.artifacts)))
+        _print_perplexities("dense", summary["dense_perplexity"])
+        _print_perplexities("pruned", summary["perplexity"])
+        print(f"saved to {job.output_dir}")
+        _print_factored(job.output_dir)
+    elif arguments.command == "sweep":
+        return _sweep(arguments.params)
+    elif arguments.command == "serve":
+        from flows.params import load_params
+        from flows.sweep import sweep
 
-            load_params(Path(arguments.params))
-            sweep.serve(name=arguments.name, cron=arguments.cron, parameters={"params_path": arguments.params})
-        elif arguments.command == "ui":
-            return _user_interfaces(arguments.port, arguments.prefect)
-        elif arguments.command == "stage":
-            return _stage(arguments)
-        elif arguments.command == "eval":
-            evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
-                [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
-                  "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
-            zero_shot = (ZeroShotConfig(tasks=tuple(arguments.tasks.split(",")), data_dir=arguments.data_dir,
-                                        limit=arguments.limit) if arguments.tasks else None)
-            results, accuracies = pipeline.run_model_evaluation(arguments.model, evaluations, zero_shot,
-                                                                Path(arguments.cache_dir), arguments.device)
-            print(json.dumps({"perplexity": [result.as_dict() for result in results], "zero_shot": accuracies},
-                             indent=2))
-        elif arguments.command == "bench":
-            return _bench(arguments)
-        elif arguments.command == "report":
-            from flows.stages import report
-            from pruning.io import check_output_path
+        load_params(Path(arguments.params))
+        sweep.serve(name=arguments.name, cron=arguments.cron, parameters={"params_path": arguments.params})
+    elif arguments.command == "ui":
+        return _user_interfaces(arguments.port, arguments.prefect)
+    elif arguments.command == "stage":
+        return _stage(arguments)
+    elif arguments.command == "eval":
+        evaluations = TypeAdapter(list[EvaluationConfig]).validate_python(
+            [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
+              "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
+        zero_shot = (ZeroShotConfig(tasks=tuple(arguments.tasks.split(",")), data_dir=arguments.data_dir,
+                                    limit=arguments.limit) if arguments.tasks else None)
+        results, accuracies = pipeline.run_model_evaluation(arguments.model, evaluations, zero_shot,
+                                                            Path(arguments.cache_dir), arguments.device)
+        print(json.dumps({"perplexity": [result.as_dict() for result in results], "zero_shot": accuracies},
+                         indent=2))
+    elif arguments.command == "bench":
+        return _bench(arguments)
+    elif arguments.command == "report":
+        from flows.stages import report
+        from pruning.io import check_output_path
 
-            # a previous report (results.md) is replaced; a folder of anything else is refused
-            check_output_path(arguments.output, "--output", directory=True,
-                              overwrite=(arguments.output / "results.md").is_file())
-            report(arguments.metrics, arguments.speed, arguments.output, arguments.mlflow_experiment)
-            print(f"report in {arguments.output}")
-        else:
-            print(pipeline.fetch_model(arguments.model, Path(arguments.cache_dir)))
-    except ValidationError as error:
-        return _fail(describe_validation_error(error))
-    except ValueError as error:
-        return _fail([str(error)])
+        # a previous report (results.md) is replaced; a folder of anything else is refused
+        check_output_path(arguments.output, "--output", directory=True,
+                          overwrite=(arguments.output / "results.md").is_file())
+        report(arguments.metrics, arguments.speed, arguments.output, arguments.mlflow_experiment)
+        print(f"report in {arguments.output}")
+    else:
+        print(pipeline.fetch_model(arguments.model, Path(arguments.cache_dir)))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry_point()

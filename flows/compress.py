@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow
 from tqdm.auto import tqdm
 
+from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
 from pruning.io import atomic_directory
@@ -53,7 +54,7 @@ def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
         (staging / CARD_FILE).write_text(model_card({**record, **results}))
 
 
-@flow(name="compress", log_prints=True)
+@flow(name="compress", log_prints=True, on_crashed=[cancel_stopped_flow_run])
 def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, Any]:
     """Prune one model with one method config, evaluate it, and export it to `job.output_dir`."""
     seconds: dict[str, float] = {}

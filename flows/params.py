@@ -25,7 +25,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from pruning.config import CalibrationConfig, EngineConfig, EvaluationConfig, PruneJob, ZeroShotConfig
+from pruning.config import (
+    CalibrationConfig,
+    EngineConfig,
+    EvaluationConfig,
+    PruneJob,
+    ZeroShotConfig,
+    describe_validation_error,
+)
+from pruning.errors import ConfigError
 from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, is_structured
 from pruning.sources import check_model_source
@@ -47,7 +55,7 @@ class PruneGrid(_Strict):
     def _methods_are_known(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [method for method in methods if method not in METHOD_MODULES]
         if unknown:
-            raise ValueError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
+            raise ConfigError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
         return methods
 
     @field_validator("options")
@@ -55,7 +63,7 @@ class PruneGrid(_Strict):
     def _options_name_known_methods(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         unknown = [method for method in options if method not in METHOD_MODULES]
         if unknown:
-            raise ValueError(f"options for unknown method {', '.join(unknown)} (misspelled?); "
+            raise ConfigError(f"options for unknown method {', '.join(unknown)} (misspelled?); "
                              f"available: {', '.join(METHOD_MODULES)}")
         return options
 
@@ -64,7 +72,7 @@ class PruneGrid(_Strict):
     def _sparsities_are_fractions(cls, sparsity: float | tuple[float, ...]) -> float | tuple[float, ...]:
         for value in sparsity if isinstance(sparsity, tuple) else (sparsity,):
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"sparsity {value} is outside [0, 1) (fraction of weights removed)")
+                raise ConfigError(f"sparsity {value} is outside [0, 1) (fraction of weights removed)")
         return sparsity
 
     @property
@@ -156,7 +164,7 @@ class SweepParams(_Strict):
         names = [model.name for model in models]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise ValueError(f"model name {', '.join(repeated)} appears more than once; names choose the output "
+            raise ConfigError(f"model name {', '.join(repeated)} appears more than once; names choose the output "
                              "folders, so give each model its own")
         return models
 
@@ -172,13 +180,30 @@ class SweepParams(_Strict):
             for sparsity in self.prune.sparsities if pattern in ("unstructured", "structured") else (None,):
                 method_fields = {"method": method, "pattern": pattern, **self.prune.options.get(method, {}),
                                  **({"sparsity": sparsity} if sparsity is not None else {})}
-                jobs.append(PruneJob.model_validate({
-                    "model": model.source, "allow_unpinned": model.allow_unpinned,
-                    "method": method_fields, "calibration": self.calibration,
-                    "evaluation": self.evaluation, "zero_shot": self.zero_shot, "engine": self.engine,
-                    "cache_dir": self.paths.cache, "overwrite": True,  # the sweep owns its run folders
-                    "output_dir": output_root / combination_slug(method_fields)}))
+                try:
+                    jobs.append(PruneJob.model_validate({
+                        "model": model.source, "allow_unpinned": model.allow_unpinned,
+                        "method": method_fields, "calibration": self.calibration,
+                        "evaluation": self.evaluation, "zero_shot": self.zero_shot, "engine": self.engine,
+                        "cache_dir": self.paths.cache, "overwrite": True,  # the sweep owns its run folders
+                        "output_dir": output_root / combination_slug(method_fields)}))
+                except ValidationError as error:
+                    index = self.models.index(model)
+                    raise ConfigError("\n".join(params_path(line, method, index)
+                                                 for line in describe_validation_error(error))) from None
         return jobs
+
+
+def params_path(problem: str, method: str, model_index: int) -> str:
+    """A job's problem under the params path the user wrote: method.rank_ratio -> prune.options.oats.rank_ratio."""
+    field, _, message = problem.partition(": ")
+    if field in ("method.sparsity", "method.pattern"):
+        field = {"method.sparsity": "prune.sparsity", "method.pattern": "prune.patterns"}[field]
+    elif field == "method" or field.startswith("method."):
+        field = f"prune.options.{method}" + field.removeprefix("method")
+    elif field in ("model", "allow_unpinned"):
+        field = f"models.{model_index}.source"
+    return f"{field}: {message}"
 
 
 def combination_slug(method_fields: dict[str, Any]) -> str:
@@ -190,26 +215,20 @@ def combination_slug(method_fields: dict[str, Any]) -> str:
 def read_yaml_mapping(path: Path, field: str) -> dict[str, Any]:
     """A YAML file's top-level mapping; a missing file, bad YAML or another type is a user error naming `field`."""
     if not path.is_file():
-        raise ValueError(f"{field}: '{path}' does not exist or is not a file")
+        raise ConfigError(f"{field}: '{path}' does not exist or is not a file")
     try:
         fields = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{field}: '{path}' is not valid YAML ({' '.join(str(error).split())})") from None
+        raise ConfigError(f"{field}: '{path}' is not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(fields, dict | None):
-        raise ValueError(f"{field}: '{path}' must hold a mapping of fields (key: value), not a "
+        raise ConfigError(f"{field}: '{path}' must hold a mapping of fields (key: value), not a "
                          f"{type(fields).__name__}")
     return fields or {}
 
 
 def load_params(path: Path) -> SweepParams:
-    """Read and validate a params file; raises ValidationError (one entry per problem) or ValueError."""
+    """Read and validate a params file; raises ValidationError (one entry per problem) or ConfigError."""
     fields = read_yaml_mapping(path, "params")
     params = SweepParams.model_validate(fields)
     params.jobs()
     return params
-
-
-def describe_params_error(error: ValidationError | ValueError) -> list[str]:
-    from pruning.config import describe_validation_error
-
-    return describe_validation_error(error) if isinstance(error, ValidationError) else [str(error)]

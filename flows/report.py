@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.tracking import block_errors
+from pruning.errors import ConfigError
 from pruning.io import atomic_directory, write_json
 from pruning.reassemble import RECORD_FILE
 from pruning.sources import stored_parameters
@@ -58,10 +59,10 @@ def sweep_entries(summaries: list[dict[str, Any]], model_names: dict[str, str],
 def load_entries(metrics_dir: Path) -> list[dict[str, Any]]:
     """Every combination's entry from the evaluate stage's files, with its model's name (the folder)."""
     if not metrics_dir.is_dir():
-        raise ValueError(f"--metrics: '{metrics_dir}' is not a folder; give the evaluate stage's output "
+        raise ConfigError(f"--metrics: '{metrics_dir}' is not a folder; give the evaluate stage's output "
                          "(metrics/<model>/<method>.json files)")
     if not any(metrics_dir.glob("*/*.json")):
-        raise ValueError(f"--metrics: '{metrics_dir}' holds no <model>/<method>.json files; run the evaluate stage "
+        raise ConfigError(f"--metrics: '{metrics_dir}' holds no <model>/<method>.json files; run the evaluate stage "
                          "(dvc repro) first")
     return [{**entry, "model": path.parent.name} for path in sorted(metrics_dir.glob("*/*.json"))
             for entry in json.loads(path.read_text()).values()]

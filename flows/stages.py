@@ -21,6 +21,7 @@ from flows.params import ModelEntry, SweepParams
 from flows.report import dense_fields, record_fields
 from pruning.calibration import build_calibration_set, load_calibration_set, save_calibration_set
 from pruning.corpora import load_corpus
+from pruning.errors import ConfigError
 from pruning.io import atomic_directory, write_json
 from pruning.pipeline import check_architecture, fetch_model, run_model_evaluation, run_prune_job
 from pruning.reassemble import RECORD_FILE
@@ -31,7 +32,7 @@ def model_entry(params: SweepParams, name: str) -> ModelEntry:
     for model in params.models:
         if model.name == name:
             return model
-    raise ValueError(f"models: no model named '{name}'; params.yaml names {', '.join(m.name for m in params.models)}")
+    raise ConfigError(f"models: no model named '{name}'; params.yaml names {', '.join(m.name for m in params.models)}")
 
 
 def fetch(params: SweepParams, name: str, output: Path) -> None:

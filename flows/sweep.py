@@ -9,6 +9,7 @@ form is measured first (`<paths.runs>/speed/<model>.json`) and joins the report.
 
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.compress import compress
+from flows.interrupts import cancel_stopped_flow_run, raise_if_stopped
 from flows.params import SweepParams, load_params
 from flows.report import load_speed, sweep_entries, write_report
 from flows.tracking import SweepTracker
@@ -30,7 +32,7 @@ from tasks.evaluate import evaluate, evaluate_zero_shot
 from tasks.fetch import fetch_model
 
 
-@flow(name="baseline")
+@flow(name="baseline", on_crashed=[cancel_stopped_flow_run])
 def baseline(model: str, evaluation: tuple[EvaluationConfig, ...], zero_shot: ZeroShotConfig | None, cache_dir: str,
              device: str, store: ArtifactStore) -> dict[str, Any]:
     """The dense model's perplexities (and zero-shot accuracies), evaluated exactly as the pruned ones are."""
@@ -55,7 +57,7 @@ def run_combination(job: PruneJob, store: ArtifactStore, threads: int | None = N
             "threads": torch.get_num_threads()}
 
 
-@flow(name="sweep")
+@flow(name="sweep", on_crashed=[cancel_stopped_flow_run])
 def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
     """Run the whole grid; return one summary per combination (dense baselines first)."""
     params = load_params(Path(params_path))
@@ -67,6 +69,7 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
             for model in params.models:
                 results = baseline(model.source, params.evaluation, params.zero_shot, str(params.paths.cache),
                                    params.engine.device, store)
+                raise_if_stopped()
                 tracker.log_dense(model.source, results)
                 summaries.append({"model": model.source, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
                                   **results})
@@ -86,13 +89,20 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
     return summaries
 
 
-def run_combinations(params: SweepParams, store: ArtifactStore) -> list[dict[str, Any]]:
+def run_combinations(params: SweepParams, store: ArtifactStore) -> Iterator[dict[str, Any]]:
+    """Each combination's summary, in the order of `params.jobs()`, as soon as it (and those before it) finished,
+    so that a stopped sweep has logged every combination it completed."""
     jobs = params.jobs()
     if not params.dask.enabled:
-        return [run_combination.fn(job, store) for job in jobs]
+        for job in jobs:
+            summary = run_combination.fn(job, store)
+            raise_if_stopped()
+            yield summary
+        return
     threads = None if params.dask.address else params.dask.threads_per_worker
     futures = [run_combination.submit(job, store, threads) for job in jobs]
-    return [future.result() for future in futures]
+    for future in futures:
+        yield future.result()
 
 
 def sweep_with_task_runner(params_path: str) -> list[dict[str, Any]]:

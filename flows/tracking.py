@@ -95,10 +95,33 @@ class SweepTracker:
 
     @contextlib.contextmanager
     def sweep_run(self, name: str, params: dict[str, Any]) -> Iterator[str]:
-        with self.mlflow.start_run(run_name=name) as run:
+        with self._run(name) as run:
             self.mlflow.log_params(flatten(params))
             self.mlflow.set_tags(self._tags("prune"))
             yield run.info.run_id
+
+    @contextlib.contextmanager
+    def _run(self, name: str, nested: bool = False) -> Iterator[Any]:
+        """An MLflow run that ends FINISHED, FAILED on an error, or KILLED when the user stopped the sweep (Ctrl-C or
+        SIGTERM: flows.interrupts.Stopped, a KeyboardInterrupt)."""
+        run = self.mlflow.start_run(run_name=name, nested=nested)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            if not nested:  # children the signal caught between their creation and their `with` block
+                self._kill_running_children(run.info.run_id, run.info.experiment_id)
+            self.mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            self.mlflow.end_run(status="FAILED")
+            raise
+        self.mlflow.end_run()
+
+    def _kill_running_children(self, parent_run_id: str, experiment_id: str) -> None:
+        client = self.mlflow.MlflowClient()
+        for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                         "and attributes.status = 'RUNNING'"):
+            client.set_terminated(child.info.run_id, status="KILLED")
 
     def _tags(self, stage_prefix: str) -> dict[str, str]:
         return {"git_commit": git_commit(self.root), "dvc_lock_stage": dvc_stage_hash(self.root, stage_prefix),
@@ -106,7 +129,7 @@ class SweepTracker:
 
     def log_dense(self, model: str, results: dict[str, Any]) -> str:
         """`results`: the baseline flow's {"perplexity": [...], "zero_shot": {...} or None}."""
-        with self.mlflow.start_run(run_name=f"dense | {model.split('/')[-1]}", nested=True) as run:
+        with self._run(f"dense | {model.split('/')[-1]}", nested=True) as run:
             self.mlflow.log_params({"model": model, "method": "dense"})
             self.mlflow.set_tags(self._tags("evaluate"))
             self._log_evaluations(results["perplexity"])
@@ -116,7 +139,7 @@ class SweepTracker:
     def log_combination(self, job: PruneJob, summary: dict[str, Any], register: bool = False) -> str:
         record = json.loads((Path(summary["output_dir"]) / "pruneflow.json").read_text())
         name = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g} | {job.model.split('/')[-1]}"
-        with self.mlflow.start_run(run_name=name, nested=True) as run:
+        with self._run(name, nested=True) as run:
             self.mlflow.log_params(flatten(job.model_dump(mode="json")))
             self.mlflow.set_tags(self._tags("prune"))
             self._log_evaluations(summary["perplexity"])

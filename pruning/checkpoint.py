@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pruning.errors import ConfigError
 from pruning.io import atomic_path, write_json
 
 SINGLE_FILE = "model.safetensors"
@@ -43,7 +44,7 @@ class CheckpointReader:
             paths = [self.directory / single_file] if (self.directory / single_file).is_file() else sorted(
                 self.directory.glob("*.safetensors"))
             if not paths:
-                raise ValueError(f"'{self.directory}' holds no *.safetensors weights")
+                raise ConfigError(f"'{self.directory}' holds no *.safetensors weights")
         self.files: dict[str, Path] = {}
         self._headers: dict[str, tuple[list[int], str]] = {}
         for path in paths:

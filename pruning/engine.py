@@ -41,6 +41,7 @@ from pruning.block_calls import (
     run_block,
 )
 from pruning.block_store import BlockRecord, BlockStore
+from pruning.errors import ConfigError
 from pruning.finished_submodules import finished_children, recording, reusing
 from pruning.methods import MethodConfig, needs_calibration, prune_layer
 from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
@@ -375,7 +376,7 @@ class PruneEngine:
         in_memory = self.report.activations_in_memory
         if directory is None and not in_memory:
             if self.store is None:
-                raise ValueError("engine.memory_budget: the calibration activations do not fit the budget and this "
+                raise ConfigError("engine.memory_budget: the calibration activations do not fit the budget and this "
                                  "run has no block store to spill them to; raise the budget or use a store")
             directory = Path(tempfile.mkdtemp(dir=self.store.scratch))
         return ActivationSet(directory, in_memory=in_memory, device=self.activation_device,

@@ -23,6 +23,7 @@ from torch import nn
 
 from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
 from pruning.block_calls import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
+from pruning.errors import ConfigError
 from pruning.model_access import InMemoryModel, ModelAccess
 
 EVALUATION_DTYPE = torch.float32
@@ -91,7 +92,7 @@ def perplexity(model: nn.Module | ModelAccess, tokens: torch.Tensor, seqlen: int
     available = tokens.numel() // seqlen
     windows = available if max_windows is None else min(max_windows, available)
     if windows == 0:
-        raise ValueError(f"evaluation: the text holds {tokens.numel()} tokens, fewer than one window of {seqlen}")
+        raise ConfigError(f"evaluation: the text holds {tokens.numel()} tokens, fewer than one window of {seqlen}")
     stream = tokens[: windows * seqlen].view(windows, seqlen)
     config = cast(Any, access.model).config
     size = activation_bytes(-(-windows // batch_size), batch_size, seqlen, int(config.get_text_config().hidden_size),

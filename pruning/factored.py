@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pruning.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
+from pruning.errors import ConfigError
 from pruning.statistics import SparseLowRank
 
 FACTORED_DIRECTORY = "factored"
@@ -130,7 +131,7 @@ def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") 
                                 "low-rank result (oats) under <output_dir>/factored")
     reader = CheckpointReader(directory)
     if reader.metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"{directory}: format '{reader.metadata.get('format')}', expected '{FORMAT_NAME}'")
+        raise ConfigError(f"{directory}: format '{reader.metadata.get('format')}', expected '{FORMAT_NAME}'")
     tensors = {name: reader.read(name) for name in reader.names}
     shapes = json.loads(reader.metadata["linears"])
     dtype = tensors[f"{next(iter(shapes))}.up"].dtype if shapes else next(iter(tensors.values())).dtype
@@ -149,5 +150,5 @@ def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") 
     loaded = {state[key].data_ptr() for key in tensors if key in state}
     untied = [key for key in missing if key.rsplit(".", 1)[0] not in shapes and state[key].data_ptr() not in loaded]
     if untied or unexpected:
-        raise ValueError(f"{directory}: missing {untied[:5]}, unexpected {unexpected[:5]}")
+        raise ConfigError(f"{directory}: missing {untied[:5]}, unexpected {unexpected[:5]}")
     return model.eval()

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pruning.errors import ConfigError
+
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes."""
@@ -158,23 +160,23 @@ def check_output_path(path: Path, field: str, directory: bool, overwrite: bool =
     """
     prefix = f"{field}: " if field else ""
     if str(path).strip() == "":
-        raise ValueError(f"{prefix}empty path; give the {'folder' if directory else 'file'} to write")
+        raise ConfigError(f"{prefix}empty path; give the {'folder' if directory else 'file'} to write")
     path = Path(path).expanduser()
     resolved = path.resolve()
     if directory and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents):
-        raise ValueError(f"{prefix}'{path}' is the working folder or one of its parents; give a new folder")
+        raise ConfigError(f"{prefix}'{path}' is the working folder or one of its parents; give a new folder")
     if path.exists():
         if directory and not path.is_dir():
-            raise ValueError(f"{prefix}'{path}' exists and is a file; give a folder path")
+            raise ConfigError(f"{prefix}'{path}' exists and is a file; give a folder path")
         if not directory and path.is_dir():
-            raise ValueError(f"{prefix}'{path}' is a folder; give a file path (e.g. {path / 'result.json'})")
+            raise ConfigError(f"{prefix}'{path}' is a folder; give a file path (e.g. {path / 'result.json'})")
         if directory and not overwrite and any(path.iterdir()):
-            raise ValueError(f"{prefix}'{path}' exists and is not empty; choose a new folder, or pass --overwrite "
+            raise ConfigError(f"{prefix}'{path}' exists and is not empty; choose a new folder, or pass --overwrite "
                              "to replace it (the old copy stays until the new one is complete)")
     ancestor = resolved.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"{prefix}'{path}' cannot be created: '{ancestor}' is a file")
+        raise ConfigError(f"{prefix}'{path}' cannot be created: '{ancestor}' is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{prefix}'{path}' cannot be created: no write permission in '{ancestor}'")
+        raise ConfigError(f"{prefix}'{path}' cannot be created: no write permission in '{ancestor}'")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pruning.errors import ConfigError
+
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -26,10 +28,10 @@ class NMPattern:
     def parse(cls, text: str) -> NMPattern:
         match = _NM_PATTERN.match(text.strip())
         if match is None:
-            raise ValueError(f"pattern '{text}' is neither 'unstructured' nor N:M such as 2:4")
+            raise ConfigError(f"pattern '{text}' is neither 'unstructured' nor N:M such as 2:4")
         n, m = int(match[1]), int(match[2])
         if not 0 < n < m:
-            raise ValueError(f"pattern '{text}': N must satisfy 0 < N < M (N weights kept of every M), e.g. 2:4")
+            raise ConfigError(f"pattern '{text}': N must satisfy 0 < N < M (N weights kept of every M), e.g. 2:4")
         return cls(n, m)
 
     @property
@@ -91,7 +93,7 @@ def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
 
 def check_nm_divisible(columns: int, pattern: NMPattern) -> None:
     if columns % pattern.m:
-        raise ValueError(f"pattern {pattern}: a layer has {columns} input columns, not a multiple of M={pattern.m}; "
+        raise ConfigError(f"pattern {pattern}: a layer has {columns} input columns, not a multiple of M={pattern.m}; "
                          "add it to skip_layers or choose an M that divides it")
 
 

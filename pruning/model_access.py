@@ -21,6 +21,7 @@ from torch import nn
 
 from pruning.architectures import ArchitectureAdapter, adapter_for
 from pruning.checkpoint import CheckpointReader
+from pruning.errors import ConfigError
 
 
 class ModelAccess(Protocol):
@@ -143,7 +144,7 @@ class StreamedModel:
         if unexpected:
             problems.append(f"unexpected tensors {_sample(unexpected)}")
         if problems:
-            raise ValueError(f"model: the checkpoint in '{self.directory}' does not match its config.json "
+            raise ConfigError(f"model: the checkpoint in '{self.directory}' does not match its config.json "
                              f"({type(self.model).__name__}): {'; '.join(problems)}; re-save or re-download it")
         return sources
 

@@ -31,6 +31,7 @@ from pruning.config import (
 )
 from pruning.corpora import load_corpus
 from pruning.engine import PruneEngine, PruneReport
+from pruning.errors import ConfigError
 from pruning.evaluate import PerplexityResult, perplexity
 from pruning.io import atomic_directory, code_digest, write_json
 from pruning.methods import MethodConfig, is_structured, needs_calibration
@@ -91,7 +92,7 @@ def check_calibration_matches(calibration: CalibrationSet, job: PruneJob) -> Non
     manifest = calibration.manifest
     for key in ("num_samples", "seqlen", "seed"):
         if manifest[key] != getattr(job.calibration, key):
-            raise ValueError(f"calibration.{key}: the calibration set has {manifest[key]} but the job asks for "
+            raise ConfigError(f"calibration.{key}: the calibration set has {manifest[key]} but the job asks for "
                              f"{getattr(job.calibration, key)}; rebuild the calibration set")
 
 
@@ -107,7 +108,7 @@ def load_evaluation_data(evaluation: EvaluationConfig, tokenizer: Any, cache_dir
     corpus = load_corpus(evaluation.dataset, "evaluation", cache_dir, evaluation.text_field)
     tokens = tokenize_corpus(corpus, tokenizer)
     if tokens.numel() < evaluation.seqlen:
-        raise ValueError(f"evaluation.dataset: '{evaluation.dataset}' holds {tokens.numel()} tokens, "
+        raise ConfigError(f"evaluation.dataset: '{evaluation.dataset}' holds {tokens.numel()} tokens, "
                          f"fewer than one window of {evaluation.seqlen}")
     return EvaluationData(evaluation, tokens, corpus.provenance)
 

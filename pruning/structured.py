@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pruning.errors import ConfigError
 from pruning.hessian import damped_hessian
 from pruning.statistics import InputStatistics, LayerResult
 
@@ -57,7 +58,7 @@ class StructuredBudget(BaseModel):
     @model_validator(mode="after")
     def _removes_something(self) -> StructuredBudget:
         if self.sparsity == 0 and self.attention_groups == 0:
-            raise ValueError("nothing to remove: set sparsity (fraction of MLP neurons) and/or "
+            raise ConfigError("nothing to remove: set sparsity (fraction of MLP neurons) and/or "
                              "attention_groups (KV groups per block)")
         return self
 
@@ -73,7 +74,7 @@ class StructuredBudget(BaseModel):
         """How many groups a layer keeps."""
         if groups.kind == "attention":
             if self.attention_groups >= groups.count:
-                raise ValueError(f"attention_groups {self.attention_groups} would remove all {groups.count} KV groups")
+                raise ConfigError(f"attention_groups {self.attention_groups} would remove all {groups.count} KV groups")
             return groups.count - self.attention_groups
         kept = math.ceil(groups.count * (1.0 - self.sparsity))
         return max(self.round_to, kept // self.round_to * self.round_to)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from pruning.errors import ConfigError
 from pruning.masks import NMPattern
 
 
@@ -29,16 +30,16 @@ class SparsityConfig(BaseModel):
     @classmethod
     def _sparsity_is_a_fraction(cls, sparsity: float | None) -> float | None:
         if sparsity is not None and not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1) (fraction of weights removed); got {sparsity}")
+            raise ConfigError(f"sparsity must be in [0, 1) (fraction of weights removed); got {sparsity}")
         return sparsity
 
     @model_validator(mode="after")
     def _sparsity_matches_pattern(self) -> SparsityConfig:
         if self.nm is None:
             if self.sparsity is None:
-                raise ValueError("sparsity is required for unstructured pruning: a fraction in [0, 1), e.g. 0.5")
+                raise ConfigError("sparsity is required for unstructured pruning: a fraction in [0, 1), e.g. 0.5")
         elif self.sparsity is not None and abs(self.sparsity - self.nm.sparsity) > 1e-9:
-            raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern}, which removes "
+            raise ConfigError(f"sparsity {self.sparsity} contradicts pattern {self.pattern}, which removes "
                              f"{self.nm.sparsity:g}; leave sparsity out for N:M patterns")
         return self
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pruning.errors import ConfigError
 from pruning.lm_eval_tasks.local_data import TASK_FILES
 
 TASKS_DIRECTORY = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -36,22 +37,22 @@ def check_local_tasks(tasks: tuple[str, ...], data_dir: Path) -> None:
     """Every task has a shipped YAML and its files exist under `data_dir`; else a ValueError naming the field."""
     unknown = [task for task in tasks if task not in TASK_FILES]
     if unknown:
-        raise ValueError(f"zero_shot.tasks: no local YAML for {', '.join(unknown)}; local tasks are "
+        raise ConfigError(f"zero_shot.tasks: no local YAML for {', '.join(unknown)}; local tasks are "
                          f"{', '.join(LOCAL_TASKS)} (or leave zero_shot.data_dir unset to use lm-eval's hub tasks)")
     if not data_dir.is_dir():
-        raise ValueError(f"zero_shot.data_dir: '{data_dir}' is not a directory; give the folder that holds "
+        raise ConfigError(f"zero_shot.data_dir: '{data_dir}' is not a directory; give the folder that holds "
                          "piqa/, arc/, boolq/, ... (laid out like ../shared/data), or set zero_shot to null to skip")
     missing = [f"{relative} (for {task})" for task in tasks for relative in TASK_FILES[task]
                if not (data_dir / relative).is_file()]
     if missing:
-        raise ValueError(f"zero_shot.data_dir: '{data_dir}' lacks {', '.join(missing)}; "
+        raise ConfigError(f"zero_shot.data_dir: '{data_dir}' lacks {', '.join(missing)}; "
                          "see pruning/lm_eval_tasks/local_data.py for each task's file and format")
 
 
 def check_hub_tasks(tasks: tuple[str, ...]) -> None:
     """Hub tasks need the hub: with HF_HUB_OFFLINE set they would fail after the model is pruned."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        raise ValueError(f"zero_shot.data_dir: tasks {', '.join(tasks)} would be read from the Hugging Face hub, "
+        raise ConfigError(f"zero_shot.data_dir: tasks {', '.join(tasks)} would be read from the Hugging Face hub, "
                          "which is offline (HF_HUB_OFFLINE=1); set data_dir to a local copy of the datasets")
 
 
