@@ -2,13 +2,14 @@
 #   make run    create .venv if missing, install, run the default sweep offline (params.yaml): SmolLM2-135M,
 #               dense + every method, evaluated on held-out Wikipedia summaries; prints the results table
 #   make test   create .venv if missing, install, run the test suite
-# Also: make repro (the DVC pipeline), make lint.
+# Also: make run-full (params-full.yaml: bigger calibration, zero-shot tasks; 1.5-2 h on 2 cores), make repro (the DVC
+# pipeline), make lint.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.pruneflow-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install run test lint repro
+.PHONY: install run run-full test lint repro
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -20,6 +21,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/pruneflow sweep --params params.yaml
+
+run-full: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/pruneflow sweep --params params-full.yaml
 
 repro: $(STAMP)
 	$(OFFLINE) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro

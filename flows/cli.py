@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="models x methods x sparsities from a params file, tracked in MLflow")
     sweep.add_argument("--params", default="params.yaml")
+    sweep.add_argument("--verbose", action="store_true",
+                       help="show every library's output on the terminal (default: <paths.runs>/logs/sweep-*.log)")
 
     serve = commands.add_parser("serve", help="register the sweep as a scheduled Prefect deployment and serve it")
     serve.add_argument("--params", default="params.yaml")
@@ -291,32 +293,51 @@ def _print_perplexities(label: str, results: list[dict[str, Any]]) -> None:
         print(f"{label:>8}  ppl {result['perplexity']:10.3f}  {result['protocol']}")
 
 
-def _sweep(params_path: str) -> int:
+def _sweep(params_path: str, verbose: bool) -> int:
+    """The sweep behind a live view: a row per combination on the terminal, the rest in <runs>/logs/."""
+    from flows.compress import combination_label
+    from flows.console import SweepView, output_to_log, results_table, warning_summary
     from flows.params import load_params
-    from flows.sweep import sweep_with_task_runner
+    from flows.report import load_speed, sweep_entries, table_cells
+    from flows.report_page import PAGE_FILE
+    from flows.sweep import dense_key, sweep_with_task_runner
     from flows.tracking import redacted, tracking_uri
     from pruning.pipeline import check_jobs
 
-    check_jobs(load_params(Path(params_path)).jobs())  # every problem is reported before Prefect or a model starts
+    params = load_params(Path(params_path))
+    jobs = params.jobs()
+    check_jobs(jobs)  # every problem is reported before Prefect or a model starts
+    log_path = params.paths.runs / "logs" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
-    summaries = sweep_with_task_runner(params_path)
-    print(results_table(summaries))
-    print(f"\n{len(summaries)} runs in {time.perf_counter() - started:.0f} s. "
-          f"MLflow: {redacted(tracking_uri(Path.cwd()))} (see them with `pruneflow ui`); "
-          "pruned models under the params' paths.runs")
+    with output_to_log(log_path, verbose) as terminal:
+        view = SweepView(terminal.err)
+        names = {model.source: model.name for model in params.models}
+        if params.dense_baseline:
+            for model in params.models:
+                view.add(dense_key(model.source), model.name, "dense")
+        for job in jobs:
+            view.add(str(job.output_dir), names[job.model], combination_label(job))
+        with view.live():
+            summaries = sweep_with_task_runner(params_path)
+    entries = sweep_entries(summaries, names, params.paths.cache)
+    header, rows, notes = table_cells(entries, load_speed(params.paths.runs / "speed"))
+    table, protocols = results_table(header, rows, f"{len(jobs)} combinations in "
+                                                   f"{time.perf_counter() - started:.0f} s")
+    terminal.out.print(table)
+    for note in [*protocols, *notes]:
+        terminal.out.print(note, style="dim", markup=False, highlight=False)
+    report = params.paths.runs / "report"
+    terminal.out.print(f"\nReport: {report / PAGE_FILE} (and results.md, CSVs, plots)")
+    terminal.out.print(f"Pruned models: {params.paths.runs}/<model>/<combination>/ (each with a model card)")
+    terminal.out.print(f"MLflow: {redacted(tracking_uri(Path.cwd()))}, experiment '{params.tracking.experiment}'; "
+                       "open it with `pruneflow ui` (http://127.0.0.1:5000)")
+    if terminal.log_path is not None:
+        warnings = warning_summary(terminal.log_path, 0)
+        terminal.out.print(f"Log: {terminal.log_path}" + (f" ({len(warnings)} distinct warning lines:)" if warnings
+                                                           else " (no warnings)"))
+        for line in warnings:
+            terminal.out.print(f"  {line}", style="yellow", markup=False, highlight=False)
     return 0
-
-
-def results_table(summaries: list[dict[str, Any]]) -> str:
-    """A Markdown table: method, pattern, sparsity, perplexity per dataset, prune time."""
-    lines = ["| method | pattern | sparsity | perplexity | protocol | prune s |", "|---|---|---|---|---|---|"]
-    for summary in summaries:
-        for result in summary["perplexity"]:
-            seconds = summary.get("flow_seconds", {}).get("prune")
-            lines.append(f"| {summary['method']} | {summary['pattern']} | {summary['target_sparsity']:g} | "
-                         f"{result['perplexity']:.3f} | {result['protocol']} | "
-                         f"{'-' if seconds is None else f'{seconds:.1f}'} |")
-    return "\n".join(lines)
 
 
 def _user_interfaces(port: int, with_prefect: bool) -> int:
@@ -395,7 +416,7 @@ def _run_command(arguments: argparse.Namespace) -> int:
         print(f"saved to {job.output_dir}")
         _print_factored(job.output_dir)
     elif arguments.command == "sweep":
-        return _sweep(arguments.params)
+        return _sweep(arguments.params, arguments.verbose)
     elif arguments.command == "serve":
         from flows.params import load_params
         from flows.sweep import sweep

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from tqdm.auto import tqdm
 
+from flows.console import CombinationRow, combination_row
 from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
 from pruning.corpora import source_fingerprint
@@ -57,10 +57,23 @@ def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
 @flow(name="compress", log_prints=True, on_crashed=[cancel_stopped_flow_run])
 def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, Any]:
     """Prune one model with one method config, evaluate it, and export it to `job.output_dir`."""
+    with combination_row(str(job.output_dir), Path(job.model).name, combination_label(job)) as row:
+        summary = _compress(job, store, row)
+        row.done(f"ppl {summary['perplexity'][0]['perplexity']:.2f}" if summary["perplexity"] else "")
+    return summary
+
+
+def combination_label(job: PruneJob) -> str:
+    return f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g}"
+
+
+def _compress(job: PruneJob, store: ArtifactStore, row: CombinationRow) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    row.stage("fetch")
     model = fetch_model(job.model, str(job.cache_dir))
     check_job(job, Path(model.path))
+    row.stage("calibrate")
     calibration = (build_calibration(model, job.calibration, source_fingerprint(job.calibration.source),
                                      str(job.cache_dir), store) if needs_calibration(job.method) else None)
     seconds["fetch_and_calibrate"] = time.perf_counter() - started
@@ -68,13 +81,17 @@ def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, A
     started = time.perf_counter()
     run = EngineRun(model=model, calibration=calibration, method=job.method, engine=job.engine,
                     blocks_root=str(store.blocks), trust_remote_code=job.trust_remote_code)
-    label = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g}"
-    blocks: list[BlockOutcome] = [prune_block(run, index)
-                                  for index in tqdm(range(model.num_blocks), desc=label, unit="block")]
+    row.blocks(model.num_blocks)
+    blocks: list[BlockOutcome] = []
+    for index in range(model.num_blocks):
+        blocks.append(prune_block(run, index))
+        row.advance()
+    row.stage("assemble")
     pruned = assemble(run, job, store)
     seconds["prune"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    row.stage("perplexity")
     fingerprints = [source_fingerprint(item.dataset) for item in job.evaluation]
     device = job.engine.device
     results = [evaluate(pruned.path, pruned.record.sha256, item, fingerprint, str(job.cache_dir), device, store)
@@ -84,12 +101,14 @@ def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, A
              if job.evaluate_dense else [])
     zero_shot, dense_zero_shot = None, None
     if job.zero_shot is not None:
+        row.stage("zero-shot")
         data = zero_shot_fingerprint(job.zero_shot.tasks, job.zero_shot.data_dir)
         zero_shot = evaluate_zero_shot(pruned.path, pruned.record.sha256, job.zero_shot, data, device, store)
         if job.evaluate_dense:
             dense_zero_shot = evaluate_zero_shot(model.path, model.digest, job.zero_shot, data, device, store)
     seconds["evaluate"] = time.perf_counter() - started
 
+    row.stage("export")
     export(Path(pruned.path), job.output_dir, {"perplexity": results, "dense_perplexity": dense,
                                                "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot})
     return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,

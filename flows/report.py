@@ -6,6 +6,7 @@ speed files (`speed/<model>.json`, or `speed/<model>/<name>.json` from the DVC b
 atomically into one folder:
   results.md          the table: model, method, pattern, sparsity, params, perplexity per protocol,
                       zero-shot average, prune time, speed-ups over the dense model
+  index.html          the table, the plots, the protocol, versions and input digests on one self-contained page
   metrics.json        the same numbers nested by method and combination (a DVC metrics file)
   perplexity.csv, block_errors.csv, speedups.csv   DVC plot data
   perplexity_vs_sparsity.png, block_errors.png, speedups.png
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.report_page import write_report_page
 from flows.tracking import block_errors
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, write_json
@@ -34,7 +36,7 @@ def record_fields(record: dict[str, Any]) -> dict[str, Any]:
             "sparsity": record["decoder_linear_sparsity"],
             "parameters": record.get("remaining_parameters") or record.get("structured", {}).get("parameters_after"),
             "prune_seconds": record["engine"]["forward_seconds"] + record["engine"]["solve_seconds"],
-            "block_relative_error": block_errors(record["engine"]["layers"])}
+            "block_relative_error": block_errors(record["engine"]["layers"]), "inputs": record.get("inputs")}
 
 
 def dense_fields(model_dir: Path) -> dict[str, Any]:
@@ -100,11 +102,21 @@ def speed_summary(rows: list[dict[str, Any]], entry: dict[str, Any]) -> str:
 
 
 def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown (results.md), with its protocol notes below it."""
+    header, rows, notes = table_cells(entries, speed_rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def table_cells(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]
+                ) -> tuple[list[str], list[list[str]], list[str]]:
+    """The report table's header, rows of cells and protocol notes (one source for Markdown, HTML, console)."""
     protocols = sorted({protocol for entry in entries for protocol in entry["perplexity"]})
     header = (["model", "method", "pattern", "target", "sparsity", "params (M)"]
               + [f"ppl {protocol}" for protocol in protocols]
               + ["zero-shot avg acc", "prune s", "speed-up prefill 1x / decode b1 (form: x)"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for entry in entries:
         zero_shot = entry.get("zero_shot")
         parameters = entry.get("parameters")
@@ -116,8 +128,8 @@ def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]
         cells += [f"{zero_shot['average_accuracy']:.4f}" if zero_shot else "-",
                   f"{entry['prune_seconds']:.0f}" if entry.get("prune_seconds") else "-",
                   speed_summary(speed_rows, entry)]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [""]
+        rows.append(cells)
+    notes = []
     with_zero_shot = [entry["zero_shot"] for entry in entries if entry.get("zero_shot")]
     if with_zero_shot:
         settings = with_zero_shot[0]["settings"]
@@ -129,7 +141,7 @@ def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]
                  "dataset, window length and window count. Params: parameters left (zeros not counted; tied "
                  "embeddings once). Prune s: the engine's forward + solve time. Speed-ups: dense time / form time "
                  "from the bench stage (prefill at batch 1 / decode at batch 1).")
-    return "\n".join(lines + notes) + "\n"
+    return header, rows, notes
 
 
 def write_report(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]], output: Path) -> Path:
@@ -152,6 +164,7 @@ def write_report(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]
         plot_perplexity_vs_sparsity(perplexity_rows, staging / PLOTS[0])
         plot_block_errors_by_method(block_rows, staging / PLOTS[1])
         plot_speedups(measured, staging / PLOTS[2])
+        write_report_page(staging, *table_cells(entries, speed_rows), entries, PLOTS)
     return output
 
 

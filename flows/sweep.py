@@ -18,9 +18,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.compress import compress
+from flows.console import combination_row
 from flows.interrupts import cancel_stopped_flow_run, raise_if_stopped
 from flows.params import SweepParams, load_params
 from flows.report import load_speed, sweep_entries, write_report
+from flows.report_page import PAGE_FILE
 from flows.tracking import SweepTracker
 from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.corpora import source_fingerprint
@@ -67,9 +69,12 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
     with tracker.sweep_run(f"sweep | {Path(params_path).name}", params.model_dump(mode="json")):
         if params.dense_baseline:
             for model in params.models:
-                results = baseline(model.source, params.evaluation, params.zero_shot, str(params.paths.cache),
-                                   params.engine.device, store)
-                raise_if_stopped()
+                with combination_row(dense_key(model.source), model.name, "dense") as row:
+                    row.stage("perplexity" + (" + zero-shot" if params.zero_shot else ""))
+                    results = baseline(model.source, params.evaluation, params.zero_shot, str(params.paths.cache),
+                                       params.engine.device, store)
+                    raise_if_stopped()
+                    row.done(f"ppl {results['perplexity'][0]['perplexity']:.2f}")
                 tracker.log_dense(model.source, results)
                 summaries.append({"model": model.source, "method": "dense", "pattern": "-", "target_sparsity": 0.0,
                                   **results})
@@ -86,7 +91,14 @@ def sweep(params_path: str = "params.yaml") -> list[dict[str, Any]]:
                                             params.paths.cache),
                               load_speed(params.paths.runs / "speed"), params.paths.runs / "report")
         tracker.mlflow.log_artifacts(str(report), artifact_path="report")
+        tracker.mlflow.set_tags({"report": tracker.mlflow.get_artifact_uri(f"report/{PAGE_FILE}"),
+                                 "report_path": str((report / PAGE_FILE).resolve())})
     return summaries
+
+
+def dense_key(source: str) -> str:
+    """The console row of a model's dense baseline (combinations are keyed by their output folder)."""
+    return f"dense:{source}"
 
 
 def run_combinations(params: SweepParams, store: ArtifactStore) -> Iterator[dict[str, Any]]:
