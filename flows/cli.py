@@ -47,6 +47,7 @@ from pruning.config import (
     describe_validation_error,
 )
 from pruning.errors import ConfigError
+from pruning.methods import METHOD_MODULES
 from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_options.add_argument("-h", "--help", action="help", help="show this help message and exit")
     job_options.add_argument("--config", type=Path, help="YAML job file; command-line options override it")
     job_options.add_argument("--model", help=f"model source (default {DEFAULT_MODEL})")
-    job_options.add_argument("--method", help="magnitude, wanda or sparsegpt")
+    job_options.add_argument("--method", help=f"one of {', '.join(METHOD_MODULES)}")
     job_options.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1)")
     job_options.add_argument("--pattern", help="unstructured (default) or N:M such as 2:4")
     job_options.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",

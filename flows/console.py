@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,7 +37,7 @@ def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.fields[model]}", style="cyan"), TextColumn("{task.description}", style="bold"),
                     TextColumn("{task.fields[stage]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                     TextColumn("blocks"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, refresh_per_second=2)
+                    console=console, refresh_per_second=2, redirect_stdout=False, redirect_stderr=False)
 
 
 @dataclass
@@ -153,17 +154,22 @@ def warning_summary(log_path: Path, start: int, shown: int = 5) -> list[str]:
 
 
 def results_table(header: list[str], rows: list[list[str]], title: str) -> tuple[Table, list[str]]:
-    """The report's table for a terminal: columns with no value left out, perplexity columns named ppl, ppl 2, ...
-    with their protocols returned as footnotes."""
-    kept = [index for index in range(len(header)) if index < 3 or any(row[index] != "-" for row in rows)]
+    """The report's table for an 80-column terminal: columns with no value left out (the model column too when
+    there is one model: it goes to the title), perplexity columns named ppl, ppl 2, ... with their protocols
+    returned as footnotes."""
+    models = {row[0] for row in rows}
+    kept = [index for index in range(len(header))
+            if (len(models) > 1 if index == 0 else index < 3 or any(row[index] != "-" for row in rows))]
+    if len(models) == 1:
+        title = f"{next(iter(models))}: {title}"
     protocols = [name.removeprefix("ppl ") for name in header if name.startswith("ppl ")]
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for index in kept:
         name = header[index]
         if name.startswith("ppl "):
             number = protocols.index(name.removeprefix("ppl ")) + 1
             name = "ppl" if len(protocols) == 1 else f"ppl {number}"
-        table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3)
+        table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3, overflow="fold")
     for row in rows:
         table.add_row(*(row[index] for index in kept), style="bold" if row[1] == "dense" else None)
     notes = [f"ppl{'' if len(protocols) == 1 else f' {number}'}: {protocol}"

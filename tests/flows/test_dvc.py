@@ -79,3 +79,15 @@ def test_dvc_repro_then_nothing_to_reproduce_then_an_experiment(dvc_project):
     plots = run(["dvc", "plots", "show", "--json"], project, environment)
     assert "reports/perplexity.csv" in plots and "reports/block_errors.csv" in plots
     assert "reports/perplexity_vs_sparsity.png" in plots and "reports/speedups.png" in plots
+
+
+def test_the_committed_dvc_lock_was_made_from_the_committed_params():
+    """`dvc status` on a fresh clone must not report params.yaml as modified: every params value dvc.lock recorded
+    equals the one in params.yaml (regenerate with `make repro` after changing params.yaml)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    stale = [f"{stage}: {key}" for stage, entry in stages.items()
+             for key, value in entry.get("params", {}).get("params.yaml", {}).items() if params.get(key) != value]
+    assert not stale, f"dvc.lock records params that params.yaml no longer has: {stale}"
+    recorded = {stage.split("@")[0] for stage in stages}
+    assert recorded >= {"fetch", "calibrate", "prune", "baseline", "evaluate", "report"}

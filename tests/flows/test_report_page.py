@@ -4,14 +4,12 @@ from the one file, with nothing next to it."""
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 from matplotlib.image import imread
 
 from flows.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-MATPLOTLIB_BLUE = np.array([0x1F, 0x77, 0xB4]) / 255  # the first line colour of every plot
 
 
 def entry(method, sparsity, perplexity, errors):
@@ -48,7 +46,8 @@ def test_the_report_page_renders_its_table_and_plots_in_a_browser(tmp_path):
     shot = chromium(f"--screenshot={screenshot}", "--window-size=1280,2400", f"file://{page}", cwd=tmp_path)
     assert shot.returncode == 0 and screenshot.is_file(), shot.stderr
     pixels = imread(screenshot)[..., :3]
-    # The plots' first line colour is on screen, so the embedded PNGs were decoded and drawn.
-    assert (np.abs(pixels - MATPLOTLIB_BLUE).max(axis=-1) < 0.02).sum() > 200
+    # Coloured pixels (the page's own text and rules are grey) come only from the plots' lines and markers: the
+    # embedded PNGs were decoded and drawn.
+    assert ((pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.25).sum() > 100
     # And the page is not blank: text and table rules cover part of it.
     assert (pixels.mean(axis=-1) < 0.5).mean() > 0.005

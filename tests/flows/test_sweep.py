@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,11 @@ def write_params(directory, params, name="params.yaml"):
     return path
 
 
+def printed_row(printed, method, pattern, target):
+    """A row of the results table the sweep prints (rich's box characters between cells)."""
+    return re.search(rf"│\s*tiny\s*│\s*{re.escape(method)}\s*│\s*{re.escape(pattern)}\s*│\s*{target}\s*│", printed)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -64,7 +70,11 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
                         "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "in_sweep": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
-    assert "| wanda | unstructured | 0.5 |" in printed and "| dense | - | 0 |" in printed
+    assert printed_row(printed, "wanda", "unstructured", "0.5") and printed_row(printed, "dense", "-", "0")
+    assert f"Report: {directory / 'runs' / 'report' / 'index.html'}" in printed
+    # Libraries' chatter went to the run's log, not the terminal.
+    logs = list((directory / "runs" / "logs").glob("sweep-*.log"))
+    assert len(logs) == 1 and "Creating initial MLflow database tables" in logs[0].read_text()
 
     # The comparison report: one row per combination, with zero-shot average, parameters and speed-ups.
     report = directory / "runs" / "report"
@@ -120,6 +130,8 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
     assert len(parents) == 1 and len(children) == 3
     parent_artifacts = directory / "mlruns" / parents[0]["info"]["run_id"] / "artifacts" / "report"
     assert (parent_artifacts / "results.md").is_file() and (parent_artifacts / "speedups.png").is_file()
+    assert (parent_artifacts / "index.html").is_file()
+    assert tags(parents[0])["report"].endswith("/report/index.html")
     for child in children:
         metrics = {metric["key"]: metric["value"] for metric in child["data"]["metrics"]}
         assert {"zeroshot.piqa.acc", "zeroshot.piqa.acc_norm", "zeroshot.winogrande.acc"} <= set(metrics)
@@ -206,8 +218,8 @@ def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbin
                                     "osscar": {"attention_groups": 1}}}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
-    assert "| oats | unstructured | 0.5 |" in printed and "| apt | unstructured | 0.5 |" in printed
-    assert "| osscar | structured | 0.5 |" in printed
+    assert printed_row(printed, "oats", "unstructured", "0.5") and printed_row(printed, "apt", "unstructured", "0.5")
+    assert printed_row(printed, "osscar", "structured", "0.5")
     osscar_record = json.loads((directory / "runs" / "tiny" / "osscar-structured-0.5" / "pruneflow.json").read_text())
     assert osscar_record["structured"]["removed_groups_per_block"] == {"attention": 1, "mlp": 64}
     oats_run = directory / "runs" / "tiny" / "oats-unstructured-0.5"
