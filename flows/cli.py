@@ -328,14 +328,15 @@ def _sweep(params_path: str, verbose: bool) -> int:
     for note in [*protocols, *notes]:
         terminal.out.print(note, style="dim", markup=False, highlight=False)
     report = params.paths.runs / "report"
-    terminal.out.print(f"\nReport: {report / PAGE_FILE} (and results.md, CSVs, plots)")
-    terminal.out.print(f"Pruned models: {params.paths.runs}/<model>/<combination>/ (each with a model card)")
+    terminal.out.print(f"\nReport: {report / PAGE_FILE} (and results.md, CSVs, plots)", soft_wrap=True)
+    terminal.out.print(f"Pruned models: {params.paths.runs}/<model>/<combination>/ (each with a model card)",
+                       soft_wrap=True)
     terminal.out.print(f"MLflow: {redacted(tracking_uri(Path.cwd()))}, experiment '{params.tracking.experiment}'; "
-                       "open it with `pruneflow ui` (http://127.0.0.1:5000)")
+                       "open it with `pruneflow ui` (http://127.0.0.1:5000)", soft_wrap=True)
     if terminal.log_path is not None:
         warnings = warning_summary(terminal.log_path, 0)
         terminal.out.print(f"Log: {terminal.log_path}" + (f" ({len(warnings)} distinct warning lines:)" if warnings
-                                                           else " (no warnings)"))
+                                                           else " (no warnings)"), soft_wrap=True)
         for line in warnings:
             terminal.out.print(f"  {line}", style="yellow", markup=False, highlight=False)
     return 0

@@ -45,8 +45,8 @@ def write_params(directory, params, name="params.yaml"):
 
 
 def printed_row(printed, method, pattern, target):
-    """A row of the results table the sweep prints (rich's box characters between cells)."""
-    return re.search(rf"│\s*tiny\s*│\s*{re.escape(method)}\s*│\s*{re.escape(pattern)}\s*│\s*{target}\s*│", printed)
+    """A row of the results table the sweep prints (one model: its name is in the title, cells apart by spaces)."""
+    return re.search(rf"^\s*{re.escape(method)}\s+{re.escape(pattern)}\s+{re.escape(target)}\s", printed, re.MULTILINE)
 
 
 def free_port() -> int:
@@ -72,9 +72,10 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
     printed = capsys.readouterr().out
     assert printed_row(printed, "wanda", "unstructured", "0.5") and printed_row(printed, "dense", "-", "0")
     assert f"Report: {directory / 'runs' / 'report' / 'index.html'}" in printed
-    # Libraries' chatter went to the run's log, not the terminal.
+    # Output below Python (here git's complaint that the project is no repository, from the MLflow tags) went to the
+    # run's log, not the terminal. (Python logging handlers write to pytest's capture in this in-process test.)
     logs = list((directory / "runs" / "logs").glob("sweep-*.log"))
-    assert len(logs) == 1 and "Creating initial MLflow database tables" in logs[0].read_text()
+    assert len(logs) == 1 and "not a git repository" in logs[0].read_text() and "not a git" not in printed
 
     # The comparison report: one row per combination, with zero-shot average, parameters and speed-ups.
     report = directory / "runs" / "report"
