@@ -93,3 +93,13 @@ def save_tiny_checkpoint(directory: Path, tokenizer_dir: Path, family: str = "ll
     tiny_model(family).save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
     return directory
+
+
+DEEP_LLAMA = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def save_deep_checkpoint(directory: Path, tokenizer_dir: Path) -> Path:
+    """An 8-block Llama: long enough to stop or kill a run between its blocks."""
+    FAMILY_CONFIGS.setdefault("llama-deep", DEEP_LLAMA)
+    return save_tiny_checkpoint(directory, tokenizer_dir, family="llama-deep")

@@ -7,7 +7,6 @@ import pickle
 
 import pytest
 import yaml
-from tiny_models import save_tiny_checkpoint
 
 import pruning.checkpoint
 import pruning.model_access
@@ -202,18 +201,6 @@ CASES = [
     ("ui: port out of range", ["ui", "--port", "99999"], None, "--port"),
     ("ui: port not a number", ["ui", "--port", "http"], None, "--port"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny-llama", tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
-    return path
 
 
 @pytest.fixture()

@@ -4,22 +4,9 @@ import json
 
 import pytest
 import torch
-from tiny_models import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 from flows.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny-llama", tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
-    return path
 
 
 def run_cli(arguments, capsys):

@@ -98,13 +98,9 @@ def finished_blocks(root: Path) -> int:
 
 def test_a_run_killed_mid_way_resumes_at_the_unfinished_block_with_bit_identical_weights(
         tmp_path, corpus, tiny_tokenizer_dir):
-    import tiny_models
-    from transformers import LlamaConfig
+    from tiny_models import save_deep_checkpoint
 
-    config = LlamaConfig(vocab_size=tiny_models.VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    tiny_models.FAMILY_CONFIGS["llama-deep"] = config
-    checkpoint = save_tiny_checkpoint(tmp_path / "deep", tiny_tokenizer_dir, family="llama-deep")
+    checkpoint = save_deep_checkpoint(tmp_path / "deep", tiny_tokenizer_dir)
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
 
     killed = tmp_path / "killed"

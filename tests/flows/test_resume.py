@@ -10,9 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import tiny_models
-from tiny_models import save_tiny_checkpoint
-from transformers import LlamaConfig
+from tiny_models import save_deep_checkpoint, save_tiny_checkpoint
 
 from pruning.checkpoint import CheckpointReader
 
@@ -38,10 +36,7 @@ def tensors(directory: Path) -> dict:
 def test_prune_killed_mid_way_resumes_with_bit_identical_weights(tmp_path, tiny_tokenizer_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
-    tiny_models.FAMILY_CONFIGS["llama-deep"] = LlamaConfig(
-        vocab_size=tiny_models.VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    checkpoint = save_tiny_checkpoint(tmp_path / "deep", tiny_tokenizer_dir, family="llama-deep")
+    checkpoint = save_deep_checkpoint(tmp_path / "deep", tiny_tokenizer_dir)
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
 
     killed = tmp_path / "killed"

@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import mlflow
-import tiny_models
 import yaml
-from tiny_models import save_tiny_checkpoint
-from transformers import LlamaConfig
+from tiny_models import save_deep_checkpoint, save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 PRUNEFLOW = Path(sys.executable).parent / "pruneflow"  # the installed command, supervisor included
@@ -102,10 +100,7 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, tin
 def test_sigterm_stops_prune_between_blocks_with_143_and_no_output(tmp_path, tiny_tokenizer_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
-    tiny_models.FAMILY_CONFIGS["llama-deep"] = LlamaConfig(
-        vocab_size=tiny_models.VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    checkpoint = save_tiny_checkpoint(tmp_path / "deep", tiny_tokenizer_dir, family="llama-deep")
+    checkpoint = save_deep_checkpoint(tmp_path / "deep", tiny_tokenizer_dir)
     cache = tmp_path / "cache"
     process = start(["prune", "--model", str(checkpoint), "--method", "sparsegpt", "--sparsity", "0.5",
                      "--calibration", str(corpus), "--num-samples", "16", "--seqlen", "64", "--eval", str(corpus),
