@@ -9,6 +9,9 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
   engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
               per block; every method at 50% once (seed 0); dense
+  quality     beyond SparseGPT (issue "Beyond SparseGPT"): at 50%, seed 0, SparseGPT and each building block alone
+              (ADMM mask search, dense targets, block reconstruction), then the combination; the noise floor and
+              the best combination over calibration seeds 0, 1, 2 at 50% and 2:4
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -60,6 +63,8 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                {"method": "osscar", "sparsity": 0.5, "local_search": True},
                {"method": "structured-wanda", "sparsity": 0.5, "refit": False},
                {"method": "structured-magnitude", "sparsity": 0.5, "refit": True}],
+    "quality": [{"method": "admm", "sparsity": 0.5}, {"method": "admm", "sparsity": 0.5, "targets": "dense"},
+                {"method": "sparsegpt", "sparsity": 0.5, "targets": "dense"}],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
@@ -67,16 +72,18 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                  ("magnitude", "wanda", "apt", "oats", "osscar", "structured-wanda"))],
 }
 ERROR_BLOCKS = (0, 15, 29)
-CASE_SETTINGS = ("seed", "true_sequential")  # case fields that are not method options
+ENGINE_SETTINGS = ("true_sequential", "targets", "reconstruction")
+CASE_SETTINGS = ("seed", *ENGINE_SETTINGS)  # case fields that are not method options
 
 
 def case_name(case: dict[str, Any]) -> str:
-    return "-".join(f"{value}".replace(":", "of") for value in case.values())
+    return "-".join(f"{value}".replace(":", "of").replace(" ", "").replace("'", "").replace("{", "").replace("}", "")
+                    for value in case.values())
 
 
 def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path) -> dict[str, Any]:
     method = {key: value for key, value in case.items() if key not in CASE_SETTINGS}
-    engine = {"true_sequential": case["true_sequential"]} if "true_sequential" in case else {}
+    engine = {key: case[key] for key in ENGINE_SETTINGS if key in case}
     return {
         "model": MODEL,
         "method": method,

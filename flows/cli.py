@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_options.add_argument("--batch-size", type=int)
     job_options.add_argument("--skip-layer", action="append", metavar="PATTERN",
                        help="fnmatch pattern of linears to keep dense")
+    job_options.add_argument("--targets", choices=["pruned", "dense"],
+                             help="fit each linear to its output on the pruned model's inputs (default) or to the "
+                                  "dense model's output")
+    job_options.add_argument("--reconstruct", action="store_true",
+                             help="after each block, optimise its kept weights toward the dense block's outputs "
+                                  "(engine.reconstruction in a job file sets its epochs, learning rate, ...)")
     job_options.add_argument("--output", help="output directory for the pruned model (a new or empty folder)")
     job_options.add_argument("--allow-unpinned", action="store_true", help=UNPINNED_HELP)
     job_options.add_argument("--trust-remote-code", action="store_true",
@@ -204,12 +210,15 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
                           ("calibration.seqlen", arguments.seqlen), ("calibration.seed", arguments.seed),
                           ("engine.device", arguments.device), ("engine.forward_dtype", arguments.forward_dtype),
                           ("engine.batch_size", arguments.batch_size), ("engine.skip_layers", arguments.skip_layer),
+                          ("engine.targets", arguments.targets),
                           ("output_dir", arguments.output), ("cache_dir", arguments.cache_dir)]:
         _set(fields, dotted, value)
     for key, value in arguments.option:
         _set(fields, f"method.{key}", value)
     if arguments.eval_dense:
         fields["evaluate_dense"] = True
+    if arguments.reconstruct and not isinstance(fields.get("engine", {}).get("reconstruction"), dict):
+        _set(fields, "engine.reconstruction", {})
     if fields.get("trust_remote_code") and not arguments.trust_remote_code:
         raise ConfigError("trust_remote_code: the job file turns on running the model's own Python code; confirm it "
                          "with --trust-remote-code, or remove the setting")

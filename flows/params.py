@@ -49,6 +49,9 @@ class PruneGrid(_Strict):
     sparsity: float | tuple[float, ...] = 0.5
     patterns: tuple[str, ...] = ("unstructured",)
     options: dict[str, dict[str, Any]] = {}
+    engine: dict[str, dict[str, Any]] = Field(
+        default={}, description="engine settings for one method's jobs, over the top-level engine section "
+                                "(e.g. admm: {targets: dense})")
 
     @field_validator("methods")
     @classmethod
@@ -58,7 +61,7 @@ class PruneGrid(_Strict):
             raise ConfigError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
         return methods
 
-    @field_validator("options")
+    @field_validator("options", "engine")
     @classmethod
     def _options_name_known_methods(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         unknown = [method for method in options if method not in METHOD_MODULES]
@@ -184,7 +187,8 @@ class SweepParams(_Strict):
                     jobs.append(PruneJob.model_validate({
                         "model": model.source, "allow_unpinned": model.allow_unpinned,
                         "method": method_fields, "calibration": self.calibration,
-                        "evaluation": self.evaluation, "zero_shot": self.zero_shot, "engine": self.engine,
+                        "evaluation": self.evaluation, "zero_shot": self.zero_shot,
+                        "engine": {**self.engine.model_dump(), **self.prune.engine.get(method, {})},
                         "cache_dir": self.paths.cache, "overwrite": True,  # the sweep owns its run folders
                         "output_dir": output_root / combination_slug(method_fields)}))
                 except ValidationError as error:

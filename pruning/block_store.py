@@ -6,6 +6,8 @@ digest, calibration tokens, method config, engine settings, the digest of the `p
   block-NNNNN/factors.safetensors   sparse + low-rank terms "<linear>:sparse|up|down" (methods that make them)
   block-NNNNN/outputs/              the block's outputs on the calibration set (the next block's inputs),
                                     kept until the next block is finished
+  block-NNNNN/dense_outputs/        the original block's outputs on the dense model's inputs (runs with a dense
+                                    stream: dense targets, block reconstruction), kept as long as outputs/
   block-NNNNN/block.json            its record, written last: a block is finished once this file exists
 Every file is written to a temporary name and renamed, so a killed run leaves no half-written block.
 """
@@ -33,6 +35,7 @@ RECORD_FILE = "block.json"
 WEIGHTS_FILE = "weights.safetensors"
 FACTORS_FILE = "factors.safetensors"
 OUTPUTS_DIRECTORY = "outputs"
+DENSE_OUTPUTS_DIRECTORY = "dense_outputs"
 
 
 class BlockRecord(BaseModel):
@@ -44,6 +47,7 @@ class BlockRecord(BaseModel):
     linear_removed: int
     removed_groups: dict[str, int] = {}
     forward_seconds: float = 0.0
+    reconstruction: dict[str, float] = {}
 
 
 def run_key(**parts: Any) -> str:
@@ -92,6 +96,12 @@ class BlockStore:
 
     def has_outputs(self, index: int) -> bool:
         return self.is_complete(index) and self.outputs_directory(index).is_dir()
+
+    def dense_outputs_directory(self, index: int) -> Path:
+        return self.block_directory(index) / DENSE_OUTPUTS_DIRECTORY
+
+    def has_dense_outputs(self, index: int) -> bool:
+        return self.is_complete(index) and self.dense_outputs_directory(index).is_dir()
 
     def outputs(self, index: int, in_memory: bool, device: torch.device) -> ActivationSet:
         return ActivationSet.from_directory(self.outputs_directory(index), in_memory, device)

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from pruning.block_reconstruction import ReconstructionConfig
 from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
 from pruning.errors import ConfigError
@@ -85,20 +86,28 @@ class EngineConfig(_Strict):
     memory_budget: ByteSize | None = Field(
         default=None, description="memory for calibration activations, e.g. 2GB or 512MiB; past it they go to "
                                   "disk (default: half of the memory available at the start, cgroup limits included)")
+    targets: Literal["pruned", "dense"] = Field(
+        default="pruned", description="what each linear is fitted to: its output on the pruned model's inputs "
+                                      "(the methods' own objective), or the dense model's output")
+    reconstruction: ReconstructionConfig | None = Field(
+        default=None, description="after each block is pruned, optimise its kept weights toward the dense block's "
+                                  "outputs (masks fixed), early-stopped on held-out calibration windows")
 
     def options(self, progress: bool = True) -> EngineOptions:
         device = resolve_device(self.device)
         return EngineOptions(device=device, forward_dtype=resolve_forward_dtype(self.forward_dtype, device),
                              batch_size=self.batch_size, true_sequential=self.true_sequential,
                              skip_layers=self.skip_layers, progress=progress,
-                             memory_budget=int(self.memory_budget) if self.memory_budget is not None else None)
+                             memory_budget=int(self.memory_budget) if self.memory_budget is not None else None,
+                             targets=self.targets, reconstruction=self.reconstruction)
 
     def cache_fields(self) -> dict[str, object]:
         """The settings that change a pruning result (not where activations live)."""
         options = self.options(progress=False)
         return {"device": options.device.type, "forward_dtype": str(options.forward_dtype),
                 "batch_size": self.batch_size, "true_sequential": self.true_sequential,
-                "skip_layers": list(self.skip_layers)}
+                "skip_layers": list(self.skip_layers), "targets": self.targets,
+                "reconstruction": self.reconstruction.model_dump() if self.reconstruction else None}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,6 +160,22 @@ class PruneJob(_Strict):
     @model_validator(mode="after")
     def _model_source_is_valid(self) -> PruneJob:
         check_model_source(self.model, "model", self.allow_unpinned)
+        return self
+
+    @model_validator(mode="after")
+    def _engine_suits_the_method(self) -> PruneJob:
+        for field, used in (("targets", self.engine.targets == "dense"),
+                            ("reconstruction", self.engine.reconstruction is not None)):
+            if used and not self.method.needs_calibration:
+                raise ConfigError(f"engine.{field}: {self.method.method} is data-free, and fitting the dense model's "
+                                  "outputs needs calibration data; use a calibration-based method (e.g. sparsegpt)")
+        if self.engine.reconstruction is not None and self.method.method == "oats":
+            raise ConfigError("engine.reconstruction: oats keeps sparse + low-rank factors, which block "
+                              "reconstruction would not update; leave reconstruction out for oats")
+        if self.engine.reconstruction is not None and self.calibration.num_samples < 2 * self.engine.batch_size:
+            raise ConfigError(f"engine.reconstruction: needs at least two calibration batches (one is held out); "
+                              f"calibration.num_samples {self.calibration.num_samples} <= engine.batch_size "
+                              f"{self.engine.batch_size}: raise num_samples or lower batch_size")
         return self
 
     @model_validator(mode="after")

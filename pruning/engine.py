@@ -10,6 +10,11 @@
    inputs of the next block, and the block is written out and released. Only one block and the
    activations are in memory at any time; activations past `memory_budget` live in files.
 
+With `targets="dense"` or a block reconstruction, a second stream runs beside the pruned one: the dense model's
+activations, block by block (each block's original weights on the dense inputs). Each linear is then fitted to the
+dense model's outputs (see `pruning.dense_targets`), and/or each pruned block is optimised toward the dense block's
+outputs (see `pruning.block_reconstruction`).
+
 Data-free methods (`needs_calibration` false) skip the calibration passes altogether. With a
 `BlockStore`, every finished block is kept on disk under a key of everything that determines it, so a
 second run reuses it and a killed run resumes at the first unfinished block.
@@ -18,10 +23,11 @@ second run reuses it and a killed run resumes at the first unfinished block.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -40,13 +46,15 @@ from pruning.block_calls import (
     on_device,
     run_block,
 )
+from pruning.block_reconstruction import ReconstructionConfig, reconstruct_block
 from pruning.block_store import BlockRecord, BlockStore
+from pruning.dense_targets import dense_target_weight
 from pruning.errors import ConfigError
 from pruning.finished_submodules import finished_children, recording, reusing
 from pruning.methods import MethodConfig, needs_calibration, prune_layer
 from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
 from pruning.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
-from pruning.statistics import InputStatistics, SparseLowRank
+from pruning.statistics import InputStatistics, PairedInputStatistics, SparseLowRank
 from pruning.structured import StructuredBudget
 
 
@@ -62,6 +70,13 @@ class EngineOptions:
     skip_layers: tuple[str, ...] = ()
     progress: bool = True
     memory_budget: int | None = None
+    targets: str = "pruned"  # "dense": fit each linear to the dense model's outputs
+    reconstruction: ReconstructionConfig | None = None
+
+    @property
+    def dense_stream(self) -> bool:
+        """Whether the dense model's activations are carried beside the pruned model's."""
+        return self.targets == "dense" or self.reconstruction is not None
 
 
 @dataclass
@@ -92,9 +107,12 @@ class PruneReport:
     removed_groups: dict[str, list[int]] = field(default_factory=dict)
     activations_in_memory: bool = True
     factors: dict[str, SparseLowRank] = field(default_factory=dict)
+    reconstruction: list[dict[str, float]] = field(default_factory=list)
 
     def add_block(self, record: BlockRecord, reused: bool) -> None:
         self.layers += [LayerReport(**{**layer, "shape": tuple(layer["shape"])}) for layer in record.layers]
+        if record.reconstruction:
+            self.reconstruction.append({"block": float(record.index), **record.reconstruction})
         self.linear_parameters += record.linear_parameters
         self.linear_removed += record.linear_removed
         for kind, count in record.removed_groups.items():
@@ -123,55 +141,84 @@ class PruneReport:
             "blocks_reused": self.blocks_reused,
             "activations_in_memory": self.activations_in_memory,
             "layers": [vars(layer) for layer in self.layers],
+            **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
         }
 
 
 def collect_input_statistics(
         block: nn.Module, stage: list[tuple[str, ...]], hidden: ActivationSet | list[torch.Tensor],
         calls: list[BlockCall], options: EngineOptions, input_producers: tuple[tuple[str, str], ...] = (),
+        dense: tuple[nn.Module, ActivationSet] | None = None,
 ) -> dict[tuple[str, ...], InputStatistics]:
     """Σxxᵀ (fp32) of the inputs of each group in `stage`, one forward over all batches.
 
-    Each forward stops as soon as the stage's last group has seen its input. A group whose first linear
-    is never called as a module reads its input from its producer's output (see `ArchitectureAdapter`).
+    With `dense` (the block's original weights and the dense model's inputs to it), each batch first runs
+    through the dense block and the statistics also hold Σ x_dense xᵀ (`PairedInputStatistics`).
     """
     statistics: dict[tuple[str, ...], InputStatistics] = {}
-    handles = []
+    dense_inputs: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def accumulate(group: tuple[str, ...], activations: torch.Tensor) -> None:
+        if group not in statistics:
+            kind = PairedInputStatistics if dense is not None else InputStatistics
+            statistics[group] = kind(activations.shape[-1], activations.device)
+        entry = statistics[group]
+        if isinstance(entry, PairedInputStatistics):
+            entry.add_pair(activations, dense_inputs.pop(group))
+        else:
+            entry.add(activations)
+
+    def keep_dense(group: tuple[str, ...], activations: torch.Tensor) -> None:
+        dense_inputs[group] = activations
+
+    def forward(module: nn.Module, batch: torch.Tensor, call: BlockCall,
+                on_input: Callable[[tuple[str, ...], torch.Tensor], None]) -> None:
+        with stage_inputs(module, stage, input_producers, on_input), contextlib.suppress(StopForward):
+            run_block(module, batch.to(options.device, options.forward_dtype), call)
+
+    with torch.no_grad():
+        for index, (batch, call) in enumerate(zip(hidden, calls, strict=True)):
+            if dense is not None:
+                forward(dense[0], dense[1][index], call, keep_dense)
+            forward(block, batch, call, accumulate)
+    return statistics
+
+
+@contextlib.contextmanager
+def stage_inputs(block: nn.Module, stage: list[tuple[str, ...]], input_producers: tuple[tuple[str, str], ...],
+                 on_input: Callable[[tuple[str, ...], torch.Tensor], None]) -> Iterator[None]:
+    """Hooks that pass each group's input to `on_input(group, x)`; the forward stops (StopForward) once the stage's
+    last group has seen its input. A group whose first linear is never called as a module reads its input from
+    its producer's output (see `ArchitectureAdapter`)."""
     last_group = stage[-1]
 
     def hook_for(group: tuple[str, ...]) -> Callable[..., None]:
-        def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            activations = inputs[0]
-            if group not in statistics:
-                statistics[group] = InputStatistics(activations.shape[-1], activations.device)
-            statistics[group].add(activations)
+        def seen(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            on_input(group, inputs[0])
             if group == last_group:
                 raise StopForward
-        return accumulate
+        return seen
 
     def producer_hook_for(group: tuple[str, ...]) -> Callable[..., None]:
         width = int(cast(torch.Tensor, block.get_submodule(group[0]).weight).shape[1])
-        accumulate = hook_for(group)
+        seen = hook_for(group)
 
         def from_output(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            accumulate(module, (output[..., :width],))
+            seen(module, (output[..., :width],))
         return from_output
 
     producers = dict(input_producers)
+    handles = []
     for group in stage:
         if group[0] in producers:
             handles.append(block.get_submodule(producers[group[0]]).register_forward_hook(producer_hook_for(group)))
         else:
             handles.append(block.get_submodule(group[0]).register_forward_pre_hook(hook_for(group)))
     try:
-        with torch.no_grad():
-            for batch, call in zip(hidden, calls, strict=True):
-                with contextlib.suppress(StopForward):
-                    run_block(block, batch.to(options.device, options.forward_dtype), call)
+        yield
     finally:
         for handle in handles:
             handle.remove()
-    return statistics
 
 
 @dataclass
@@ -181,6 +228,15 @@ class BlockResult:
     layers: list[LayerReport]
     factors: dict[str, SparseLowRank]
     forward_seconds: float
+    reconstruction: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DenseStream:
+    """The dense model's inputs to a block and the set its outputs (on those inputs) are appended to."""
+
+    inputs: ActivationSet
+    outputs: ActivationSet
 
 
 class BlockPruner:
@@ -239,8 +295,9 @@ class BlockPruner:
                 outputs.append(run_block(working, batch, call))
 
     def __call__(self, block: nn.Module, prefix: str, hidden: ActivationSet | None, calls: list[BlockCall],
-                 outputs: ActivationSet | None) -> BlockResult:
-        """Prune all stages of `block` in place; append its outputs (the next block's inputs) to `outputs`.
+                 outputs: ActivationSet | None, dense: DenseStream | None = None) -> BlockResult:
+        """Prune all stages of `block` in place; append its outputs (the next block's inputs) to `outputs`, and with
+        `dense` the original block's outputs on the dense inputs to `dense.outputs`.
 
         Without calibration data (`hidden` None) every linear is solved without input statistics."""
         working = self.working_copy(block)
@@ -248,6 +305,15 @@ class BlockPruner:
         result = BlockResult([], {}, 0.0)
         stages = self.stages(prefix)
         reused: dict[str, list[Any]] = {}  # finished children's outputs (see pruning.finished_submodules)
+        dense_block = copy.deepcopy(working) if dense is not None else None
+        if dense is not None and dense_block is not None:
+            started = time.perf_counter()
+            with torch.no_grad():
+                for index, call in enumerate(device_calls):
+                    batch = dense.inputs[index].to(self.options.device, self.options.forward_dtype)
+                    dense.outputs.append(run_block(dense_block, batch, call))
+            result.forward_seconds += time.perf_counter() - started
+        paired = (dense_block, dense.inputs) if dense is not None and self.options.targets == "dense" else None
         for index, stage in enumerate(stages):
             statistics: dict[tuple[str, ...], InputStatistics | None] = dict.fromkeys(stage)
             if hidden is not None:
@@ -257,7 +323,8 @@ class BlockPruner:
                 with reusing(working, reused), recording(working, finished if self.reuse_outputs else [],
                                                          len(hidden)) as recorded:
                     statistics.update(collect_input_statistics(working, stage, hidden, device_calls, self.options,
-                                                               self.adapter.input_producers))
+                                                               self.adapter.input_producers,
+                                                               cast(tuple[nn.Module, ActivationSet] | None, paired)))
                 reused.update(recorded)
                 result.forward_seconds += time.perf_counter() - started
                 release_free_memory()
@@ -265,6 +332,9 @@ class BlockPruner:
                 for name in group:
                     self._solve_linear(block, working, prefix, name, statistics[group], result)
             release_free_memory()
+        if hidden is not None and dense is not None and self.options.reconstruction is not None:
+            reused.clear()  # the finished children's recorded outputs predate the new weights
+            self._reconstruct(block, working, prefix, hidden, device_calls, dense.outputs, result)
         if hidden is not None and outputs is not None:
             started = time.perf_counter()
             with reusing(working, reused, consume=True):
@@ -272,11 +342,30 @@ class BlockPruner:
             result.forward_seconds += time.perf_counter() - started
         return result
 
+    def _reconstruct(self, block: nn.Module, working: nn.Module, prefix: str, hidden: ActivationSet,
+                     calls: list[BlockCall], targets: ActivationSet, result: BlockResult) -> None:
+        """Optimise the block's pruned linears toward the dense block's outputs; write the weights into `block` (its
+        stored dtype) and the forward copy (as stored)."""
+        names = [name for group in self.prunable_groups(prefix) for name in group]
+        weights, result.reconstruction = reconstruct_block(
+            working, names, hidden, calls, targets, cast(ReconstructionConfig, self.options.reconstruction))
+        for name, weight in weights.items():
+            stored = block.get_submodule(name)
+            cast(torch.Tensor, stored.weight).data.copy_(weight)
+            if working is not block:
+                cast(torch.Tensor, working.get_submodule(name).weight).data.copy_(cast(torch.Tensor, stored.weight))
+
     def _solve_linear(self, block: nn.Module, working: nn.Module, prefix: str, name: str,
                       statistics: InputStatistics | None, result: BlockResult) -> None:
         started = time.perf_counter()
         stored = block.get_submodule(name)
         weight = self.adapter.read_weight(stored).to(self.options.device)
+        details: dict[str, float] = {}
+        if isinstance(statistics, PairedInputStatistics):
+            # Fit the dense model's outputs: the method prunes W* = W C G⁻¹ against the pruned inputs' G.
+            target = dense_target_weight(weight, statistics)
+            details["dense_target_shift"] = float((target - weight).norm() / weight.norm().clamp_min(1e-12))
+            weight = target
         unit = self.units.get(name)
         groups = unit_groups(block, self.adapter, unit, cast(HeadLayout, self.layout)) if unit else None
         solved = prune_layer(weight, statistics, self.method, groups)
@@ -298,7 +387,7 @@ class BlockPruner:
         result.layers.append(LayerReport(
             name=f"{prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
             sparsity=solved.sparsity, reconstruction_error=solved.reconstruction_error,
-            relative_error=solved.relative_error, solve_seconds=elapsed, details=solved.details))
+            relative_error=solved.relative_error, solve_seconds=elapsed, details={**solved.details, **details}))
 
 
 def linear_counts(block: nn.Module, adapter: ArchitectureAdapter,
@@ -332,6 +421,9 @@ class PruneEngine:
         self.needs_data = needs_calibration(method)
         if self.needs_data and input_ids is None:
             raise ValueError(f"{method.method} needs calibration data")
+        if options.dense_stream and not self.needs_data:
+            raise ConfigError(f"engine.targets / engine.reconstruction: {method.method} is data-free; dense "
+                              "targets and block reconstruction need a calibration-based method")
         self.input_ids = input_ids
         self.pruner = BlockPruner(self.adapter, method, options, structured_layout(self.adapter, method, self.config))
         self.report = PruneReport()
@@ -339,6 +431,7 @@ class PruneEngine:
         self.report.activations_in_memory = self._activations_fit()
         self._calls: list[list[BlockCall]] | None = None
         self._latest: tuple[int, ActivationSet] | None = None
+        self._dense_latest: tuple[int, ActivationSet] | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -347,22 +440,24 @@ class PruneEngine:
     def close(self) -> None:
         """Drop the run's captured block arguments and activations and remove this process's scratch files
         (finished blocks stay in the store)."""
-        if self._latest is not None:
-            self._latest[1].delete()
-        self._calls, self._latest = None, None
+        for latest in (self._latest, self._dense_latest):
+            if latest is not None:
+                latest[1].delete()
+        self._calls, self._latest, self._dense_latest = None, None, None
         if self.store is not None:
             self.store.close()
         release_free_memory()
 
     def _activations_fit(self) -> bool:
-        """Whether two activation sets (a block's inputs and outputs) fit in memory: on the GPU when it has room
-        for them (half of its free memory), else in the host memory budget, else they go to disk. A third set,
-        the reused outputs of finished sub-modules, is kept only where it fits too."""
+        """Whether two activation sets (a block's inputs and outputs; four with the dense stream) fit in memory: on
+        the GPU when it has room for them (half of its free memory), else in the host memory budget, else they go
+        to disk. One more set, the reused outputs of finished sub-modules, is kept only where it fits too."""
         if self.input_ids is None:
             return True
         batches = -(-self.input_ids.shape[0] // self.options.batch_size)
         size = activation_bytes(batches, self.options.batch_size, self.input_ids.shape[1],
                                 int(self.config.get_text_config().hidden_size), self.options.forward_dtype)
+        size *= 2 if self.options.dense_stream else 1
         if self.options.device.type == "cuda" and 3 * size <= torch.cuda.mem_get_info(self.options.device)[0] // 2:
             self.activation_device = self.options.device
             return True
@@ -395,18 +490,25 @@ class PruneEngine:
             self.report.add_block(record, reused=True)
             return record
         inputs = self._inputs(index) if self.needs_data else None
+        dense_inputs = self._dense_inputs(index) if self.needs_data and self.options.dense_stream else None
         started = time.perf_counter()
         block = self.access.load_block(index)
         self.report.io_seconds += time.perf_counter() - started
         last = index == self.num_blocks - 1
         outputs = (self._new_activations(self.store.outputs_directory(index) if self.store else None)
                    if inputs is not None and not last else None)
+        dense = None
+        if dense_inputs is not None:  # the last block's dense outputs are only reconstruction targets
+            kept = self.store is not None and not last
+            dense = DenseStream(dense_inputs, self._new_activations(
+                cast(BlockStore, self.store).dense_outputs_directory(index) if kept else None))
         prefix = block_prefix(self.adapter, index)
-        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs)
+        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs, dense)
         parameters, removed = linear_counts(block, self.adapter, result.factors)
         record = BlockRecord(index=index, layers=[vars(layer) for layer in result.layers],
                              linear_parameters=parameters, linear_removed=removed,
-                             removed_groups=self._removed_groups(block), forward_seconds=result.forward_seconds)
+                             removed_groups=self._removed_groups(block), forward_seconds=result.forward_seconds,
+                             reconstruction=result.reconstruction)
         started = time.perf_counter()
         if self.store is not None:
             self.store.save(record, block_state(block, prefix), result.factors, outputs)
@@ -417,7 +519,12 @@ class PruneEngine:
         self.report.add_block(record, reused=False)
         if inputs is not None:  # the previous block's outputs (or the embeddings) are no longer needed
             inputs.delete()
+        if dense is not None:
+            dense.inputs.delete()
+            if last:
+                dense.outputs.delete()
         self._latest = (index, outputs) if outputs is not None else None
+        self._dense_latest = (index, dense.outputs) if dense is not None and not last else None
         release_free_memory()
         return record
 
@@ -466,12 +573,36 @@ class PruneEngine:
             hidden = replayed_outputs
         return hidden
 
-    def _replay(self, index: int, hidden: ActivationSet) -> ActivationSet:
-        """The outputs of finished block `index` (its stored weights) on `hidden`."""
+    def _dense_inputs(self, index: int) -> ActivationSet:
+        """Block `index`'s inputs in the dense model: the previous block's dense outputs from memory or the store;
+        else recomputed from the latest stored ones (or the embeddings) by running the original blocks in between
+        (the model access serves original weights for every block not pruned by this process)."""
+        if self._dense_latest is not None and self._dense_latest[0] == index - 1:
+            return self._dense_latest[1]
+        store = self.store
+        start = -1
+        if store is not None:
+            start = next((previous for previous in range(index - 1, -1, -1)
+                          if store.has_dense_outputs(previous)), -1)
+        if start < 0:
+            hidden = self._capture()
+        else:
+            hidden = ActivationSet.from_directory(cast(BlockStore, store).dense_outputs_directory(start),
+                                                  self.report.activations_in_memory, self.activation_device)
+        for replayed in range(start + 1, index):
+            replayed_outputs = self._replay(replayed, hidden, original=True)
+            hidden.delete()
+            hidden = replayed_outputs
+        return hidden
+
+    def _replay(self, index: int, hidden: ActivationSet, original: bool = False) -> ActivationSet:
+        """The outputs of finished block `index` on `hidden`: with its stored (pruned) weights, or its original
+        weights (the dense stream)."""
         store = cast(BlockStore, self.store)
         block = self.access.load_block(index)
-        store.load_weights(index, block, block_prefix(self.adapter, index))
-        outputs = self._new_activations(store.outputs_directory(index))
+        if not original:
+            store.load_weights(index, block, block_prefix(self.adapter, index))
+        outputs = self._new_activations(None if original else store.outputs_directory(index))
         started = time.perf_counter()
         self.pruner.propagate(self.pruner.working_copy(block), hidden,
                               self.pruner.device_calls(cast(list[list[BlockCall]], self._calls)[index]), outputs)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 import torch
 from pydantic import Field, TypeAdapter
 
-from pruning import apt, magnitude, oats, osscar, sparsegpt, structured_magnitude, structured_wanda, wanda
+from pruning import admm, apt, magnitude, oats, osscar, sparsegpt, structured_magnitude, structured_wanda, wanda
 from pruning.statistics import InputStatistics, LayerResult
 from pruning.structured import ColumnGroups, StructuredBudget
 
@@ -23,6 +23,7 @@ METHOD_MODULES: dict[str, ModuleType] = {
     "sparsegpt": sparsegpt,
     "oats": oats,
     "apt": apt,
+    "admm": admm,
     "osscar": osscar,
     "structured-magnitude": structured_magnitude,
     "structured-wanda": structured_wanda,
@@ -32,7 +33,7 @@ STRUCTURED_METHODS = ("osscar", "structured-magnitude", "structured-wanda")
 
 MethodConfig = Annotated[
     Union[magnitude.MagnitudeConfig, wanda.WandaConfig, sparsegpt.SparseGPTConfig, oats.OATSConfig,
-          apt.APTConfig, osscar.OSSCARConfig, structured_magnitude.StructuredMagnitudeConfig,
+          apt.APTConfig, admm.ADMMConfig, osscar.OSSCARConfig, structured_magnitude.StructuredMagnitudeConfig,
           structured_wanda.StructuredWandaConfig],
     Field(discriminator="method"),
 ]

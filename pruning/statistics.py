@@ -58,6 +58,22 @@ class InputStatistics:
         return statistics
 
 
+class PairedInputStatistics(InputStatistics):
+    """Σ x xᵀ of the pruned model's inputs and the cross term Σ x_dense xᵀ with the dense model's inputs to the
+    same linear on the same tokens (for fitting a layer to the dense model's outputs, see `dense_targets`)."""
+
+    def __init__(self, input_dim: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(input_dim, device)
+        self.cross = torch.zeros(input_dim, input_dim, dtype=torch.float32, device=device)
+
+    def add_pair(self, inputs: torch.Tensor, dense_inputs: torch.Tensor) -> None:
+        """Accumulate a batch of pruned-model inputs and the dense model's inputs on the same tokens."""
+        self.add(inputs)
+        pruned = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
+        dense = dense_inputs.reshape(-1, dense_inputs.shape[-1]).to(torch.float32)
+        self.cross.addmm_(dense.t(), pruned)
+
+
 def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, statistics: InputStatistics) -> float:
     """‖(W − Ŵ)X‖²_F = tr(Δ gram Δᵀ) with Δ = W − Ŵ."""
     delta = (original - pruned).to(statistics.gram.dtype)

@@ -214,9 +214,13 @@ def test_two_combinations_run_concurrently_on_a_dask_local_cluster(project):
 def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbing(project, capsys):
     directory, params = project
     params = {**params, "dense_baseline": False,
-              "prune": {"methods": ["oats", "apt", "osscar"], "sparsity": 0.5,
+              "prune": {"methods": ["oats", "apt", "osscar", "admm"], "sparsity": 0.5,
                         "options": {"oats": {"rank_ratio": 0.25, "iterations": 5}, "apt": {"selection": "row"},
-                                    "osscar": {"attention_groups": 1}}}}
+                                    "osscar": {"attention_groups": 1}, "admm": {"iterations": 10,
+                                                                                "mask_iterations": 5}},
+                        # One method's engine settings: dense targets and block reconstruction for admm only.
+                        "engine": {"admm": {"targets": "dense", "batch_size": 2,
+                                            "reconstruction": {"epochs": 1, "holdout": 0.5}}}}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
     assert printed_row(printed, "oats", "unstructured", "0.5") and printed_row(printed, "apt", "unstructured", "0.5")
@@ -230,3 +234,9 @@ def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbin
     apt_record = json.loads((directory / "runs" / "tiny" / "apt-unstructured-0.5" / "pruneflow.json").read_text())
     assert apt_record["config"]["method"]["selection"] == "row"
     assert apt_record["decoder_linear_sparsity"] == pytest.approx(0.5)
+    assert apt_record["config"]["engine"]["targets"] == "pruned" and "reconstruction" not in apt_record["engine"]
+    admm_record = json.loads((directory / "runs" / "tiny" / "admm-unstructured-0.5" / "pruneflow.json").read_text())
+    assert admm_record["config"]["engine"]["targets"] == "dense"
+    assert [entry["epochs"] for entry in admm_record["engine"]["reconstruction"]] == [1.0, 1.0]
+    assert all("dense_target_shift" in layer["details"] for layer in admm_record["engine"]["layers"])
+    assert admm_record["decoder_linear_sparsity"] == pytest.approx(0.5)

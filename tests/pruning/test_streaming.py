@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from tiny_models import random_ids, save_tiny_checkpoint, tiny_model
 from transformers import AutoModelForCausalLM
 
 from pruning.architectures import adapter_for
+from pruning.block_reconstruction import ReconstructionConfig
 from pruning.block_store import BlockStore
 from pruning.calibration import build_calibration_set
 from pruning.checkpoint import CheckpointReader
@@ -101,11 +103,16 @@ def test_activations_past_the_memory_budget_go_to_disk_with_identical_results(tm
     assert all(second[name].equal(tensor) for name, tensor in first.items())
 
 
+DENSE_STREAM = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False, targets="dense",
+                             reconstruction=ReconstructionConfig(epochs=2, holdout=0.5))
+
+
+@pytest.mark.parametrize("options", [FP32, DENSE_STREAM], ids=["pruned-targets", "dense-stream"])
 @pytest.mark.parametrize("outputs_kept", [True, False])
-def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept, tmp_path, corpus,
+def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept, options, tmp_path, corpus,
                                                                     tiny_tokenizer_dir):
     """With the last finished block's outputs in the store it continues from them; without them it re-runs the
-    finished blocks from the embeddings."""
+    finished blocks from the embeddings (the dense stream: the original blocks)."""
     import tiny_models
     from transformers import LlamaConfig
 
@@ -115,7 +122,7 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
     method = method_config({"method": "sparsegpt", "sparsity": 0.5})
 
     def engine(root):
-        return PruneEngine(StreamedModel(checkpoint), method, FP32, ids, BlockStore(root, "run"))
+        return PruneEngine(StreamedModel(checkpoint), method, options, ids, BlockStore(root, "run"))
 
     complete = engine(tmp_path / "complete")
     complete.run()
@@ -123,8 +130,10 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
     interrupted.prune_block(0)
     interrupted.prune_block(1)
     assert interrupted.store.has_outputs(1)
+    assert interrupted.store.has_dense_outputs(1) == options.dense_stream
     if not outputs_kept:
         interrupted.store.outputs(1, True, torch.device("cpu")).delete()
+        shutil.rmtree(interrupted.store.dense_outputs_directory(1), ignore_errors=True)
     resumed = engine(tmp_path / "interrupted")
     report = resumed.run()
     assert (report.blocks_reused, report.blocks_computed) == (2, 2)
@@ -133,7 +142,10 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
         resumed_weights = load_file(str(resumed.store.weights_path(index)))
         assert resumed_weights.keys() == expected.keys()
         assert all(tensor.equal(expected[name]) for name, tensor in resumed_weights.items())
-    assert not any(resumed.store.has_outputs(index) for index in range(4)), "a finished run keeps no activations"
+    assert not any(resumed.store.has_outputs(index) or resumed.store.has_dense_outputs(index)
+                   for index in range(4)), "a finished run keeps no activations"
+    if options.dense_stream:
+        assert [int(entry["block"]) for entry in report.reconstruction] == [0, 1, 2, 3], "reused blocks report too"
 
 
 def test_a_bfloat16_checkpoint_stays_bfloat16_on_disk(tmp_path, corpus, tiny_tokenizer_dir):

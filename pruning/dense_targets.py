@@ -1,0 +1,31 @@
+"""Fitting a layer to the dense model's outputs rather than to its own (pruned-model) inputs.
+
+With X_d the dense model's inputs to a linear and X_p the pruned model's inputs on the same tokens
+(columns are tokens), the dense-target layer problem is
+  min_Ŵ ‖W X_d − Ŵ X_p‖²_F   subject to the method's pattern.
+Its unconstrained optimum is W* = W C G⁻¹ with C = X_d X_pᵀ and G = X_p X_pᵀ, and the residual W X_d − W* X_p is
+orthogonal to the rows of X_p, so for every Ŵ
+  ‖W X_d − Ŵ X_p‖² = ‖W X_d − W* X_p‖² + ‖(W* − Ŵ) X_p‖².
+Any method that minimises ‖(W − Ŵ)X‖² with X = X_p therefore solves the dense-target problem when given W* as
+its weight: the engine hands it W* and the pruned inputs' statistics, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pruning.hessian import damped_hessian
+from pruning.statistics import PairedInputStatistics
+
+# Relative ridge on G (λ·mean(diag G)), the damping the second-order methods use.
+DAMPING = 0.01
+
+
+def dense_target_weight(weight: torch.Tensor, statistics: PairedInputStatistics,
+                        damping: float = DAMPING) -> torch.Tensor:
+    """W* = W C (G + λ·mean(diag G)·I)⁻¹, C = Σ x_d x_pᵀ, G = Σ x_p x_pᵀ (weight: d_out × d_in)."""
+    gram = damped_hessian(statistics.gram.to(torch.float64), damping)
+    # W*ᵀ = G⁻¹ Cᵀ Wᵀ, solved through the Cholesky factor of the (symmetric) damped G.
+    right = statistics.cross.to(torch.float64).t() @ weight.to(torch.float64).t()
+    solved = torch.cholesky_solve(right, torch.linalg.cholesky(gram))
+    return solved.t().to(weight.dtype)
