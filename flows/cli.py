@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     job_options.add_argument("--reconstruct", action="store_true",
                              help="after each block, optimise its kept weights toward the dense block's outputs "
                                   "(engine.reconstruction in a job file sets its epochs, learning rate, ...)")
+    job_options.add_argument("--budget", choices=["owl", "ramp"],
+                             help="spread unstructured sparsity over the blocks by OWL's outlier ratios or a depth "
+                                  "ramp (engine.budget in a job file sets λ, M, δ)")
     job_options.add_argument("--output", help="output directory for the pruned model (a new or empty folder)")
     job_options.add_argument("--allow-unpinned", action="store_true", help=UNPINNED_HELP)
     job_options.add_argument("--trust-remote-code", action="store_true",
@@ -210,7 +213,7 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
                           ("calibration.seqlen", arguments.seqlen), ("calibration.seed", arguments.seed),
                           ("engine.device", arguments.device), ("engine.forward_dtype", arguments.forward_dtype),
                           ("engine.batch_size", arguments.batch_size), ("engine.skip_layers", arguments.skip_layer),
-                          ("engine.targets", arguments.targets),
+                          ("engine.targets", arguments.targets), ("engine.budget.kind", arguments.budget),
                           ("output_dir", arguments.output), ("cache_dir", arguments.cache_dir)]:
         _set(fields, dotted, value)
     for key, value in arguments.option:

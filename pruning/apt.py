@@ -11,10 +11,14 @@ Mask selection:
              update reaches the block's kept weights and every later column; H_rest = H over the columns left,
              whose inverse follows from the previous one by a Schur complement.
   row        pick each row's mask at once by w_j²/[H⁻¹]_jj, then one exact joint solve over the whole row.
+N:M groups (`nm_selection`): by the single-weight score above (`saliency`), or (`joint`) by the multiple-removal
+loss itself: of the C(M, M−N) ways to prune a group g, the one with the least ½ w_P [(H⁻¹)_PP]⁻¹ w_Pᵀ, P ⊂ g, the
+rest of the row free (exact within a group; groups are chosen independently).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -22,7 +26,7 @@ from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
 from pruning.hessian import damped_hessian, spd_inverse
-from pruning.masks import check_nm_divisible, matrix_mask, nm_mask, row_mask
+from pruning.masks import NMPattern, check_nm_divisible, matrix_mask, nm_mask, row_mask
 from pruning.statistics import InputStatistics, LayerResult
 from pruning.targets import SparsityConfig
 
@@ -35,6 +39,9 @@ class APTConfig(SparsityConfig):
                                                    "updates (blockwise), or per whole row then one solve (row)")
     blocksize: int = Field(128, gt=0, description="columns per block (blockwise selection)")
     damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I, as SparseGPT")
+    nm_selection: Literal["saliency", "joint"] = Field(
+        "saliency", description="N:M: prune each group's weights by single-weight saliency, or the group's pruned "
+                                "set by the joint (multiple-removal) loss over every choice")
 
     @model_validator(mode="after")
     def _blocks_hold_whole_groups(self) -> APTConfig:
@@ -82,8 +89,30 @@ def _saliency(weight: torch.Tensor, inverse_diagonal: torch.Tensor) -> torch.Ten
     return weight.square() / inverse_diagonal.unsqueeze(0)
 
 
-def _select(scores: torch.Tensor, config: APTConfig, per_row: bool) -> torch.Tensor:
-    """Kept mask: N of every M, else the lowest scores per row (row) or over the block (blockwise)."""
+def nm_joint_mask(weight: torch.Tensor, inverse: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Kept mask: in each group g of M columns, prune the set P (|P| = M − N) of least ½ w_P [(H⁻¹)_PP]⁻¹ w_Pᵀ.
+
+    weight (rows × d), inverse = H⁻¹ over at least those d columns (its leading d × d block is used)."""
+    rows, columns = weight.shape
+    groups = columns // pattern.m
+    choices = torch.tensor(list(itertools.combinations(range(pattern.m), pattern.m - pattern.n)),
+                           device=weight.device)  # (C, k)
+    starts = torch.arange(groups, device=weight.device).unsqueeze(1).unsqueeze(2) * pattern.m
+    index = starts + choices.unsqueeze(0)  # (groups, C, k): the columns each choice prunes
+    systems = inverse[index.unsqueeze(3), index.unsqueeze(2)]  # (groups, C, k, k) = (H⁻¹)_PP
+    values = weight[:, index]  # (rows, groups, C, k) = w_P
+    solved = torch.linalg.solve(systems.unsqueeze(0).expand(rows, -1, -1, -1, -1), values.unsqueeze(4))
+    losses = 0.5 * (values * solved.squeeze(4)).sum(dim=3)  # (rows, groups, C)
+    best = index[torch.arange(groups, device=weight.device).unsqueeze(0), losses.argmin(dim=2)]  # (rows, groups, k)
+    mask = torch.ones_like(weight, dtype=torch.bool)
+    return mask.scatter_(1, best.reshape(rows, -1), False)
+
+
+def _select(weight: torch.Tensor, inverse: torch.Tensor, config: APTConfig, per_row: bool) -> torch.Tensor:
+    """Kept mask: N of every M, else the lowest saliencies per row (row) or over the block (blockwise)."""
+    if config.nm is not None and config.nm_selection == "joint":
+        return nm_joint_mask(weight, inverse, config.nm)
+    scores = _saliency(weight, torch.diagonal(inverse)[:weight.shape[1]])
     if config.nm is not None:
         return nm_mask(scores, config.nm)
     return row_mask(scores, config.target_sparsity) if per_row else matrix_mask(scores, config.target_sparsity)
@@ -98,7 +127,7 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTCo
     pruned = weight.to(torch.float64)
     if config.selection == "row":
         inverse = spd_inverse(hessian)
-        mask = _select(_saliency(pruned, torch.diagonal(inverse)), config, per_row=True)
+        mask = _select(pruned, inverse, config, per_row=True)
         delta, loss = joint_removal(pruned, ~mask, inverse)
         pruned = (pruned + delta) * mask
     else:
@@ -107,8 +136,7 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTCo
         inverse = spd_inverse(hessian)  # (H over the columns not yet frozen)⁻¹
         for start in range(0, columns, config.blocksize):
             width = min(config.blocksize, columns - start)
-            block_mask = _select(_saliency(pruned[:, start:start + width], torch.diagonal(inverse)[:width]), config,
-                                 per_row=False)
+            block_mask = _select(pruned[:, start:start + width], inverse, config, per_row=False)
             block_pruned = torch.zeros_like(pruned[:, start:], dtype=torch.bool)
             block_pruned[:, :width] = ~block_mask
             delta, block_loss = joint_removal(pruned[:, start:], block_pruned, inverse)

@@ -22,7 +22,8 @@ from pruning.corpora import check_text_source
 from pruning.engine import EngineOptions
 from pruning.errors import ConfigError
 from pruning.io import check_output_path
-from pruning.methods import METHOD_MODULES, MethodConfig
+from pruning.layer_budgets import LayerBudget, widest_departure
+from pruning.methods import METHOD_MODULES, MethodConfig, is_structured
 from pruning.sources import check_model_source
 from pruning.zeroshot import check_local_tasks
 
@@ -92,6 +93,9 @@ class EngineConfig(_Strict):
     reconstruction: ReconstructionConfig | None = Field(
         default=None, description="after each block is pruned, optimise its kept weights toward the dense block's "
                                   "outputs (masks fixed), early-stopped on held-out calibration windows")
+    budget: LayerBudget | None = Field(
+        default=None, description="spread the sparsity unevenly over the blocks (OWL or a depth ramp), the model-wide "
+                                  "sparsity unchanged; unstructured patterns only")
 
     def options(self, progress: bool = True) -> EngineOptions:
         device = resolve_device(self.device)
@@ -99,7 +103,7 @@ class EngineConfig(_Strict):
                              batch_size=self.batch_size, true_sequential=self.true_sequential,
                              skip_layers=self.skip_layers, progress=progress,
                              memory_budget=int(self.memory_budget) if self.memory_budget is not None else None,
-                             targets=self.targets, reconstruction=self.reconstruction)
+                             targets=self.targets, reconstruction=self.reconstruction, budget=self.budget)
 
     def cache_fields(self) -> dict[str, object]:
         """The settings that change a pruning result (not where activations live)."""
@@ -107,7 +111,8 @@ class EngineConfig(_Strict):
         return {"device": options.device.type, "forward_dtype": str(options.forward_dtype),
                 "batch_size": self.batch_size, "true_sequential": self.true_sequential,
                 "skip_layers": list(self.skip_layers), "targets": self.targets,
-                "reconstruction": self.reconstruction.model_dump() if self.reconstruction else None}
+                "reconstruction": self.reconstruction.model_dump() if self.reconstruction else None,
+                "budget": self.budget.model_dump() if self.budget else None}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -172,6 +177,15 @@ class PruneJob(_Strict):
         if self.engine.reconstruction is not None and self.method.method == "oats":
             raise ConfigError("engine.reconstruction: oats keeps sparse + low-rank factors, which block "
                               "reconstruction would not update; leave reconstruction out for oats")
+        budget = self.engine.budget
+        if budget is not None:
+            if self.method.nm is not None or is_structured(self.method.method):
+                raise ConfigError(f"engine.budget: layer budgets spread unstructured sparsity; {self.method.method} "
+                                  f"with pattern {self.method.pattern} keeps one pattern everywhere; remove the budget")
+            target, departure = self.method.target_sparsity, widest_departure(budget)
+            if target - departure < 0.0 or target + departure >= 1.0:
+                raise ConfigError(f"engine.budget: blocks would range over {target - departure:g}..."
+                                  f"{target + departure:g}, outside [0, 1); lower owl_lambda / ramp_delta")
         if self.engine.reconstruction is not None and self.calibration.num_samples < 2 * self.engine.batch_size:
             raise ConfigError(f"engine.reconstruction: needs at least two calibration batches (one is held out); "
                               f"calibration.num_samples {self.calibration.num_samples} <= engine.batch_size "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,8 @@ from pruning.block_store import BlockRecord, BlockStore
 from pruning.dense_targets import dense_target_weight
 from pruning.errors import ConfigError
 from pruning.finished_submodules import finished_children, recording, reusing
+from pruning.io import write_json
+from pruning.layer_budgets import LayerBudget, block_sparsities, outlier_ratio
 from pruning.methods import MethodConfig, needs_calibration, prune_layer
 from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
 from pruning.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
@@ -72,6 +75,7 @@ class EngineOptions:
     memory_budget: int | None = None
     targets: str = "pruned"  # "dense": fit each linear to the dense model's outputs
     reconstruction: ReconstructionConfig | None = None
+    budget: LayerBudget | None = None  # non-uniform sparsity across blocks (unstructured methods)
 
     @property
     def dense_stream(self) -> bool:
@@ -105,6 +109,7 @@ class PruneReport:
     linear_parameters: int = 0
     linear_removed: int = 0
     removed_groups: dict[str, list[int]] = field(default_factory=dict)
+    block_sparsity: list[float] = field(default_factory=list)  # each block's target, with a layer budget
     activations_in_memory: bool = True
     factors: dict[str, SparseLowRank] = field(default_factory=dict)
     reconstruction: list[dict[str, float]] = field(default_factory=list)
@@ -142,6 +147,7 @@ class PruneReport:
             "activations_in_memory": self.activations_in_memory,
             "layers": [vars(layer) for layer in self.layers],
             **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
+            **({"block_sparsity": self.block_sparsity} if self.block_sparsity else {}),
         }
 
 
@@ -295,9 +301,11 @@ class BlockPruner:
                 outputs.append(run_block(working, batch, call))
 
     def __call__(self, block: nn.Module, prefix: str, hidden: ActivationSet | None, calls: list[BlockCall],
-                 outputs: ActivationSet | None, dense: DenseStream | None = None) -> BlockResult:
+                 outputs: ActivationSet | None, dense: DenseStream | None = None,
+                 method: MethodConfig | None = None) -> BlockResult:
         """Prune all stages of `block` in place; append its outputs (the next block's inputs) to `outputs`, and with
-        `dense` the original block's outputs on the dense inputs to `dense.outputs`.
+        `dense` the original block's outputs on the dense inputs to `dense.outputs`. `method` replaces the
+        pruner's method for this block (a layer budget's per-block sparsity).
 
         Without calibration data (`hidden` None) every linear is solved without input statistics."""
         working = self.working_copy(block)
@@ -330,7 +338,7 @@ class BlockPruner:
                 release_free_memory()
             for group in stage:
                 for name in group:
-                    self._solve_linear(block, working, prefix, name, statistics[group], result)
+                    self._solve_linear(block, working, prefix, name, statistics[group], result, method or self.method)
             release_free_memory()
         if hidden is not None and dense is not None and self.options.reconstruction is not None:
             reused.clear()  # the finished children's recorded outputs predate the new weights
@@ -356,7 +364,7 @@ class BlockPruner:
                 cast(torch.Tensor, working.get_submodule(name).weight).data.copy_(cast(torch.Tensor, stored.weight))
 
     def _solve_linear(self, block: nn.Module, working: nn.Module, prefix: str, name: str,
-                      statistics: InputStatistics | None, result: BlockResult) -> None:
+                      statistics: InputStatistics | None, result: BlockResult, method: MethodConfig) -> None:
         started = time.perf_counter()
         stored = block.get_submodule(name)
         weight = self.adapter.read_weight(stored).to(self.options.device)
@@ -368,7 +376,7 @@ class BlockPruner:
             weight = target
         unit = self.units.get(name)
         groups = unit_groups(block, self.adapter, unit, cast(HeadLayout, self.layout)) if unit else None
-        solved = prune_layer(weight, statistics, self.method, groups)
+        solved = prune_layer(weight, statistics, method, groups)
         written = [name]
         self.adapter.write_weight(stored, solved.weight)
         if unit is not None and groups is not None:
@@ -432,6 +440,7 @@ class PruneEngine:
         self._calls: list[list[BlockCall]] | None = None
         self._latest: tuple[int, ActivationSet] | None = None
         self._dense_latest: tuple[int, ActivationSet] | None = None
+        self._block_sparsity: list[float] | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -503,7 +512,8 @@ class PruneEngine:
             dense = DenseStream(dense_inputs, self._new_activations(
                 cast(BlockStore, self.store).dense_outputs_directory(index) if kept else None))
         prefix = block_prefix(self.adapter, index)
-        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs, dense)
+        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs, dense,
+                             self._block_method(index))
         parameters, removed = linear_counts(block, self.adapter, result.factors)
         record = BlockRecord(index=index, layers=[vars(layer) for layer in result.layers],
                              linear_parameters=parameters, linear_removed=removed,
@@ -527,6 +537,55 @@ class PruneEngine:
         self._dense_latest = (index, dense.outputs) if dense is not None and not last else None
         release_free_memory()
         return record
+
+    def _block_method(self, index: int) -> MethodConfig | None:
+        """The method with block `index`'s sparsity under the layer budget (None without one)."""
+        if self.options.budget is None:
+            return None
+        if self._block_sparsity is None:
+            self._block_sparsity = self._budget_sparsities()
+            self.report.block_sparsity = self._block_sparsity
+        return cast(MethodConfig, self.method.model_copy(update={"sparsity": self._block_sparsity[index]}))
+
+    def _budget_sparsities(self) -> list[float]:
+        """Every block's sparsity: from the store when a previous run of this key computed them, else from OWL's
+        dense pass over all blocks (or the ramp's formula), then kept in the store."""
+        budget = cast(LayerBudget, self.options.budget)
+        saved = self.store.directory / "block_sparsity.json" if self.store is not None else None
+        if saved is not None and saved.is_file():
+            return cast(list[float], json.loads(saved.read_text()))
+        ratios = self._outlier_ratios(budget.owl_threshold) if budget.kind == "owl" else None
+        sparsities = block_sparsities(budget, self.method.target_sparsity, ratios, self.num_blocks)
+        if saved is not None:
+            write_json(saved, sparsities)
+        return sparsities
+
+    def _outlier_ratios(self, threshold: float) -> list[float]:
+        """OWL's outlier ratio of every block, from one pass of the dense model over the calibration set."""
+        hidden = self._capture()
+        ratios = []
+        calls = cast(list[list[BlockCall]], self._calls)
+        for index in range(self.num_blocks):
+            block = self.access.load_block(index)
+            working = self.pruner.working_copy(block)
+            device_calls = self.pruner.device_calls(calls[index])
+            groups = list(self.adapter.linear_groups)
+            started = time.perf_counter()
+            statistics = collect_input_statistics(working, groups, hidden, device_calls, self.options,
+                                                  self.adapter.input_producers)
+            by_linear = {name: statistics[group] for group in groups for name in group}
+            ratios.append(outlier_ratio(
+                {name: self.adapter.read_weight(working.get_submodule(name)) for name in by_linear},
+                {name: torch.diagonal(entry.gram).sqrt() for name, entry in by_linear.items()}, threshold))
+            if index < self.num_blocks - 1:
+                outputs = self._new_activations(None)
+                self.pruner.propagate(working, hidden, device_calls, outputs)
+                hidden.delete()
+                hidden = outputs
+            self.report.forward_seconds += time.perf_counter() - started
+            self.access.release_block(index)
+        hidden.delete()
+        return ratios
 
     def _removed_groups(self, block: nn.Module) -> dict[str, int]:
         """Structured methods: how many column groups each pruned unit kind lost in this block."""

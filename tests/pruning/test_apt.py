@@ -1,12 +1,14 @@
 """APT on single layers: the joint removal is the least-squares refit, its loss is the layer error."""
 
+import itertools
+
 import pytest
 import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
 from pruning import sparsegpt
-from pruning.apt import APTConfig, joint_removal, prune_layer
+from pruning.apt import APTConfig, joint_removal, nm_joint_mask, prune_layer
 from pruning.hessian import damped_hessian
 from pruning.masks import NMPattern, satisfies_nm
 from pruning.statistics import reconstruction_error
@@ -96,3 +98,31 @@ def test_apt_and_sparsegpt_prune_a_tiny_mamba_including_the_directly_multiplied_
         assert float((dt_proj == 0).float().mean()) == pytest.approx(0.5)
         with torch.no_grad():
             assert torch.isfinite(model(input_ids=random_ids(2, 16)).logits).all()
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_joint_nm_selection_prunes_each_group_by_its_least_multiple_removal_loss(pattern):
+    weight, statistics, _ = correlated_layer(rows=6, columns=16)
+    nm = NMPattern.parse(pattern)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(damped_hessian(statistics.hessian, 0.01).double()))
+    mask = nm_joint_mask(weight.double(), inverse, nm)
+    assert satisfies_nm(mask.double(), nm) and int(mask.sum()) == weight.numel() * nm.n // nm.m
+    for row in range(weight.shape[0]):
+        for start in range(0, 16, nm.m):
+            losses = {}
+            for pruned in itertools.combinations(range(start, start + nm.m), nm.m - nm.n):
+                chosen = list(pruned)
+                values = weight.double()[row, chosen]
+                losses[pruned] = float(values @ torch.linalg.solve(inverse[chosen][:, chosen], values))
+            best = min(losses, key=losses.get)
+            assert tuple(int(column) for column in torch.nonzero(~mask[row, start:start + nm.m]).flatten() + start) \
+                == best
+
+
+def test_joint_nm_selection_runs_end_to_end_in_both_modes():
+    weight, statistics, _ = correlated_layer()
+    for selection in ("blockwise", "row"):
+        config = APTConfig(pattern="2:4", selection=selection, nm_selection="joint", blocksize=16)
+        result = prune_layer(weight, statistics, config)
+        assert satisfies_nm(result.weight, config.nm)
+        assert result.details["loss"] > 0
