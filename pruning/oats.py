@@ -11,6 +11,12 @@ kept weights, spread evenly over rows (the first rows take one more when it does
 total kept is exactly ⌊(1−ρ)·d_out·d_in⌋; with κ = 0 and (1−ρ)·d_in whole, S is Wanda's mask.
 For an N:M pattern S keeps exactly N of every M and, as in the paper, r = ⌊κ/(1−κ)·(N/M)·d_out·d_in/(d_out+d_in)⌋;
 the total compression then follows from the pattern and κ and is reported, not assumed.
+
+Hessian refit (`hessian_refit` rounds, off by default; the paper's objective sees only diag(XᵀX)): with the masks
+and rank fixed, alternate on the layer's own objective ‖(W − S − L)X‖² = tr(Δ H Δᵀ), H = XXᵀ (damped):
+  S ← the least-squares optimum of W − L on S's support (rows by conjugate gradients, as `admm`'s refit),
+  L ← SVD_r((W − S)·C)·C⁻¹ with H = C Cᵀ (the whitened SVD: the best rank-r L under that norm),
+then S once more. Done on the normalised problem (diag H = 1).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from pruning.admm import refit_on_mask
+from pruning.hessian import damped_hessian
 from pruning.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
 from pruning.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
 from pruning.statistics import InputStatistics, LayerResult, SparseLowRank
@@ -40,6 +48,9 @@ class OATSConfig(SparsityConfig):
     tolerance: float | None = Field(None, gt=0.0, description="stop once the residual's relative change is below "
                                                               "this (off by default: always T rounds)")
     seed: int = 0
+    hessian_refit: int = Field(0, ge=0, description="rounds of refitting S (on its support) and L (whitened SVD) to "
+                                                    "the full-Hessian objective after alternating thresholding")
+    damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I for the Hessian refit")
 
 
 def oats_rank(rows: int, columns: int, config: OATSConfig) -> int:
@@ -88,6 +99,28 @@ def _alternate(scaled: torch.Tensor, rank: int, kept_per_row: torch.Tensor,
     return mask, low_rank, config.iterations
 
 
+def hessian_refit(weight: torch.Tensor, mask: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                  statistics: InputStatistics, config: OATSConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """S (sparse, on `mask`) and the factors U, V refit to tr(ΔHΔᵀ), Δ = W − S − U·V (see the module docstring)."""
+    hessian = damped_hessian(statistics.hessian.to(weight.device), config.damping).to(torch.float32)
+    scale = torch.diagonal(hessian).sqrt()
+    normalised = hessian / scale.unsqueeze(0) / scale.unsqueeze(1)
+    factor = torch.linalg.cholesky(normalised)  # H̃ = C Cᵀ, C lower triangular
+    target = weight.to(torch.float32) * scale
+    rank = up.shape[1]
+    low_rank = (up @ down).to(torch.float32) * scale
+    sparse = (target - low_rank) * mask
+    for _ in range(config.hessian_refit):
+        sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, 200, 1e-7)
+        whitened = full_truncated_svd((target - sparse) @ factor, rank)
+        up = whitened.left * whitened.values
+        # V = V_rᵀ C⁻¹: solve X C = V_rᵀ through Cᵀ Xᵀ = V_r (upper triangular).
+        down = torch.linalg.solve_triangular(factor.t(), whitened.right.t(), upper=True).t()
+        low_rank = up @ down
+    sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, 200, 1e-7)
+    return (sparse / scale).to(weight.dtype), up.to(weight.dtype), (down / scale).to(weight.dtype)
+
+
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: OATSConfig) -> LayerResult:
     rows, columns = weight.shape
     if config.nm is not None:
@@ -103,8 +136,12 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: OATSC
         up, down = low_rank.left * low_rank.values, low_rank.right / scale
     else:
         up, down = weight.new_zeros(rows, 0), weight.new_zeros(0, columns)
-    low_rank_weight = up @ down
-    sparse_weight = (weight - low_rank_weight) * mask
+    if config.hessian_refit:
+        sparse_weight, up, down = hessian_refit(weight, mask, up, down, statistics, config)
+        low_rank_weight = up @ down
+    else:
+        low_rank_weight = up @ down
+        sparse_weight = (weight - low_rank_weight) * mask
     details = {"rank": float(rank), "iterations": float(rounds),
                "sparse_term_sparsity": 1.0 - float(mask.float().mean())}
     return LayerResult.measure(weight, sparse_weight + low_rank_weight, mask, statistics,

@@ -104,3 +104,15 @@ def test_config_errors_name_the_field():
         OATSConfig(sparsity=0.5, rank_ratio=1.0)
     with pytest.raises(ValidationError, match="contradicts pattern"):
         OATSConfig(sparsity=0.6, pattern="2:4")
+
+
+def test_the_hessian_refit_lowers_the_layer_error_round_by_round_at_the_same_parameter_count():
+    weight, statistics, _ = correlated_layer(48, 64)
+    errors, kept = [], set()
+    for rounds in (0, 1, 3):
+        result = prune_layer(weight, statistics, OATSConfig(sparsity=0.5, iterations=10, hessian_refit=rounds))
+        errors.append(result.reconstruction_error)
+        kept.add(result.kept_parameters)
+        assert torch.allclose(result.weight, result.factors.sparse + result.factors.up @ result.factors.down, atol=1e-5)
+    assert errors[1] < 0.8 * errors[0] and errors[2] <= errors[1] * (1 + 1e-4)
+    assert len(kept) == 1, "the refit keeps S's support and L's rank"
