@@ -64,7 +64,11 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                {"method": "structured-wanda", "sparsity": 0.5, "refit": False},
                {"method": "structured-magnitude", "sparsity": 0.5, "refit": True}],
     "quality": [{"method": "admm", "sparsity": 0.5}, {"method": "admm", "sparsity": 0.5, "targets": "dense"},
-                {"method": "sparsegpt", "sparsity": 0.5, "targets": "dense"}],
+                {"method": "sparsegpt", "sparsity": 0.5, "targets": "dense"}, {"method": "admm", "pattern": "2:4"},
+                *({"method": "admm", "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
+                *({"method": "admm", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
+                *({"method": "sparsegpt", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
+                {"method": "admm", "sparsity": 0.6}, {"method": "admm", "sparsity": 0.7}],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),

@@ -159,6 +159,7 @@ class SweepTracker:
             for step, layer in enumerate(record["engine"]["layers"]):
                 if layer["relative_error"] is not None:  # data-free methods measure no error
                     self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
+                self.mlflow.log_metric("layer_sparsity", layer["sparsity"], step=step)
             calibration = record["inputs"]["calibration"]
             if calibration is not None:
                 self._log_input(calibration["corpus"].get("source", "calibration"), calibration["windows_sha256"],

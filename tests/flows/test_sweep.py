@@ -148,6 +148,7 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
         assert metrics["decoder_linear_sparsity"] == pytest.approx(0.5)
         assert any(key.startswith("ppl.token.") and "seqlen32" in key for key in metrics)
         assert "block_relative_error" in metrics and "seconds.prune" in metrics
+        assert metrics["layer_sparsity"] == pytest.approx(0.5)  # the last layer's, a history over all layers
         contexts = {item["tags"][0]["value"] if item.get("tags") else None
                     for item in child["inputs"]["dataset_inputs"]}
         assert {"calibration", "evaluation"} <= contexts
