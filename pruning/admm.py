@@ -20,7 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.hessian import damped_hessian, spd_inverse
+from pruning.hessian import damped_hessian, refit_on_mask, spd_inverse
 from pruning.masks import check_nm_divisible, nm_mask, row_mask
 from pruning.statistics import InputStatistics, LayerResult
 from pruning.targets import SparsityConfig
@@ -55,29 +55,6 @@ def _project(values: torch.Tensor, config: ADMMConfig, sparsity: float) -> torch
     """Kept mask of the pattern: N of every M by |value|, else the largest (1 − s)·d_in per row."""
     scores = values.abs()
     return nm_mask(scores, config.nm) if config.nm is not None else row_mask(scores, sparsity)
-
-
-def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
-                  iterations: int, tolerance: float) -> tuple[torch.Tensor, int]:
-    """argmin over Ŵ with Ŵ ⊙ ¬mask = 0 of tr((Ŵ − T) H (Ŵ − T)ᵀ): per row, CG on H_KK ŵ_K = (H tᵀ)_K, all rows at
-    once (H symmetric positive definite). Returns the solution and the steps taken."""
-    solution = start * mask
-    right = (target @ hessian) * mask
-    residual = right - (solution @ hessian) * mask
-    direction = residual.clone()
-    squared = residual.square().sum(dim=1, keepdim=True)
-    limit = tolerance**2 * right.square().sum(dim=1, keepdim=True)
-    for step in range(iterations):
-        if bool((squared <= limit).all()):
-            return solution, step
-        product = (direction @ hessian) * mask
-        size = squared / (direction * product).sum(dim=1, keepdim=True).clamp_min(torch.finfo(target.dtype).tiny)
-        solution += size * direction
-        residual -= size * product
-        updated = residual.square().sum(dim=1, keepdim=True)
-        direction = residual + (updated / squared.clamp_min(torch.finfo(target.dtype).tiny)) * direction
-        squared = updated
-    return solution, iterations
 
 
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: ADMMConfig) -> LayerResult:

@@ -25,3 +25,26 @@ def inverse_cholesky_upper(hessian: torch.Tensor) -> torch.Tensor:
     U_jj² = [(H_{j:, j:})⁻¹]_jj: the OBS denominator of column j once columns < j are fixed.
     """
     return torch.linalg.cholesky(spd_inverse(hessian), upper=True)
+
+
+def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
+                  iterations: int, tolerance: float) -> tuple[torch.Tensor, int]:
+    """argmin over Ŵ with Ŵ ⊙ ¬mask = 0 of tr((Ŵ − T) H (Ŵ − T)ᵀ): per row, CG on H_KK ŵ_K = (H tᵀ)_K, all rows at
+    once (H symmetric positive definite). Returns the solution and the steps taken."""
+    solution = start * mask
+    right = (target @ hessian) * mask
+    residual = right - (solution @ hessian) * mask
+    direction = residual.clone()
+    squared = residual.square().sum(dim=1, keepdim=True)
+    limit = tolerance**2 * right.square().sum(dim=1, keepdim=True)
+    for step in range(iterations):
+        if bool((squared <= limit).all()):
+            return solution, step
+        product = (direction @ hessian) * mask
+        size = squared / (direction * product).sum(dim=1, keepdim=True).clamp_min(torch.finfo(target.dtype).tiny)
+        solution += size * direction
+        residual -= size * product
+        updated = residual.square().sum(dim=1, keepdim=True)
+        direction = residual + (updated / squared.clamp_min(torch.finfo(target.dtype).tiny)) * direction
+        squared = updated
+    return solution, iterations

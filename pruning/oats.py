@@ -27,8 +27,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.admm import refit_on_mask
-from pruning.hessian import damped_hessian
+from pruning.hessian import damped_hessian, refit_on_mask
 from pruning.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
 from pruning.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
 from pruning.statistics import InputStatistics, LayerResult, SparseLowRank
