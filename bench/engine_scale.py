@@ -48,7 +48,7 @@ def write_random_llama(directory: Path, blocks: int, hidden: int, intermediate: 
     import torch
     from transformers import AutoTokenizer, LlamaConfig
 
-    from pruning.checkpoint import ShardedWriter
+    from pruning.models.checkpoint import ShardedWriter
 
     if (directory / "config.json").is_file():
         return sum(path.stat().st_size for path in directory.glob("*.safetensors"))
@@ -149,7 +149,7 @@ def wrap(command: list[str], group: str | None) -> None:
 
 
 def tensors_equal(first: Path, second: Path) -> bool:
-    from pruning.checkpoint import CheckpointReader
+    from pruning.models.checkpoint import CheckpointReader
 
     left, right = CheckpointReader(first), CheckpointReader(second)
     if set(left.names) != set(right.names):

@@ -31,7 +31,7 @@ def write_model(directory: Path, blocks: int, device: Any) -> float:
     import torch
     from transformers import LlamaConfig
 
-    from pruning.checkpoint import ShardedWriter
+    from pruning.models.checkpoint import ShardedWriter
 
     started = time.perf_counter()
     hidden, intermediate = SHAPES["hidden"], SHAPES["intermediate"]
@@ -75,12 +75,12 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured, nothing written")
         return
-    from pruning.block_store import BlockStore
+    from pruning.blocks.store import BlockStore
     from pruning.engine import EngineOptions, PruneEngine
     from pruning.io import write_json
-    from pruning.methods import method_config
-    from pruning.model_access import StreamedModel
-    from pruning.reassemble import write_pruned_checkpoint
+    from pruning.methods.registry import method_config
+    from pruning.models.access import StreamedModel
+    from pruning.models.pruned_checkpoint import write_pruned_checkpoint
 
     device = torch.device("cuda")
     shutil.rmtree(arguments.work, ignore_errors=True)
@@ -107,7 +107,7 @@ def main() -> None:
     output.mkdir()
     assemble_started = time.perf_counter()
     write_pruned_checkpoint(model, store, output, structured=False)
-    from pruning.checkpoint import CheckpointReader
+    from pruning.models.checkpoint import CheckpointReader
 
     complete = set(CheckpointReader(output).names) == set(CheckpointReader(model_dir).names)
     result: dict[str, Any] = {

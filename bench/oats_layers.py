@@ -29,12 +29,12 @@ BLOCKS = (1, 15)
 
 def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
     from pruning import pipeline
-    from pruning.architectures import adapter_for
-    from pruning.block_calls import capture_block_inputs, run_block
-    from pruning.calibration import build_calibration_set
-    from pruning.corpora import load_corpus
+    from pruning.blocks.calls import capture_block_inputs, run_block
+    from pruning.data.calibration import build_calibration_set
+    from pruning.data.corpora import load_corpus
     from pruning.engine import EngineOptions, collect_input_statistics
-    from pruning.sources import load_model, load_tokenizer
+    from pruning.models.architectures import adapter_for
+    from pruning.models.sources import load_model, load_tokenizer
 
     model_dir = pipeline.fetch_model(MODEL, cache_dir)
     calibration = build_calibration_set(load_corpus(str(DATA / "validation"), "calibration", cache_dir),
@@ -61,7 +61,7 @@ def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
 
 
 def _timed(weight: torch.Tensor, statistics: Any, fields: dict[str, Any]) -> tuple[Any, float]:
-    from pruning.methods import method_config, prune_layer
+    from pruning.methods.registry import method_config, prune_layer
 
     started = time.perf_counter()
     result = prune_layer(weight, statistics, method_config(fields))

@@ -157,9 +157,9 @@ def dense_forward_seconds(arguments: argparse.Namespace) -> float:
     import torch
 
     from pruning import pipeline
-    from pruning.calibration import build_calibration_set
-    from pruning.corpora import load_corpus
-    from pruning.sources import load_model, load_tokenizer
+    from pruning.data.calibration import build_calibration_set
+    from pruning.data.corpora import load_corpus
+    from pruning.models.sources import load_model, load_tokenizer
 
     model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
     corpus = load_corpus(str(DATA / "validation"), "calibration", arguments.cache_dir)
@@ -180,13 +180,13 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
     import torch
 
     from pruning import pipeline
-    from pruning.architectures import adapter_for
-    from pruning.block_calls import capture_block_inputs, run_block
-    from pruning.calibration import build_calibration_set
-    from pruning.corpora import load_corpus
+    from pruning.blocks.calls import capture_block_inputs, run_block
+    from pruning.data.calibration import build_calibration_set
+    from pruning.data.corpora import load_corpus
     from pruning.engine import EngineOptions, collect_input_statistics
-    from pruning.methods import method_config, prune_layer
-    from pruning.sources import load_model, load_tokenizer
+    from pruning.methods.registry import method_config, prune_layer
+    from pruning.models.architectures import adapter_for
+    from pruning.models.sources import load_model, load_tokenizer
 
     model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
     parser.add_argument("--dense-forward", action="store_true", help="internal: print one dense forward's seconds")
     arguments = parser.parse_args()
-    from pruning.methods import is_structured
+    from pruning.methods.registry import is_structured
 
     # Per-layer errors of the unstructured methods (structured ones prune by sub-block; see the cases).
     names = sorted({*BASELINES, *(case["method"] for case in SUITES[arguments.suite]

@@ -28,9 +28,9 @@ SUITE_FILES = ("prune_smollm2.json", "prune_smollm2_oats.json", "prune_smollm2_a
 def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from pruning.evaluation.zero_shot import zero_shot
     from pruning.io import write_json
-    from pruning.sources import load_model, load_tokenizer
-    from pruning.zeroshot import zero_shot
+    from pruning.models.sources import load_model, load_tokenizer
 
     output = RESULTS / "zeroshot_smollm2.json"
     settings = {"tasks": arguments.tasks.split(","), "limit": arguments.limit}
@@ -54,8 +54,8 @@ def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[dict[str, Any]]:
     from flows.report import dense_fields, record_fields
+    from pruning.models.pruned_checkpoint import RECORD_FILE
     from pruning.pipeline import fetch_model
-    from pruning.reassemble import RECORD_FILE
 
     entries = []
     for file in SUITE_FILES:

@@ -47,7 +47,7 @@ from pruning.config import (
     describe_validation_error,
 )
 from pruning.errors import ConfigError
-from pruning.methods import METHOD_MODULES
+from pruning.methods.registry import METHOD_MODULES
 from tasks.artifacts import DEFAULT_ARTIFACT_ROOT
 
 USAGE_ERROR = 2
@@ -271,9 +271,9 @@ def _bench(arguments: argparse.Namespace) -> int:
     """Benchmark the dense model, then every pruned directory given (or found one level under a folder)."""
     from flows.params import BenchConfig
     from flows.stages import model_directories
+    from pruning.evaluation.speed import benchmark_models
     from pruning.io import check_output_path, write_json
     from pruning.pipeline import fetch_model
-    from pruning.speed import benchmark_models
 
     check_output_path(arguments.output, "--output", directory=False)
     devices = tuple(arguments.devices.split(","))
@@ -294,7 +294,7 @@ def _bench(arguments: argparse.Namespace) -> int:
 
 
 def _print_factored(output_dir: Path) -> None:
-    from pruning.factored import FACTORED_DIRECTORY
+    from pruning.models.factored import FACTORED_DIRECTORY
 
     if (output_dir / FACTORED_DIRECTORY).is_dir():
         print(f"sparse + low-rank checkpoint in {output_dir / FACTORED_DIRECTORY} "
@@ -407,7 +407,7 @@ def _run_command(arguments: argparse.Namespace) -> int:
     from pruning import pipeline  # heavy imports only after the arguments parse
 
     if arguments.command in ("eval", "fetch"):
-        from pruning.sources import check_model_source
+        from pruning.models.sources import check_model_source
 
         check_model_source(arguments.model, "model", arguments.allow_unpinned)
     if arguments.command == "prune":

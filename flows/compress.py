@@ -22,13 +22,13 @@ from prefect import flow
 from flows.console import CombinationRow, combination_row
 from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
-from pruning.corpora import source_fingerprint
+from pruning.data.corpora import source_fingerprint
+from pruning.evaluation.zero_shot import zero_shot_fingerprint
 from pruning.io import atomic_directory
-from pruning.methods import needs_calibration
-from pruning.model_card import CARD_FILE, model_card
+from pruning.methods.registry import needs_calibration
+from pruning.models.card import CARD_FILE, model_card
+from pruning.models.pruned_checkpoint import RECORD_FILE
 from pruning.pipeline import check_job
-from pruning.reassemble import RECORD_FILE
-from pruning.zeroshot import zero_shot_fingerprint
 from tasks.artifacts import DEFAULT_STORE, ArtifactStore
 from tasks.calibrate import build_calibration
 from tasks.evaluate import evaluate, evaluate_zero_shot

@@ -34,10 +34,10 @@ from pruning.config import (
     describe_validation_error,
 )
 from pruning.errors import ConfigError
+from pruning.evaluation.speed import SpeedSettings
 from pruning.io import check_output_path
-from pruning.methods import METHOD_MODULES, is_structured
-from pruning.sources import check_model_source
-from pruning.speed import SpeedSettings
+from pruning.methods.registry import METHOD_MODULES, is_structured
+from pruning.models.sources import check_model_source
 
 
 class _Strict(BaseModel):
@@ -128,7 +128,7 @@ class DaskConfig(_Strict):
 
 
 class BenchConfig(_Strict):
-    """The bench stage: speed of every form on each device (see pruning.speed); `in_sweep` also runs it at the
+    """The bench stage: speed of every form on each device (pruning.evaluation.speed); `in_sweep` also runs it at the
     end of `pruneflow sweep`."""
 
     devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")

@@ -22,10 +22,10 @@ from typing import Any
 from flows.report_page import write_report_page
 from flows.tracking import block_errors
 from pruning.errors import ConfigError
+from pruning.evaluation.speed import speedups
 from pruning.io import atomic_directory, write_json
-from pruning.reassemble import RECORD_FILE
-from pruning.sources import stored_parameters
-from pruning.speed import speedups
+from pruning.models.pruned_checkpoint import RECORD_FILE
+from pruning.models.sources import stored_parameters
 
 PLOTS = ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png")
 

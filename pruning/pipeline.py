@@ -17,10 +17,8 @@ from typing import Any
 
 import torch
 
-from pruning.activations import release_free_memory
-from pruning.architectures import adapter_for_model_type
-from pruning.block_store import BlockStore, run_key
-from pruning.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
+from pruning.blocks.activations import release_free_memory
+from pruning.blocks.store import BlockStore, run_key
 from pruning.config import (
     EngineConfig,
     EvaluationConfig,
@@ -29,19 +27,21 @@ from pruning.config import (
     check_context_length,
     resolve_device,
 )
-from pruning.corpora import load_corpus
+from pruning.data.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
+from pruning.data.corpora import load_corpus
 from pruning.engine import PruneEngine, PruneReport
 from pruning.errors import ConfigError
-from pruning.evaluate import PerplexityResult, perplexity
+from pruning.evaluation.perplexity import PerplexityResult, perplexity
+from pruning.evaluation.zero_shot import check_hub_tasks, zero_shot
 from pruning.io import atomic_directory, code_digest, write_json
-from pruning.methods import MethodConfig, is_structured, needs_calibration
-from pruning.model_access import StreamedModel
-from pruning.model_card import CARD_FILE, model_card
-from pruning.reassemble import RECORD_FILE, software_versions, write_pruned_checkpoint
-from pruning.shrink import structured_layout
-from pruning.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
-from pruning.structured import StructuredBudget
-from pruning.zeroshot import check_hub_tasks, zero_shot
+from pruning.methods.registry import MethodConfig, is_structured, needs_calibration
+from pruning.methods.structured import StructuredBudget
+from pruning.models.access import StreamedModel
+from pruning.models.architectures import adapter_for_model_type
+from pruning.models.card import CARD_FILE, model_card
+from pruning.models.pruned_checkpoint import RECORD_FILE, software_versions, write_pruned_checkpoint
+from pruning.models.shrink import structured_layout
+from pruning.models.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
 
 
 def peak_rss_megabytes() -> float:

@@ -48,7 +48,7 @@ class ArtifactStore(BaseModel):
 
     @property
     def blocks(self) -> Path:
-        """The engine's block store (see `pruning.block_store`)."""
+        """The engine's block store (see `pruning.blocks.store`)."""
         return self.root.resolve() / "blocks"
 
     def cached_json(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:

@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from pruning.evaluation.speed import SpeedSettings, benchmark_models
 from pruning.io import write_json
 from pruning.pipeline import fetch_model
-from pruning.speed import SpeedSettings, benchmark_models
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)

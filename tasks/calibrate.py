@@ -7,10 +7,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pruning.calibration import MANIFEST_FILE, TOKENS_FILE, build_calibration_set, save_calibration_set
 from pruning.config import CalibrationConfig
-from pruning.corpora import load_corpus
-from pruning.sources import load_tokenizer
+from pruning.data.calibration import MANIFEST_FILE, TOKENS_FILE, build_calibration_set, save_calibration_set
+from pruning.data.corpora import load_corpus
+from pruning.models.sources import load_tokenizer
 from tasks.artifacts import ArtifactStore, FileRef, content_key
 from tasks.records import CalibrationArtifact, ModelArtifact
 

@@ -12,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from pruning import pipeline
 from pruning.config import EvaluationConfig, ZeroShotConfig, resolve_device
-from pruning.model_access import StreamedModel
+from pruning.models.access import StreamedModel
+from pruning.models.sources import load_tokenizer
 from pruning.pipeline import evaluate_all, load_evaluation_data
-from pruning.sources import load_tokenizer
 from tasks.artifacts import ArtifactStore, content_key
 
 
@@ -38,7 +38,7 @@ def evaluate(model_path: str, model_digest: str, evaluation: EvaluationConfig, s
 @task(cache_policy=NO_CACHE, persist_result=False)
 def evaluate_zero_shot(model_path: str, model_digest: str, config: ZeroShotConfig, data_fingerprint: str,
                        device: str, store: ArtifactStore) -> dict[str, Any]:
-    """`data_fingerprint` (pruning.zeroshot.zero_shot_fingerprint) puts the task files and lm-eval's version
+    """`data_fingerprint` (pruning.evaluation.zero_shot.zero_shot_fingerprint) puts the task files and lm-eval's version
     in the key."""
 
     def compute() -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from pruning.models.sources import source_digest
 from pruning.pipeline import fetch_model as resolve_model
-from pruning.sources import source_digest
 from tasks.records import ModelArtifact
 
 

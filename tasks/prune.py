@@ -14,14 +14,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pruning.calibration import CalibrationSet, load_calibration_set
 from pruning.config import PruneJob
+from pruning.data.calibration import CalibrationSet, load_calibration_set
 from pruning.engine import PruneEngine
 from pruning.io import atomic_directory, write_json
-from pruning.methods import is_structured, needs_calibration
-from pruning.model_access import StreamedModel
+from pruning.methods.registry import is_structured, needs_calibration
+from pruning.models.access import StreamedModel
+from pruning.models.pruned_checkpoint import RECORD_FILE, write_pruned_checkpoint
 from pruning.pipeline import block_store, prune_record
-from pruning.reassemble import RECORD_FILE, write_pruned_checkpoint
 from tasks.artifacts import ArtifactStore, FileRef, content_key
 from tasks.records import BlockOutcome, EngineRun, PrunedModel
 

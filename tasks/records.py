@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from pruning.config import EngineConfig
-from pruning.methods import MethodConfig
+from pruning.methods.registry import MethodConfig
 from tasks.artifacts import FileRef
 
 

@@ -22,7 +22,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from pruning.statistics import InputStatistics
+from pruning.methods.base import InputStatistics
 
 VOCAB = 320
 SAMPLE_TEXT = (

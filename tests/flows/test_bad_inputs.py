@@ -8,9 +8,9 @@ import pickle
 import pytest
 import yaml
 
-import pruning.checkpoint
-import pruning.model_access
-import pruning.sources
+import pruning.models.access
+import pruning.models.checkpoint
+import pruning.models.sources
 from flows.cli import main
 
 DATA = ["--calibration", "{corpus}", "--num-samples", "4", "--seqlen", "32", "--eval", "{corpus}",
@@ -221,9 +221,9 @@ def weights_must_not_load(monkeypatch):
 
     from transformers import PreTrainedModel
 
-    monkeypatch.setattr(pruning.checkpoint.CheckpointReader, "read", refuse)
-    monkeypatch.setattr(pruning.model_access.StreamedModel, "__init__", refuse)
-    monkeypatch.setattr(pruning.sources, "load_model", refuse)
+    monkeypatch.setattr(pruning.models.checkpoint.CheckpointReader, "read", refuse)
+    monkeypatch.setattr(pruning.models.access.StreamedModel, "__init__", refuse)
+    monkeypatch.setattr(pruning.models.sources, "load_model", refuse)
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 

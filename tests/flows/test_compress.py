@@ -16,8 +16,8 @@ from tiny_models import save_tiny_checkpoint
 
 from flows.cli import build_parser, job_from_arguments
 from flows.compress import compress
-from pruning.checkpoint import CheckpointReader
 from pruning.config import PruneJob
+from pruning.models.checkpoint import CheckpointReader
 from tasks.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]

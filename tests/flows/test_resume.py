@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tiny_models import save_deep_checkpoint, save_tiny_checkpoint
 
-from pruning.checkpoint import CheckpointReader
+from pruning.models.checkpoint import CheckpointReader
 
 REPO = Path(__file__).resolve().parents[2]
 

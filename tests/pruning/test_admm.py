@@ -5,12 +5,12 @@ import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning.admm import ADMMConfig, prune_layer, scheduled_sparsity
-from pruning.apt import joint_removal
-from pruning.hessian import damped_hessian, spd_inverse
-from pruning.masks import satisfies_nm
-from pruning.sparsegpt import SparseGPTConfig
-from pruning.sparsegpt import prune_layer as sparsegpt_layer
+from pruning.methods.admm import ADMMConfig, prune_layer, scheduled_sparsity
+from pruning.methods.apt import joint_removal
+from pruning.methods.hessian import damped_hessian, spd_inverse
+from pruning.methods.masks import satisfies_nm
+from pruning.methods.sparsegpt import SparseGPTConfig
+from pruning.methods.sparsegpt import prune_layer as sparsegpt_layer
 
 
 @pytest.mark.parametrize("fields", [{"sparsity": 0.5}, {"sparsity": 0.7}, {"pattern": "2:4"}])

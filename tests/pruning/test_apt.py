@@ -7,11 +7,11 @@ import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning import sparsegpt
-from pruning.apt import APTConfig, joint_removal, nm_joint_mask, prune_layer
-from pruning.hessian import damped_hessian
-from pruning.masks import NMPattern, satisfies_nm
-from pruning.statistics import reconstruction_error
+from pruning.methods import sparsegpt
+from pruning.methods.apt import APTConfig, joint_removal, nm_joint_mask, prune_layer
+from pruning.methods.base import reconstruction_error
+from pruning.methods.hessian import damped_hessian
+from pruning.methods.masks import NMPattern, satisfies_nm
 
 
 def test_joint_removal_on_a_fixed_mask_is_the_least_squares_refit_and_its_loss_the_error():
@@ -82,9 +82,9 @@ def test_blocksize_must_hold_whole_nm_groups():
 def test_apt_and_sparsegpt_prune_a_tiny_mamba_including_the_directly_multiplied_dt_proj():
     from tiny_models import random_ids, tiny_model
 
-    from pruning.architectures import adapter_for
     from pruning.engine import EngineOptions, prune_model
-    from pruning.sparsegpt import SparseGPTConfig
+    from pruning.methods.sparsegpt import SparseGPTConfig
+    from pruning.models.architectures import adapter_for
 
     for config in (APTConfig(sparsity=0.5), SparseGPTConfig(sparsity=0.5)):
         model = tiny_model("mamba")

@@ -8,11 +8,11 @@ import torch
 from pydantic import ValidationError
 from tiny_models import random_ids, tiny_model
 
-from pruning.architectures import adapter_for
-from pruning.block_reconstruction import ReconstructionConfig
+from pruning.blocks.reconstruction import ReconstructionConfig
 from pruning.config import PruneJob
 from pruning.engine import EngineOptions, prune_model
-from pruning.sparsegpt import SparseGPTConfig
+from pruning.methods.sparsegpt import SparseGPTConfig
+from pruning.models.architectures import adapter_for
 
 RECONSTRUCT = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False,
                             reconstruction=ReconstructionConfig(epochs=5, learning_rate=1e-3))

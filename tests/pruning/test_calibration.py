@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pruning.calibration import build_calibration_set, load_calibration_set, sample_windows, save_calibration_set
-from pruning.corpora import TextCorpus, check_text_source, load_corpus, wiki_summaries_split
+from pruning.data.calibration import build_calibration_set, load_calibration_set, sample_windows, save_calibration_set
+from pruning.data.corpora import TextCorpus, check_text_source, load_corpus, wiki_summaries_split
 
 
 def test_windows_are_deterministic_distinct_and_non_overlapping():

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny_models import random_ids, tiny_model
 
-from pruning.dense_targets import dense_target_weight
+from pruning.blocks.dense_targets import dense_target_weight
 from pruning.engine import EngineOptions, prune_model
-from pruning.sparsegpt import SparseGPTConfig
-from pruning.sparsegpt import prune_layer as sparsegpt_layer
-from pruning.statistics import PairedInputStatistics
+from pruning.methods.base import PairedInputStatistics
+from pruning.methods.sparsegpt import SparseGPTConfig
+from pruning.methods.sparsegpt import prune_layer as sparsegpt_layer
 
 FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
 

@@ -5,11 +5,11 @@ import torch
 from tiny_models import FAMILY_CONFIGS, random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
-from pruning.architectures import SUPPORTED_MODEL_TYPES, adapter_for, adapter_for_model_type, head_layout
-from pruning.block_calls import capture_block_inputs
+from pruning.blocks.calls import capture_block_inputs
 from pruning.engine import EngineOptions, prune_model
-from pruning.statistics import InputStatistics, reconstruction_error
-from pruning.wanda import WandaConfig
+from pruning.methods.base import InputStatistics, reconstruction_error
+from pruning.methods.wanda import WandaConfig
+from pruning.models.architectures import SUPPORTED_MODEL_TYPES, adapter_for, adapter_for_model_type, head_layout
 
 FAMILIES = sorted(FAMILY_CONFIGS)
 FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
@@ -109,8 +109,8 @@ def test_head_layout_reads_grouped_query_attention():
 def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, monkeypatch):
     import pruning.engine as engine_module
     from pruning.engine import PruneEngine
-    from pruning.model_access import InMemoryModel
-    from pruning.sparsegpt import SparseGPTConfig
+    from pruning.methods.sparsegpt import SparseGPTConfig
+    from pruning.models.access import InMemoryModel
 
     reused_children = []
 
@@ -133,7 +133,7 @@ def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, 
 
 
 def test_finished_children_precede_every_linear_still_to_solve():
-    from pruning.finished_submodules import finished_children
+    from pruning.blocks.finished_submodules import finished_children
 
     adapter = adapter_for_model_type("llama")
     assert finished_children(adapter, ["self_attn.o_proj", "mlp.down_proj"]) == []

@@ -6,10 +6,10 @@ from tiny_models import random_ids, tiny_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from pruning import load_compressed
-from pruning.architectures import adapter_for
 from pruning.engine import EngineOptions, prune_model
-from pruning.factored import FACTORED_DIRECTORY, SparseLowRankLinear, pack_mask, save_factored, unpack_mask
-from pruning.oats import OATSConfig
+from pruning.methods.oats import OATSConfig
+from pruning.models.architectures import adapter_for
+from pruning.models.factored import FACTORED_DIRECTORY, SparseLowRankLinear, pack_mask, save_factored, unpack_mask
 
 FP32 = EngineOptions(forward_dtype=torch.float32, progress=False)
 

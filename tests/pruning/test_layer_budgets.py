@@ -5,11 +5,11 @@ import torch
 from pydantic import ValidationError
 from tiny_models import random_ids, tiny_model
 
-from pruning.architectures import adapter_for
+from pruning.blocks.budgets import LayerBudget, block_sparsities, outlier_ratio
 from pruning.config import PruneJob
 from pruning.engine import EngineOptions, prune_model
-from pruning.layer_budgets import LayerBudget, block_sparsities, outlier_ratio
-from pruning.wanda import WandaConfig
+from pruning.methods.wanda import WandaConfig
+from pruning.models.architectures import adapter_for
 
 
 def test_owl_spreads_within_lambda_keeps_the_mean_and_prunes_outlier_rich_blocks_least():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pruning.masks import NMPattern, matrix_mask, nm_mask, row_mask, satisfies_nm
+from pruning.methods.masks import NMPattern, matrix_mask, nm_mask, row_mask, satisfies_nm
 
 
 def test_nm_pattern_rejects_n_not_below_m():

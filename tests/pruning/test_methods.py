@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny_models import correlated_layer
 
-from pruning import magnitude, sparsegpt, wanda
-from pruning.hessian import damped_hessian
-from pruning.masks import satisfies_nm
-from pruning.statistics import InputStatistics, reconstruction_error
+from pruning.methods import magnitude, sparsegpt, wanda
+from pruning.methods.base import InputStatistics, reconstruction_error
+from pruning.methods.hessian import damped_hessian
+from pruning.methods.masks import satisfies_nm
 
 
 def test_statistics_give_sparsegpt_hessian_and_wanda_norms():
@@ -99,7 +99,7 @@ def test_layer_error_orders_sparsegpt_below_wanda_below_magnitude(pattern):
               for module, config in [(magnitude, magnitude.MagnitudeConfig(sparsity=sparsity, pattern=pattern)),
                                      (wanda, wanda.WandaConfig(sparsity=sparsity, pattern=pattern)),
                                      (sparsegpt, sparsegpt.SparseGPTConfig(sparsity=sparsity, pattern=pattern))]}
-    assert errors["pruning.sparsegpt"] < errors["pruning.wanda"] < errors["pruning.magnitude"]
+    assert errors["pruning.methods.sparsegpt"] < errors["pruning.methods.wanda"] < errors["pruning.methods.magnitude"]
 
 
 def test_sparsegpt_handles_dead_inputs_without_nan():

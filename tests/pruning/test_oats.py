@@ -7,10 +7,10 @@ import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning import wanda
-from pruning.low_rank import full_truncated_svd, warm_truncated_svd
-from pruning.masks import NMPattern, satisfies_nm
-from pruning.oats import OATSConfig, oats_rank, prune_layer
+from pruning.methods import wanda
+from pruning.methods.low_rank import full_truncated_svd, warm_truncated_svd
+from pruning.methods.masks import NMPattern, satisfies_nm
+from pruning.methods.oats import OATSConfig, oats_rank, prune_layer
 
 
 @pytest.mark.parametrize("fields", [{"sparsity": 0.5}, {"sparsity": 0.75}, {"pattern": "2:4"}])

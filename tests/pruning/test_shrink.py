@@ -6,11 +6,11 @@ import torch
 from tiny_models import random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
-from pruning.architectures import adapter_for, head_layout
 from pruning.engine import EngineOptions, prune_model
-from pruning.osscar import OSSCARConfig
-from pruning.shrink import shrink_record
-from pruning.structured_wanda import StructuredWandaConfig
+from pruning.methods.osscar import OSSCARConfig
+from pruning.methods.structured_wanda import StructuredWandaConfig
+from pruning.models.architectures import adapter_for, head_layout
+from pruning.models.shrink import shrink_record
 
 FP32 = EngineOptions(forward_dtype=torch.float32, progress=False)
 

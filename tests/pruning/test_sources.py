@@ -1,7 +1,7 @@
 import pytest
 
-from pruning.assets import PackageAsset
-from pruning.sources import ModelSource, check_safetensors_checkpoint
+from pruning.models.assets import PackageAsset
+from pruning.models.sources import ModelSource, check_safetensors_checkpoint
 
 
 def test_sources_are_classified_without_loading_anything(tmp_path, tiny_tokenizer_dir):

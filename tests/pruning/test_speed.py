@@ -1,5 +1,5 @@
-"""pruning.speed on tiny pruned models: every form loads, computes what the saved model computes, and is timed;
-forms the device cannot run are reported skipped with a reason, never timed."""
+"""pruning.evaluation.speed on tiny pruned models: every form loads, computes what the saved model computes, and is
+timed; forms the device cannot run are reported skipped with a reason, never timed."""
 
 import json
 
@@ -8,9 +8,9 @@ import torch
 from tiny_models import random_ids, save_tiny_checkpoint
 
 from pruning.config import PruneJob
+from pruning.evaluation.speed import SpeedSettings, benchmark_models, load_form, model_forms
+from pruning.models.sources import load_model
 from pruning.pipeline import run_prune_job
-from pruning.sources import load_model
-from pruning.speed import SpeedSettings, benchmark_models, load_form, model_forms
 
 QUICK = SpeedSettings(prefill_batches=(1, 2), prefill_tokens=16, decode_batches=(1, 2), decode_new_tokens=4,
                       gemm_layers=2, min_run_time=0.01)

@@ -11,20 +11,20 @@ from safetensors.torch import load_file, save_file
 from tiny_models import random_ids, save_tiny_checkpoint, tiny_model
 from transformers import AutoModelForCausalLM
 
-from pruning.architectures import adapter_for
-from pruning.block_reconstruction import ReconstructionConfig
-from pruning.block_store import BlockStore
-from pruning.calibration import build_calibration_set
-from pruning.checkpoint import CheckpointReader
+from pruning.blocks.reconstruction import ReconstructionConfig
+from pruning.blocks.store import BlockStore
 from pruning.config import PruneJob
-from pruning.corpora import load_corpus
+from pruning.data.calibration import build_calibration_set
+from pruning.data.corpora import load_corpus
 from pruning.engine import EngineOptions, PruneEngine, prune_model
-from pruning.evaluate import perplexity
-from pruning.methods import is_structured, method_config
-from pruning.model_access import StreamedModel
+from pruning.evaluation.perplexity import perplexity
+from pruning.methods.registry import is_structured, method_config
+from pruning.models.access import StreamedModel
+from pruning.models.architectures import adapter_for
+from pruning.models.checkpoint import CheckpointReader
+from pruning.models.shrink import shrink_model
+from pruning.models.sources import load_model, load_tokenizer
 from pruning.pipeline import run_prune_job
-from pruning.shrink import shrink_model
-from pruning.sources import load_model, load_tokenizer
 
 FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
 METHODS = [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4"},

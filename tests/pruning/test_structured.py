@@ -5,8 +5,8 @@ import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning import osscar, structured_magnitude, structured_wanda
-from pruning.structured import ColumnGroups
+from pruning.methods import osscar, structured_magnitude, structured_wanda
+from pruning.methods.structured import ColumnGroups
 
 MLP = ColumnGroups("mlp", 1, 64)
 ATTENTION = ColumnGroups("attention", 16, 4)

@@ -12,9 +12,9 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from pruning.config import ZeroShotConfig
-from pruning.lm_eval_tasks import local_data
+from pruning.evaluation.lm_eval_tasks import local_data
+from pruning.evaluation.zero_shot import LOCAL_TASKS, TASKS_DIRECTORY, zero_shot
 from pruning.pipeline import check_zero_shot
-from pruning.zeroshot import LOCAL_TASKS, TASKS_DIRECTORY, zero_shot
 
 STANDARD_TASKS = Path(lm_eval.__file__).parent / "tasks"
 STANDARD_YAML = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "boolq": "super_glue/boolq/default.yaml",

@@ -10,9 +10,9 @@ from typing import Literal
 
 import torch
 
-from pruning.masks import nm_mask, row_mask
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.targets import SparsityConfig
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.masks import nm_mask, row_mask
+from pruning.methods.sparsity import SparsityConfig
 
 
 class WandaConfig(SparsityConfig):
@@ -28,3 +28,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Wanda
     scores = wanda_scores(weight, statistics)
     mask = nm_mask(scores, config.nm) if config.nm else row_mask(scores, config.target_sparsity)
     return LayerResult.measure(weight, weight * mask, mask, statistics)
+
+
+CONFIG = WandaConfig  # the registry reads the method name and options from here

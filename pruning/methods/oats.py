@@ -27,11 +27,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.hessian import damped_hessian, refit_on_mask
-from pruning.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
-from pruning.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
-from pruning.statistics import InputStatistics, LayerResult, SparseLowRank
-from pruning.targets import SparsityConfig
+from pruning.methods.base import InputStatistics, LayerResult, SparseLowRank
+from pruning.methods.hessian import damped_hessian, refit_on_mask
+from pruning.methods.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
+from pruning.methods.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
+from pruning.methods.sparsity import SparsityConfig
 
 
 class OATSConfig(SparsityConfig):
@@ -145,3 +145,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: OATSC
                "sparse_term_sparsity": 1.0 - float(mask.float().mean())}
     return LayerResult.measure(weight, sparse_weight + low_rank_weight, mask, statistics,
                                SparseLowRank(sparse_weight, up, down), details)
+
+
+CONFIG = OATSConfig  # the registry reads the method name and options from here

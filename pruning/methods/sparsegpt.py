@@ -14,10 +14,10 @@ import torch
 from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.hessian import damped_hessian, inverse_cholesky_upper
-from pruning.masks import check_nm_divisible, matrix_mask, nm_mask
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.targets import SparsityConfig
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.hessian import damped_hessian, inverse_cholesky_upper
+from pruning.methods.masks import check_nm_divisible, matrix_mask, nm_mask
+from pruning.methods.sparsity import SparsityConfig
 
 
 class SparseGPTConfig(SparsityConfig):
@@ -64,3 +64,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
         mask[:, start:end] = block_mask
         pruned[:, end:] -= errors @ upper[start:end, end:]
     return LayerResult.measure(weight, pruned, mask, statistics)
+
+
+CONFIG = SparseGPTConfig  # the registry reads the method name and options from here

@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
 
 
 class StructuredWandaConfig(StructuredBudget):
@@ -22,3 +22,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Struc
                 groups: ColumnGroups) -> LayerResult:
     column_scores = weight.square().sum(dim=0) * statistics.squared_input_norms.to(weight.device)
     return prune_by_column_scores(weight, statistics, config, groups, column_scores, config.refit)
+
+
+CONFIG = StructuredWandaConfig  # the registry reads the method name and options from here

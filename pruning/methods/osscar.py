@@ -1,6 +1,6 @@
 """OSSCAR (Meng et al., ICML 2024): structured pruning by combinatorial optimisation of the layer objective.
 
-On f(B) = ½ tr(Bᵀ H B) − tr(Bᵀ G) (see `pruning.structured`), in float64:
+On f(B) = ½ tr(Bᵀ H B) − tr(Bᵀ G) (see `pruning.methods.structured`), in float64:
  (a) greedy backward elimination: repeatedly drop the t groups of least saliency
        s_g = ½ tr(B_gᵀ [(H⁻¹)_gg]⁻¹ B_g)
      with the joint group-OBS update of the rest and the downdate of H⁻¹ (R = the dropped columns):
@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.hessian import spd_inverse
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.structured import ColumnGroups, StructuredBudget, StructuredProblem
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.hessian import spd_inverse
+from pruning.methods.structured import ColumnGroups, StructuredBudget, StructuredProblem
 
 
 class OSSCARConfig(StructuredBudget):
@@ -115,3 +115,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: OSSCA
             else:
                 break
     return problem.result(weight, problem.refit(alive), alive, statistics, {"swaps": float(swaps)})
+
+
+CONFIG = OSSCARConfig  # the registry reads the method name and options from here

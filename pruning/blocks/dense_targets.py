@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from pruning.hessian import damped_hessian
-from pruning.statistics import PairedInputStatistics
+from pruning.methods.base import PairedInputStatistics
+from pruning.methods.hessian import damped_hessian
 
 # Relative ridge on G (λ·mean(diag G)), the damping the second-order methods use.
 DAMPING = 0.01

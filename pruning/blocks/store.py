@@ -27,9 +27,9 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pruning.activations import ActivationSet
+from pruning.blocks.activations import ActivationSet
 from pruning.io import atomic_path, process_is_alive, write_json
-from pruning.statistics import SparseLowRank
+from pruning.methods.base import SparseLowRank
 
 RECORD_FILE = "block.json"
 WEIGHTS_FILE = "weights.safetensors"

@@ -19,9 +19,9 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from pruning.architectures import ArchitectureAdapter, adapter_for
-from pruning.checkpoint import CheckpointReader
 from pruning.errors import ConfigError
+from pruning.models.architectures import ArchitectureAdapter, adapter_for
+from pruning.models.checkpoint import CheckpointReader
 
 
 class ModelAccess(Protocol):

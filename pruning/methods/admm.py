@@ -20,10 +20,10 @@ import torch
 from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.hessian import damped_hessian, refit_on_mask, spd_inverse
-from pruning.masks import check_nm_divisible, nm_mask, row_mask
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.targets import SparsityConfig
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.hessian import damped_hessian, refit_on_mask, spd_inverse
+from pruning.methods.masks import check_nm_divisible, nm_mask, row_mask
+from pruning.methods.sparsity import SparsityConfig
 
 
 class ADMMConfig(SparsityConfig):
@@ -80,3 +80,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: ADMMC
     refit, steps = refit_on_mask(target, normalised, mask, sparse, config.refit_iterations, config.refit_tolerance)
     result = (refit / scale).to(weight.dtype)
     return LayerResult.measure(weight, result, mask, statistics, details={"refit_steps": float(steps)})
+
+
+CONFIG = ADMMConfig  # the registry reads the method name and options from here

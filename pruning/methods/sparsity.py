@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from pruning.errors import ConfigError
-from pruning.masks import NMPattern
+from pruning.methods.masks import NMPattern
 
 
 class SparsityConfig(BaseModel):
@@ -16,6 +16,7 @@ class SparsityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    method: str  # each method's config narrows this to its literal name
     sparsity: float | None = None
     pattern: str = "unstructured"
 

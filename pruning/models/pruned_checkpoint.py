@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from pruning.architectures import head_layout
-from pruning.block_store import BlockStore
-from pruning.checkpoint import ShardedWriter, tensor_sizes
-from pruning.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
-from pruning.model_access import StreamedModel, block_prefix, block_state
-from pruning.shrink import shrink_block, shrunk_config
-from pruning.statistics import SparseLowRank
+from pruning.blocks.store import BlockStore
+from pruning.methods.base import SparseLowRank
+from pruning.models.access import StreamedModel, block_prefix, block_state
+from pruning.models.architectures import head_layout
+from pruning.models.checkpoint import ShardedWriter, tensor_sizes
+from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
+from pruning.models.shrink import shrink_block, shrunk_config
 
 RECORD_FILE = "pruneflow.json"
 # Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.

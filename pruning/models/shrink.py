@@ -8,9 +8,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from pruning.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit, adapter_for, head_layout
 from pruning.errors import ConfigError
-from pruning.structured import ColumnGroups, StructuredBudget
+from pruning.methods.structured import ColumnGroups, StructuredBudget
+from pruning.models.architectures import ArchitectureAdapter, HeadLayout, StructuredUnit, adapter_for, head_layout
 
 
 def unit_is_pruned(unit: StructuredUnit, budget: StructuredBudget) -> bool:

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.structured import ColumnGroups, StructuredBudget, prune_by_column_scores
 
 
 class StructuredMagnitudeConfig(StructuredBudget):
@@ -25,3 +25,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics | None, config
                 groups: ColumnGroups) -> LayerResult:
     # score_g = ‖W_:,g‖²_F, summed from its columns
     return prune_by_column_scores(weight, statistics, config, groups, weight.square().sum(dim=0), config.refit)
+
+
+CONFIG = StructuredMagnitudeConfig  # the registry reads the method name and options from here

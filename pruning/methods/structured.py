@@ -20,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.hessian import damped_hessian
-from pruning.statistics import InputStatistics, LayerResult
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.hessian import damped_hessian
 
 UnitKind = Literal["mlp", "attention"]
 
@@ -45,6 +45,7 @@ class StructuredBudget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    method: str  # each method's config narrows this to its literal name
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of MLP neurons removed per block")
     pattern: Literal["structured"] = "structured"
     attention_groups: int = Field(0, ge=0, description="KV groups (a KV head with its query heads) removed per block")

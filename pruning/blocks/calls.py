@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.activations import ActivationSet
-from pruning.architectures import ArchitectureAdapter
+from pruning.blocks.activations import ActivationSet
+from pruning.models.architectures import ArchitectureAdapter
 
 
 @dataclass(frozen=True)

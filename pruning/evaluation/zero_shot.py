@@ -1,7 +1,7 @@
 """Zero-shot accuracy through lm-eval's HFLM wrapper, on the model object in memory (no re-save).
 
 Two task sources under the standard task names (piqa, arc_easy, ..., hellaswag):
-  - with `data_dir`: the YAMLs shipped in `pruning/lm_eval_tasks/`, which keep lm-eval's prompts and
+  - with `data_dir`: the YAMLs shipped in `pruning/evaluation/lm_eval_tasks/`, which keep lm-eval's prompts and
     scoring but read local files laid out as `local_data.TASK_FILES` says (e.g. ../shared/data);
   - without it: lm-eval's own task registry, whose datasets come from the Hugging Face hub.
 Every result carries the lm-eval version, the limit and the batch size it was measured with.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pruning.errors import ConfigError
-from pruning.lm_eval_tasks.local_data import TASK_FILES
+from pruning.evaluation.lm_eval_tasks.local_data import TASK_FILES
 
 TASKS_DIRECTORY = Path(__file__).resolve().parent / "lm_eval_tasks"
 LOCAL_TASKS = tuple(TASK_FILES)
@@ -46,7 +46,7 @@ def check_local_tasks(tasks: tuple[str, ...], data_dir: Path) -> None:
                if not (data_dir / relative).is_file()]
     if missing:
         raise ConfigError(f"zero_shot.data_dir: '{data_dir}' lacks {', '.join(missing)}; "
-                         "see pruning/lm_eval_tasks/local_data.py for each task's file and format")
+                         "see pruning/evaluation/lm_eval_tasks/local_data.py for each task's file and format")
 
 
 def check_hub_tasks(tasks: tuple[str, ...]) -> None:

@@ -25,10 +25,10 @@ import torch
 from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.hessian import damped_hessian, spd_inverse
-from pruning.masks import NMPattern, check_nm_divisible, matrix_mask, nm_mask, row_mask
-from pruning.statistics import InputStatistics, LayerResult
-from pruning.targets import SparsityConfig
+from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.hessian import damped_hessian, spd_inverse
+from pruning.methods.masks import NMPattern, check_nm_divisible, matrix_mask, nm_mask, row_mask
+from pruning.methods.sparsity import SparsityConfig
 
 SOLVE_CHUNK_ELEMENTS = 2**24  # rows per batched solve chosen so that rows·|P|² stays below this (128 MiB in fp64)
 
@@ -149,3 +149,6 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: APTCo
             inverse = inverse[width:, width:] - cross.t() @ torch.cholesky_solve(cross, torch.linalg.cholesky(head))
     result = pruned.to(weight.dtype)
     return LayerResult.measure(weight, result, mask, statistics, details={"loss": loss})
+
+
+CONFIG = APTConfig  # the registry reads the method name and options from here

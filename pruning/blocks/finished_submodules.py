@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from pruning.architectures import ArchitectureAdapter
+from pruning.models.architectures import ArchitectureAdapter
 
 
 def finished_children(adapter: ArchitectureAdapter, remaining: list[str]) -> list[str]:

@@ -16,8 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
-from pruning.activations import ActivationSet
-from pruning.block_calls import BlockCall, move, run_block
+from pruning.blocks.activations import ActivationSet
+from pruning.blocks.calls import BlockCall, move, run_block
 
 Batches = ActivationSet | Sequence[torch.Tensor]
 

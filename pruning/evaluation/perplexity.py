@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as functional
 from torch import nn
 
-from pruning.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
-from pruning.block_calls import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
+from pruning.blocks.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
+from pruning.blocks.calls import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
 from pruning.errors import ConfigError
-from pruning.model_access import InMemoryModel, ModelAccess
+from pruning.models.access import InMemoryModel, ModelAccess
 
 EVALUATION_DTYPE = torch.float32
 HEAD_CHUNK_ELEMENTS = 1 << 21  # logits per head chunk: 8 MB in fp32 (and as much again for the log-softmax)

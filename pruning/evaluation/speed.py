@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from pruning.architectures import adapter_for
-from pruning.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
-from pruning.reassemble import RECORD_FILE
+from pruning.models.architectures import adapter_for
+from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
+from pruning.models.pruned_checkpoint import RECORD_FILE
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ def unsupported_reason(form: str, device: torch.device) -> str | None:
 
 
 def load_form(directory: Path, form: str, device: torch.device) -> nn.Module:
-    from pruning.factored import SparseFormat
-    from pruning.sources import load_model
+    from pruning.models.factored import SparseFormat
+    from pruning.models.sources import load_model
 
     # fp16 on CUDA (the semi-structured kernels need it, and it is how GPUs serve), fp32 on CPU.
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -261,7 +261,7 @@ def record_target(record: dict[str, Any]) -> float:
         return 0.0
     if "target_sparsity" in record:
         return float(record["target_sparsity"])
-    from pruning.methods import method_config
+    from pruning.methods.registry import method_config
 
     return method_config(record["config"]["method"]).target_sparsity
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pruning.corpora import TextCorpus
+from pruning.data.corpora import TextCorpus
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_text, write_json
 
