@@ -81,6 +81,7 @@ def main() -> None:
     from pruning.methods.registry import method_config
     from pruning.models.access import StreamedModel
     from pruning.models.pruned_checkpoint import write_pruned_checkpoint
+    from pruning.record import EngineSummary
 
     device = torch.device("cuda")
     shutil.rmtree(arguments.work, ignore_errors=True)
@@ -121,7 +122,7 @@ def main() -> None:
         "activation_device": str(engine.activation_device),
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30,
         "peak_host_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "engine": {key: value for key, value in engine.report.as_dict().items() if key != "layers"},
+        "engine": EngineSummary.of(engine.report).model_dump(mode="json", exclude={"layers"}),
     }
     engine.close()
     write_json(arguments.output, result)

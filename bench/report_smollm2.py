@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,20 @@ def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[dict[str, Any]]:
     from flows.report import dense_fields, record_fields
-    from pruning.models.pruned_checkpoint import RECORD_FILE
+    from pruning.errors import ConfigError
     from pruning.pipeline import fetch_model
+    from pruning.record import PruneRecord
 
     entries = []
     for file in SUITE_FILES:
         path = RESULTS / file
         for case in json.loads(path.read_text())["cases"] if path.is_file() else []:
             directory = Path(case.get("output_dir", "-"))
-            if (directory / RECORD_FILE).is_file():
-                fields = record_fields(json.loads((directory / RECORD_FILE).read_text()))
+            record = None
+            with contextlib.suppress(ConfigError):  # a record of an older pruneflow: the case's own numbers below
+                record = PruneRecord.read_if_present(directory)
+            if record is not None:
+                fields = record_fields(record)
             elif case["method"] == "dense":
                 fields = dense_fields(fetch_model(MODEL, cache_dir))
             else:

@@ -10,7 +10,6 @@ unfinished block. The same engine runs `pruneflow prune`.
 """
 
 
-import json
 import os
 import shutil
 import time
@@ -27,8 +26,8 @@ from pruning.evaluation.zero_shot import zero_shot_fingerprint
 from pruning.io import atomic_directory
 from pruning.methods.registry import needs_calibration
 from pruning.models.card import CARD_FILE, model_card
-from pruning.models.pruned_checkpoint import RECORD_FILE
 from pruning.pipeline import check_job
+from pruning.record import PruneRecord
 from tasks.artifacts import DEFAULT_STORE, ArtifactStore
 from tasks.calibrate import build_calibration
 from tasks.evaluate import evaluate, evaluate_zero_shot
@@ -39,8 +38,8 @@ from tasks.records import BlockOutcome, EngineRun
 
 def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
     """Put the pruned model from the artifact store at the job's output directory, atomically (files are
-    hard-linked where the file system allows, else copied), with a model card that includes `results`
-    (the evaluation's fields of the run record)."""
+    hard-linked where the file system allows, else copied), its record and model card completed with `results`
+    (the evaluation's fields of the run record, see `PruneRecord.with_results`)."""
 
     def link_or_copy(source: str, target: str) -> None:
         try:
@@ -50,8 +49,9 @@ def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
 
     with atomic_directory(output_dir) as staging:
         shutil.copytree(directory, staging, dirs_exist_ok=True, copy_function=link_or_copy)
-        record = json.loads((directory / RECORD_FILE).read_text())
-        (staging / CARD_FILE).write_text(model_card({**record, **results}))
+        record = PruneRecord.read(directory).with_results(**results)
+        record.write(staging)  # a new file in place of the link: the artifact store's record stays as it was
+        (staging / CARD_FILE).write_text(model_card(record))
 
 
 @flow(name="compress", log_prints=True, on_crashed=[cancel_stopped_flow_run])
@@ -110,7 +110,8 @@ def _compress(job: PruneJob, store: ArtifactStore, row: CombinationRow) -> dict[
 
     row.stage("export")
     export(Path(pruned.path), job.output_dir, {"perplexity": results, "dense_perplexity": dense,
-                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot})
+                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot,
+                                               "timings": seconds})
     return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,
             "model": job.model, "output_dir": str(job.output_dir), "artifact": pruned.path,
             "record_sha256": pruned.record.sha256, "perplexity": results, "dense_perplexity": dense,

@@ -153,7 +153,7 @@ def warning_summary(log_path: Path, start: int, shown: int = 5) -> list[str]:
     return distinct[:shown] + ([f"... and {len(distinct) - shown} more"] if len(distinct) > shown else [])
 
 
-def results_table(header: list[str], rows: list[list[str]], title: str) -> tuple[Table, list[str]]:
+def console_results_table(header: list[str], rows: list[list[str]], title: str) -> tuple[Table, list[str]]:
     """The report's table for an 80-column terminal: columns with no value left out (the model column too when
     there is one model: it goes to the title), perplexity columns named ppl, ppl 2, ... with their protocols
     returned as footnotes."""

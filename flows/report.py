@@ -20,23 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from flows.report_page import write_report_page
-from flows.tracking import block_errors
 from pruning.errors import ConfigError
 from pruning.evaluation.speed import speedups
 from pruning.io import atomic_directory, write_json
-from pruning.models.pruned_checkpoint import RECORD_FILE
 from pruning.models.sources import stored_parameters
+from pruning.record import PruneRecord
 
 PLOTS = ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png")
 
 
-def record_fields(record: dict[str, Any]) -> dict[str, Any]:
+def record_fields(record: PruneRecord) -> dict[str, Any]:
     """What the report takes from a pruned model's record (pruneflow.json)."""
-    return {"method": record["method"], "pattern": record["pattern"], "target_sparsity": record["target_sparsity"],
-            "sparsity": record["decoder_linear_sparsity"],
-            "parameters": record.get("remaining_parameters") or record.get("structured", {}).get("parameters_after"),
-            "prune_seconds": record["engine"]["forward_seconds"] + record["engine"]["solve_seconds"],
-            "block_relative_error": block_errors(record["engine"]["layers"]), "inputs": record.get("inputs")}
+    return {"method": record.method, "pattern": record.pattern, "target_sparsity": record.target_sparsity,
+            "sparsity": record.decoder_linear_sparsity, "parameters": record.remaining_parameters,
+            "prune_seconds": record.engine.forward_seconds + record.engine.solve_seconds,
+            "block_relative_error": record.engine.block_errors(), "inputs": record.inputs.model_dump(mode="json")}
 
 
 def dense_fields(model_dir: Path) -> dict[str, Any]:
@@ -51,7 +49,7 @@ def sweep_entries(summaries: list[dict[str, Any]], model_names: dict[str, str],
 
     entries = []
     for summary in summaries:
-        fields = (record_fields(json.loads((Path(summary["output_dir"]) / RECORD_FILE).read_text()))
+        fields = (record_fields(PruneRecord.read(Path(summary["output_dir"])))
                   if "output_dir" in summary else dense_fields(fetch_model(summary["model"], cache_dir)))
         entries.append({**fields, "model": model_names[summary["model"]], "zero_shot": summary.get("zero_shot"),
                         "perplexity": {result["protocol"]: result["perplexity"] for result in summary["perplexity"]}})
@@ -101,7 +99,7 @@ def speed_summary(rows: list[dict[str, Any]], entry: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
-def results_table(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]) -> str:
+def results_markdown(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]) -> str:
     """The table as Markdown (results.md), with its protocol notes below it."""
     header, rows, notes = table_cells(entries, speed_rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -160,7 +158,7 @@ def write_report(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]
         write_csv(staging / "perplexity.csv", perplexity_rows)
         write_csv(staging / "block_errors.csv", block_rows)
         write_csv(staging / "speedups.csv", measured)
-        (staging / "results.md").write_text(results_table(entries, speed_rows))
+        (staging / "results.md").write_text(results_markdown(entries, speed_rows))
         plot_perplexity_vs_sparsity(perplexity_rows, staging / PLOTS[0])
         plot_block_errors_by_method(block_rows, staging / PLOTS[1])
         plot_speedups(measured, staging / PLOTS[2])

@@ -12,7 +12,6 @@ DVC caches and versions what these write; they run the same library code as the 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from pruning.data.calibration import build_calibration_set, load_calibration_set
 from pruning.data.corpora import load_corpus
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, write_json
-from pruning.models.pruned_checkpoint import RECORD_FILE
 from pruning.models.sources import load_tokenizer
 from pruning.pipeline import check_architecture, fetch_model, run_model_evaluation, run_prune_job
+from pruning.record import RECORD_FILE, PruneRecord
 
 
 def model_entry(params: SweepParams, name: str) -> ModelEntry:
@@ -73,10 +72,9 @@ def evaluate(params: SweepParams, model_dir: Path, metrics: Path) -> None:
     for directory in model_directories(model_dir):
         results, zero_shot = run_model_evaluation(str(directory), list(params.evaluation), params.zero_shot,
                                                   params.paths.cache, params.engine.device)
-        record_path = directory / RECORD_FILE
-        record = json.loads(record_path.read_text()) if record_path.is_file() else None
-        fields = record_fields(record) if record else dense_fields(directory)
-        entries[directory.name if record else "dense"] = {
+        record = PruneRecord.read_if_present(directory)
+        fields = record_fields(record) if record is not None else dense_fields(directory)
+        entries[directory.name if record is not None else "dense"] = {
             **fields, "perplexity": {result.protocol: result.perplexity for result in results}, "zero_shot": zero_shot}
     write_json(metrics, entries)
 

@@ -27,7 +27,7 @@ from flows.tracking import SweepTracker
 from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.data.corpora import source_fingerprint
 from pruning.evaluation.zero_shot import zero_shot_fingerprint
-from pruning.pipeline import peak_rss_megabytes
+from pruning.record import peak_rss_megabytes
 from tasks.artifacts import ArtifactStore
 from tasks.bench import benchmark
 from tasks.evaluate import evaluate, evaluate_zero_shot

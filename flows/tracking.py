@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pruning import __version__
 from pruning.config import PruneJob
+from pruning.record import RECORD_FILE, PruneRecord
 
 DEFAULT_DATABASE = "mlruns.db"
 
@@ -137,34 +138,34 @@ class SweepTracker:
             return str(run.info.run_id)
 
     def log_combination(self, job: PruneJob, summary: dict[str, Any], register: bool = False) -> str:
-        record = json.loads((Path(summary["output_dir"]) / "pruneflow.json").read_text())
+        record = PruneRecord.read(Path(summary["output_dir"]))
         name = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g} | {job.model.split('/')[-1]}"
         with self._run(name, nested=True) as run:
             self.mlflow.log_params(flatten(job.model_dump(mode="json")))
             self.mlflow.set_tags(self._tags("prune"))
             self._log_evaluations(summary["perplexity"])
             self._log_zero_shot(summary.get("zero_shot"))
-            sparsity, parameters = record["decoder_linear_sparsity"], record["decoder_linear_parameters"]
+            sparsity, parameters = record.decoder_linear_sparsity, record.decoder_linear_parameters
             self.mlflow.log_metrics({
                 "decoder_linear_sparsity": sparsity, "decoder_linear_parameters": parameters,
                 "decoder_linear_nonzero_parameters": round(parameters * (1 - sparsity)),
-                "engine_forward_seconds": record["engine"]["forward_seconds"],
-                "engine_solve_seconds": record["engine"]["solve_seconds"],
+                "engine_forward_seconds": record.engine.forward_seconds,
+                "engine_solve_seconds": record.engine.solve_seconds,
                 "peak_rss_mb": summary.get("peak_rss_mb", 0.0),
                 **{f"seconds.{stage}": value for stage, value in summary["flow_seconds"].items()},
             })
-            errors = block_errors(record["engine"]["layers"])
+            errors = record.engine.block_errors()
             for step, error in enumerate(errors):
                 self.mlflow.log_metric("block_relative_error", error, step=step)
-            for step, layer in enumerate(record["engine"]["layers"]):
-                if layer["relative_error"] is not None:  # data-free methods measure no error
-                    self.mlflow.log_metric("layer_relative_error", layer["relative_error"], step=step)
-                self.mlflow.log_metric("layer_sparsity", layer["sparsity"], step=step)
-            calibration = record["inputs"]["calibration"]
+            for step, layer in enumerate(record.engine.layers):
+                if layer.relative_error is not None:  # data-free methods measure no error
+                    self.mlflow.log_metric("layer_relative_error", layer.relative_error, step=step)
+                self.mlflow.log_metric("layer_sparsity", layer.sparsity, step=step)
+            calibration = record.inputs.calibration
             if calibration is not None:
-                self._log_input(calibration["corpus"].get("source", "calibration"), calibration["windows_sha256"],
+                self._log_input(calibration.corpus.get("source", "calibration"), calibration.windows_sha256,
                                 "calibration")
-            self.mlflow.log_artifact(str(Path(summary["output_dir"]) / "pruneflow.json"))
+            self.mlflow.log_artifact(str(Path(summary["output_dir"]) / RECORD_FILE))
             with tempfile.TemporaryDirectory() as scratch:
                 from flows.plots import plot_block_errors
 
@@ -215,15 +216,3 @@ def registered_model_name(job: PruneJob) -> str:
     pattern = job.method.pattern.replace(":", "of")
     sparsity = f"-{job.method.target_sparsity:g}" if job.method.nm is None else ""
     return f"{model}-{job.method.method}-{pattern}{sparsity}"
-
-
-def block_errors(layers: list[dict[str, Any]]) -> list[float]:
-    """Mean relative reconstruction error of each block's linears, in block order (none for data-free methods,
-    which measure no error)."""
-    by_block: dict[int, list[float]] = {}
-    for layer in layers:
-        if layer["relative_error"] is None:
-            continue
-        index = int(re.search(r"\.(\d+)\.", layer["name"]).group(1))  # type: ignore[union-attr]
-        by_block.setdefault(index, []).append(layer["relative_error"])
-    return [sum(errors) / len(errors) for _, errors in sorted(by_block.items())]

@@ -85,7 +85,8 @@ class EngineOptions:
 
 @dataclass
 class LayerReport:
-    name: str
+    name: str  # the linear's full name, e.g. model.layers.3.mlp.down_proj
+    block: int
     shape: tuple[int, int]
     sparsity: float
     reconstruction_error: float | None
@@ -129,26 +130,10 @@ class PruneReport:
             self.forward_seconds += record.forward_seconds
             self.solve_seconds += sum(layer["solve_seconds"] for layer in record.layers)
 
-    def sparsity_fields(self, model_parameters: int) -> dict[str, float]:
-        """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded), and the
-        model's parameter count before and after."""
-        return {"decoder_linear_sparsity": self.linear_removed / max(self.linear_parameters, 1),
-                "decoder_linear_parameters": self.linear_parameters, "model_parameters": model_parameters,
-                "remaining_parameters": model_parameters - self.linear_removed}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "capture_seconds": self.capture_seconds,
-            "forward_seconds": self.forward_seconds,
-            "solve_seconds": self.solve_seconds,
-            "io_seconds": self.io_seconds,
-            "blocks_computed": self.blocks_computed,
-            "blocks_reused": self.blocks_reused,
-            "activations_in_memory": self.activations_in_memory,
-            "layers": [vars(layer) for layer in self.layers],
-            **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
-            **({"block_sparsity": self.block_sparsity} if self.block_sparsity else {}),
-        }
+    @property
+    def decoder_linear_sparsity(self) -> float:
+        """Fraction of the decoder-block linears' parameters removed (embeddings and lm_head excluded)."""
+        return self.linear_removed / max(self.linear_parameters, 1)
 
 
 def collect_input_statistics(
@@ -300,7 +285,7 @@ class BlockPruner:
                 hidden.release(index)
                 outputs.append(run_block(working, batch, call))
 
-    def __call__(self, block: nn.Module, prefix: str, hidden: ActivationSet | None, calls: list[BlockCall],
+    def __call__(self, block: nn.Module, block_index: int, hidden: ActivationSet | None, calls: list[BlockCall],
                  outputs: ActivationSet | None, dense: DenseStream | None = None,
                  method: MethodConfig | None = None) -> BlockResult:
         """Prune all stages of `block` in place; append its outputs (the next block's inputs) to `outputs`, and with
@@ -308,6 +293,7 @@ class BlockPruner:
         pruner's method for this block (a layer budget's per-block sparsity).
 
         Without calibration data (`hidden` None) every linear is solved without input statistics."""
+        prefix = block_prefix(self.adapter, block_index)
         working = self.working_copy(block)
         device_calls = self.device_calls(calls)
         result = BlockResult([], {}, 0.0)
@@ -317,15 +303,15 @@ class BlockPruner:
         if dense is not None and dense_block is not None:
             started = time.perf_counter()
             with torch.no_grad():
-                for index, call in enumerate(device_calls):
-                    batch = dense.inputs[index].to(self.options.device, self.options.forward_dtype)
+                for batch_index, call in enumerate(device_calls):
+                    batch = dense.inputs[batch_index].to(self.options.device, self.options.forward_dtype)
                     dense.outputs.append(run_block(dense_block, batch, call))
             result.forward_seconds += time.perf_counter() - started
         paired = (dense_block, dense.inputs) if dense is not None and self.options.targets == "dense" else None
-        for index, stage in enumerate(stages):
+        for stage_index, stage in enumerate(stages):
             statistics: dict[tuple[str, ...], InputStatistics | None] = dict.fromkeys(stage)
             if hidden is not None:
-                remaining = [name for later in stages[index:] for group in later for name in group]
+                remaining = [name for later in stages[stage_index:] for group in later for name in group]
                 finished = [child for child in finished_children(self.adapter, remaining) if child not in reused]
                 started = time.perf_counter()
                 with reusing(working, reused), recording(working, finished if self.reuse_outputs else [],
@@ -338,7 +324,8 @@ class BlockPruner:
                 release_free_memory()
             for group in stage:
                 for name in group:
-                    self._solve_linear(block, working, prefix, name, statistics[group], result, method or self.method)
+                    self._solve_linear(block, working, block_index, name, statistics[group], result,
+                                       method or self.method)
             release_free_memory()
         if hidden is not None and dense is not None and self.options.reconstruction is not None:
             reused.clear()  # the finished children's recorded outputs predate the new weights
@@ -363,7 +350,7 @@ class BlockPruner:
             if working is not block:
                 cast(torch.Tensor, working.get_submodule(name).weight).data.copy_(cast(torch.Tensor, stored.weight))
 
-    def _solve_linear(self, block: nn.Module, working: nn.Module, prefix: str, name: str,
+    def _solve_linear(self, block: nn.Module, working: nn.Module, block_index: int, name: str,
                       statistics: InputStatistics | None, result: BlockResult, method: MethodConfig) -> None:
         started = time.perf_counter()
         stored = block.get_submodule(name)
@@ -393,7 +380,8 @@ class BlockPruner:
             result.factors[name] = solved.factors.to("cpu")
         elapsed = time.perf_counter() - started
         result.layers.append(LayerReport(
-            name=f"{prefix}.{name}", shape=(int(weight.shape[0]), int(weight.shape[1])),
+            name=f"{block_prefix(self.adapter, block_index)}.{name}", block=block_index,
+            shape=(int(weight.shape[0]), int(weight.shape[1])),
             sparsity=solved.sparsity, reconstruction_error=solved.reconstruction_error,
             relative_error=solved.relative_error, solve_seconds=elapsed, details={**solved.details, **details}))
 
@@ -512,7 +500,7 @@ class PruneEngine:
             dense = DenseStream(dense_inputs, self._new_activations(
                 cast(BlockStore, self.store).dense_outputs_directory(index) if kept else None))
         prefix = block_prefix(self.adapter, index)
-        result = self.pruner(block, prefix, inputs, self._calls[index] if self._calls else [], outputs, dense,
+        result = self.pruner(block, index, inputs, self._calls[index] if self._calls else [], outputs, dense,
                              self._block_method(index))
         parameters, removed = linear_counts(block, self.adapter, result.factors)
         record = BlockRecord(index=index, layers=[vars(layer) for layer in result.layers],

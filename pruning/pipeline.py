@@ -8,7 +8,6 @@ once it is complete.
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,24 +28,20 @@ from pruning.config import (
 )
 from pruning.data.calibration import CalibrationSet, build_calibration_set, tokenize_corpus
 from pruning.data.corpora import load_corpus
-from pruning.engine import PruneEngine, PruneReport
+from pruning.engine import PruneEngine
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import PerplexityResult, perplexity
 from pruning.evaluation.zero_shot import check_hub_tasks, zero_shot
-from pruning.io import atomic_directory, code_digest, write_json
+from pruning.io import atomic_directory, code_digest
 from pruning.methods.registry import MethodConfig, is_structured, needs_calibration
 from pruning.methods.structured import StructuredBudget
 from pruning.models.access import StreamedModel
 from pruning.models.architectures import adapter_for_model_type
 from pruning.models.card import CARD_FILE, model_card
-from pruning.models.pruned_checkpoint import RECORD_FILE, software_versions, write_pruned_checkpoint
+from pruning.models.pruned_checkpoint import write_pruned_checkpoint
 from pruning.models.shrink import structured_layout
 from pruning.models.sources import ModelSource, load_model, load_tokenizer, resolve_model_dir, source_digest
-
-
-def peak_rss_megabytes() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from pruning.record import PruneRecord
 
 
 @dataclass
@@ -145,28 +140,6 @@ def block_store(root: Path, model: str, model_digest: str, method: MethodConfig,
     return BlockStore(root, run_key(**fields), {**fields, "model": model})
 
 
-def prune_record(job: PruneJob, report: PruneReport, model: StreamedModel, model_digest: str,
-                 calibration: CalibrationSet | None, structured: dict[str, Any] | None) -> dict[str, Any]:
-    """The run record written as `pruneflow.json` (evaluation results are added by the caller)."""
-    record = {
-        "config": job.model_dump(mode="json"),
-        "method": job.method.method,
-        "pattern": job.method.pattern,
-        "target_sparsity": job.method.target_sparsity,
-        **report.sparsity_fields(model.parameter_count()),
-        "engine": report.as_dict(),
-        "peak_rss_mb": peak_rss_megabytes(),
-        "threads": torch.get_num_threads(),
-        "inputs": {"model": job.model, "model_digest": model_digest,
-                   "calibration": calibration.manifest if calibration is not None else None,
-                   "code_digest": code_digest()},
-        "versions": software_versions(),
-    }
-    if structured is not None:
-        record["structured"] = structured
-    return record
-
-
 def job_calibration(job: PruneJob, tokenizer: Any, given: CalibrationSet | None) -> CalibrationSet | None:
     """The job's calibration set: none for a data-free method, else `given` (checked) or sampled from its source."""
     if not needs_calibration(job.method):
@@ -179,7 +152,7 @@ def job_calibration(job: PruneJob, tokenizer: Any, given: CalibrationSet | None)
                                  job.calibration.seed)
 
 
-def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> dict[str, Any]:
+def run_prune_job(job: PruneJob, progress: bool = True, calibration: CalibrationSet | None = None) -> PruneRecord:
     """Run the job end to end; return the record also written to `<output_dir>/pruneflow.json`.
 
     `calibration`, when given (e.g. a DVC stage's output), is used instead of sampling one; it must
@@ -227,12 +200,11 @@ def run_prune_job(job: PruneJob, progress: bool = True, calibration: Calibration
                                           store.scratch)
             pruned_zero_shot = evaluate_zero_shot(staging, job.zero_shot, device, job.trust_remote_code)
             timings["evaluation_seconds"] = time.perf_counter() - started
-            record = prune_record(job, report, model, model_digest, calibration, structured)
-            record.update({"perplexity": [result.as_dict() for result in pruned_results],
-                           "dense_perplexity": [result.as_dict() for result in dense_results],
-                           "zero_shot": pruned_zero_shot, "dense_zero_shot": dense_zero_shot, "timings": timings})
-            record["inputs"]["evaluation"] = [item.provenance for item in evaluation_data]
-            write_json(staging / RECORD_FILE, record)
+            record = PruneRecord.build(job, report, model.parameter_count(), model_digest, calibration,
+                                       structured).with_results(
+                [result.as_dict() for result in pruned_results], [result.as_dict() for result in dense_results],
+                pruned_zero_shot, dense_zero_shot, [item.provenance for item in evaluation_data], timings)
+            record.write(staging)
             (staging / CARD_FILE).write_text(model_card(record))
     finally:
         store.close()

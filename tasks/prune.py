@@ -9,7 +9,6 @@ the pruned checkpoint and its record into the artifact store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -17,11 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from pruning.config import PruneJob
 from pruning.data.calibration import CalibrationSet, load_calibration_set
 from pruning.engine import PruneEngine
-from pruning.io import atomic_directory, write_json
+from pruning.io import atomic_directory
 from pruning.methods.registry import is_structured, needs_calibration
 from pruning.models.access import StreamedModel
-from pruning.models.pruned_checkpoint import RECORD_FILE, write_pruned_checkpoint
-from pruning.pipeline import block_store, prune_record
+from pruning.models.pruned_checkpoint import write_pruned_checkpoint
+from pruning.pipeline import block_store
+from pruning.record import RECORD_FILE, PruneRecord
 from tasks.artifacts import ArtifactStore, FileRef, content_key
 from tasks.records import BlockOutcome, EngineRun, PrunedModel
 
@@ -62,6 +62,6 @@ def assemble(run: EngineRun, job: PruneJob, store: ArtifactStore) -> PrunedModel
         with atomic_directory(directory) as staging:
             structured = write_pruned_checkpoint(model, engine.store, staging,  # type: ignore[arg-type]
                                                  is_structured(run.method.method))
-            record: dict[str, Any] = prune_record(job, engine.report, model, run.model.digest, calibration, structured)
-            write_json(staging / RECORD_FILE, record)
+            PruneRecord.build(job, engine.report, model.parameter_count(), run.model.digest, calibration,
+                              structured).write(staging)
     return PrunedModel(path=str(directory), record=FileRef.of(directory / RECORD_FILE))

@@ -15,7 +15,6 @@ device cannot run is reported with `skipped` and the reason, never estimated.
 
 from __future__ import annotations
 
-import json
 import platform
 import threading
 import time
@@ -31,7 +30,7 @@ from torch.utils import benchmark
 
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
-from pruning.models.pruned_checkpoint import RECORD_FILE
+from pruning.record import PruneRecord
 
 
 @dataclass(frozen=True)
@@ -97,23 +96,16 @@ def replace_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -
 DENSE_KERNEL_FORMS = ("dense", "zeros", "structured", "merged")  # forms whose linears are plain dense matmuls
 
 
-def model_forms(directory: Path, record: dict[str, Any] | None = None) -> list[str]:
-    """The forms a model directory can be benchmarked in (see the module docstring); `record`: its
-    pruneflow.json when already read."""
-    record = read_record(directory) if record is None else record
-    if not record:
+def model_forms(directory: Path) -> list[str]:
+    """The forms a model directory can be benchmarked in (see the module docstring)."""
+    record = PruneRecord.read_if_present(directory)
+    if record is None:
         return ["dense"]
-    if record["pattern"] == "structured":
+    if record.pattern == "structured":
         return ["structured"]
     if (directory / FACTORED_DIRECTORY).is_dir():
         return ["merged", "factored-dense", "factored-csr"]
-    return ["zeros", "csr"] + (["semi-structured"] if record["pattern"] == "2:4" else [])
-
-
-def read_record(directory: Path) -> dict[str, Any]:
-    """The pruned model's record (pruneflow.json), or {} for a model without one."""
-    path = directory / RECORD_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return ["zeros", "csr"] + (["semi-structured"] if record.pattern == "2:4" else [])
 
 
 def unsupported_reason(form: str, device: torch.device) -> str | None:
@@ -231,9 +223,9 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
 def benchmark_directory(directory: Path, settings: SpeedSettings, device: torch.device,
                         forms: list[str] | None = None) -> dict[str, Any]:
     """Every form of one model directory: {form: measurements or {"skipped": reason}}, plus what it is."""
-    record = read_record(directory)
+    record = PruneRecord.read_if_present(directory)
     results: dict[str, Any] = {}
-    for form in forms or model_forms(directory, record):
+    for form in forms or model_forms(directory):
         reason = unsupported_reason(form, device)
         if reason is not None:
             results[form] = {"skipped": reason}
@@ -244,26 +236,17 @@ def benchmark_directory(directory: Path, settings: SpeedSettings, device: torch.
         if form in DENSE_KERNEL_FORMS:
             results[form]["linear_flops_per_token"] = linear_flops_per_token(model)
         del model
-    return {"directory": str(directory), "method": record.get("method", "dense"), "pattern": record.get("pattern", "-"),
-            "target_sparsity": record_target(record),
-            "sparsity": record.get("decoder_linear_sparsity", 0.0), "forms": results}
+    if record is None:
+        return {"directory": str(directory), "method": "dense", "pattern": "-", "target_sparsity": 0.0,
+                "sparsity": 0.0, "forms": results}
+    return {"directory": str(directory), "method": record.method, "pattern": record.pattern,
+            "target_sparsity": record.target_sparsity, "sparsity": record.decoder_linear_sparsity, "forms": results}
 
 
 def linear_flops_per_token(model: nn.Module) -> int:
     """2·Σ d_in·d_out over the model's dense nn.Linear modules (lm_head included): the matmul work per token."""
     return sum(2 * module.in_features * module.out_features for module in model.modules()
                if isinstance(module, nn.Linear))
-
-
-def record_target(record: dict[str, Any]) -> float:
-    """The record's target sparsity (older flow records lack the field: derived from their method config)."""
-    if not record:
-        return 0.0
-    if "target_sparsity" in record:
-        return float(record["target_sparsity"])
-    from pruning.methods.registry import method_config
-
-    return method_config(record["config"]["method"]).target_sparsity
 
 
 def checkpoint_bytes(directory: Path, form: str) -> int:

@@ -63,25 +63,26 @@ def joint_removal(weight: torch.Tensor, pruned: torch.Tensor, inverse: torch.Ten
         return torch.zeros_like(weight), 0.0
     # Each row's pruned columns first (stable order); padding slot k points at an extra index d + k where an
     # identity block is appended to H⁻¹, so padded systems are block-diagonal with 1s and solve to 0.
-    order = torch.argsort((~pruned).to(torch.int8), dim=1, stable=True)[:, :most]
-    padding = columns + torch.arange(most, device=weight.device)
-    index = torch.where(torch.arange(most, device=weight.device) < counts.unsqueeze(1), order, padding)
-    extended = torch.block_diag(inverse, torch.eye(most, dtype=inverse.dtype, device=inverse.device))
-    padded_weight = torch.cat([weight, weight.new_zeros(rows, most)], dim=1)
-    coefficients = torch.zeros(rows, most, dtype=weight.dtype, device=weight.device)
+    order = torch.argsort((~pruned).to(torch.int8), dim=1, stable=True)[:, :most]  # (rows, |P|max)
+    padding = columns + torch.arange(most, device=weight.device)  # (|P|max,)
+    slots = torch.arange(most, device=weight.device)
+    index = torch.where(slots < counts.unsqueeze(1), order, padding)  # (rows, |P|max): pruned columns, then padding
+    extended = torch.block_diag(inverse, torch.eye(most, dtype=inverse.dtype, device=inverse.device))  # (d+|P|, d+|P|)
+    padded_weight = torch.cat([weight, weight.new_zeros(rows, most)], dim=1)  # (rows, d + |P|max)
+    coefficients = torch.zeros(rows, most, dtype=weight.dtype, device=weight.device)  # x per row, (rows, |P|max)
     chunk = max(1, SOLVE_CHUNK_ELEMENTS // (most * most))
     for start in range(0, rows, chunk):
-        rows_index = index[start:start + chunk]
+        rows_index = index[start:start + chunk]  # (c, |P|)
         # x = R⁻¹ w_P with R = (H⁻¹)_PP per row (SPD: Cholesky).
-        system = extended[rows_index.unsqueeze(2), rows_index.unsqueeze(1)]
-        values = torch.gather(padded_weight[start:start + chunk], 1, rows_index)
+        system = extended[rows_index.unsqueeze(2), rows_index.unsqueeze(1)]  # (c, |P|, |P|) = (H⁻¹)_PP per row
+        values = torch.gather(padded_weight[start:start + chunk], 1, rows_index)  # (c, |P|) = w_P per row
         coefficients[start:start + chunk] = torch.cholesky_solve(values.unsqueeze(2),
                                                                  torch.linalg.cholesky(system)).squeeze(2)
-    loss = 0.5 * float((coefficients * torch.gather(padded_weight, 1, index)).sum())
+    loss = 0.5 * float((coefficients * torch.gather(padded_weight, 1, index)).sum())  # Σ_rows ½ x·w_P
     # δ_i = −x_i (H⁻¹)_P,:  =  −(x_i scattered to its columns) · H⁻¹, over the columns any row prunes.
-    scattered = torch.zeros_like(padded_weight).scatter_(1, index, coefficients)[:, :columns]
-    support = pruned.any(dim=0)
-    return -(scattered[:, support] @ inverse[support]), loss
+    scattered = torch.zeros_like(padded_weight).scatter_(1, index, coefficients)[:, :columns]  # (rows, d)
+    support = pruned.any(dim=0)  # (d,): columns some row prunes
+    return -(scattered[:, support] @ inverse[support]), loss  # (rows, |S|) @ (|S|, d) -> (rows, d)
 
 
 def _saliency(weight: torch.Tensor, inverse_diagonal: torch.Tensor) -> torch.Tensor:

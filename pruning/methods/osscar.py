@@ -35,16 +35,16 @@ class OSSCARConfig(StructuredBudget):
 
 def _group_blocks(matrix: torch.Tensor, groups: ColumnGroups, alive: torch.Tensor) -> torch.Tensor:
     """The g × g diagonal blocks [M]_gg of a d_in × d_in matrix for the alive groups."""
-    columns = groups.columns(alive).view(-1, groups.size)
-    return matrix[columns.unsqueeze(2), columns.unsqueeze(1)]
+    columns = groups.columns(alive).view(-1, groups.size)  # (n, g): each alive group's input columns
+    return matrix[columns.unsqueeze(2), columns.unsqueeze(1)]  # (n, g, g)
 
 
 def _saliencies(coefficients: torch.Tensor, inverse: torch.Tensor, groups: ColumnGroups,
                 alive: torch.Tensor) -> torch.Tensor:
     """s_g = ½ tr(B_gᵀ [(H⁻¹)_gg]⁻¹ B_g) for each alive group."""
-    rows = coefficients[groups.columns(alive)].view(alive.numel(), groups.size, -1)
-    solved = torch.linalg.solve(_group_blocks(inverse, groups, alive), rows)
-    return 0.5 * (rows * solved).sum(dim=(1, 2))
+    rows = coefficients[groups.columns(alive)].view(alive.numel(), groups.size, -1)  # (n, g, d_out) = B_g
+    solved = torch.linalg.solve(_group_blocks(inverse, groups, alive), rows)  # (n, g, d_out) = [(H⁻¹)_gg]⁻¹ B_g
+    return 0.5 * (rows * solved).sum(dim=(1, 2))  # (n,)
 
 
 def _drop(coefficients: torch.Tensor, inverse: torch.Tensor, groups: ColumnGroups, alive: torch.Tensor,
@@ -53,8 +53,9 @@ def _drop(coefficients: torch.Tensor, inverse: torch.Tensor, groups: ColumnGroup
     saliency = _saliencies(coefficients, inverse, groups, alive)
     order = torch.argsort(saliency)
     dropped, alive = alive[order[:count]], torch.sort(alive[order[count:]]).values
-    removed = groups.columns(dropped)
-    factor = torch.linalg.cholesky(inverse[removed][:, removed])
+    removed = groups.columns(dropped)  # R, (|R|,)
+    factor = torch.linalg.cholesky(inverse[removed][:, removed])  # (|R|, |R|) of H⁻¹[R, R]
+    # (d_in, |R|) @ (|R|, d_out) and (d_in, |R|) @ (|R|, d_in): the module docstring's two updates
     coefficients = coefficients - inverse[:, removed] @ torch.cholesky_solve(coefficients[removed], factor)
     inverse = inverse - inverse[:, removed] @ torch.cholesky_solve(inverse[removed], factor)
     inverse[removed] = 0.0
@@ -78,19 +79,19 @@ def _swap(problem: StructuredProblem, alive: torch.Tensor, size: int) -> torch.T
     """One swap: drop `size` groups by saliency, re-admit the `size` pruned groups of largest gain."""
     groups = problem.groups
     coefficients = problem.refit(alive)
-    support = groups.columns(alive)
-    inverse = torch.zeros_like(problem.hessian)
+    support = groups.columns(alive)  # S, (|S|,)
+    inverse = torch.zeros_like(problem.hessian)  # (d_in, d_in): H_SS⁻¹ on S × S, zero elsewhere
     inverse[support.unsqueeze(1), support] = spd_inverse(problem.hessian[support][:, support])
     coefficients, inverse, reduced = _drop(coefficients, inverse, groups, alive, size)
     is_outside = torch.ones(groups.count, dtype=torch.bool, device=alive.device)
     is_outside[reduced] = False
     outside = torch.nonzero(is_outside).flatten()
-    rows = groups.columns(outside)
+    rows = groups.columns(outside)  # (m·g,) for the m groups outside
     # g_i = G_i − H_i,S B_S ;  C_i = H_ii − H_i,S H_SS⁻¹ H_S,i  (inverse is H_SS⁻¹ padded with zeros), per group
     gradient = (problem.target[rows] - problem.hessian[rows] @ coefficients).view(outside.numel(), groups.size, -1)
-    cross = problem.hessian[rows].view(outside.numel(), groups.size, -1)
-    schur = _group_blocks(problem.hessian, groups, outside) - (cross @ inverse) @ cross.transpose(1, 2)
-    gain = 0.5 * (gradient * torch.linalg.solve(schur, gradient)).sum(dim=(1, 2))
+    cross = problem.hessian[rows].view(outside.numel(), groups.size, -1)  # (m, g, d_in) = H_i,:
+    schur = _group_blocks(problem.hessian, groups, outside) - (cross @ inverse) @ cross.transpose(1, 2)  # (m, g, g)
+    gain = 0.5 * (gradient * torch.linalg.solve(schur, gradient)).sum(dim=(1, 2))  # (m,), gradient (m, g, d_out)
     readmitted = outside[torch.argsort(gain, descending=True)[:size]]
     return torch.sort(torch.cat([reduced, readmitted])).values
 

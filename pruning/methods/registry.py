@@ -66,8 +66,9 @@ def is_structured(method: str) -> bool:
 
 
 def method_summaries() -> dict[str, str]:
-    """Each method's name and the first line of its module's docstring, for help texts."""
-    return {name: (module.__doc__ or name).strip().splitlines()[0] for name, module in METHOD_MODULES.items()}
+    """Each method's name and the first paragraph of its module's docstring, for help texts."""
+    return {name: " ".join((module.__doc__ or name).strip().split("\n\n")[0].split())
+            for name, module in METHOD_MODULES.items()}
 
 
 def method_config(fields: dict[str, Any]) -> MethodConfig:

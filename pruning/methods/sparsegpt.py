@@ -38,15 +38,15 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
     pattern = config.nm
     if pattern is not None:
         check_nm_divisible(columns, pattern)
-    upper = inverse_cholesky_upper(damped_hessian(statistics.hessian, config.damping))
+    upper = inverse_cholesky_upper(damped_hessian(statistics.hessian, config.damping))  # U, (d_in, d_in)
     pruned = weight.clone()
     mask = torch.ones_like(weight, dtype=torch.bool)
     for start in range(0, columns, config.blocksize):
         end = min(start + config.blocksize, columns)
         block = pruned[:, start:end].clone()  # contiguous: the column loop below updates it in place
-        block_upper = upper[start:end, start:end]
-        denominators = torch.diagonal(block_upper)
-        errors = torch.zeros_like(block)
+        block_upper = upper[start:end, start:end]  # (B, B)
+        denominators = torch.diagonal(block_upper)  # (B,) = U_jj
+        errors = torch.zeros_like(block)  # (rows, B): e per column
         if pattern is None:
             block_mask = matrix_mask(block.square() / denominators.square(), config.target_sparsity)
         else:
@@ -57,12 +57,12 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: Spars
                 block_mask[:, group] = nm_mask(block[:, group].square() / denominators[group].square(), pattern)
             kept = block[:, column] * block_mask[:, column]
             error = (block[:, column] - kept) / denominators[column]
-            block[:, column:].addr_(error, block_upper[column, column:], alpha=-1)
+            block[:, column:].addr_(error, block_upper[column, column:], alpha=-1)  # (rows,) ⊗ (B − j,)
             block[:, column] = kept
             errors[:, column] = error
         pruned[:, start:end] = block
         mask[:, start:end] = block_mask
-        pruned[:, end:] -= errors @ upper[start:end, end:]
+        pruned[:, end:] -= errors @ upper[start:end, end:]  # (rows, B) @ (B, d_in − end)
     return LayerResult.measure(weight, pruned, mask, statistics)
 
 

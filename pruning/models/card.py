@@ -3,9 +3,12 @@ written from its run record so that the directory can be pushed to a hub as it i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pruning.record import PruneRecord
 
 CARD_FILE = "README.md"
 HUB_PREFIX = "hf://"
@@ -16,11 +19,11 @@ def _base_model(source: str) -> str | None:
     return source[len(HUB_PREFIX):].split("@")[0] if source.startswith(HUB_PREFIX) else None
 
 
-def _metadata(record: dict[str, Any]) -> dict[str, Any]:
+def _metadata(record: PruneRecord) -> dict[str, Any]:
     metadata: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
-                                "tags": ["pruneflow", "pruned", record["method"],
-                                         f"sparsity-{record['target_sparsity']:g}", record["pattern"]]}
-    base = _base_model(record["inputs"]["model"])
+                                "tags": ["pruneflow", "pruned", record.method, f"sparsity-{record.target_sparsity:g}",
+                                         record.pattern]}
+    base = _base_model(record.inputs.model)
     if base is not None:
         metadata["base_model"] = base
     return metadata
@@ -31,13 +34,13 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
             *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
 
 
-def _results(record: dict[str, Any]) -> list[str]:
+def _results(record: PruneRecord) -> list[str]:
     lines = ["## Results", ""]
-    dense = {item["protocol"]: item["perplexity"] for item in record.get("dense_perplexity") or []}
-    rows = [(f"{item['perplexity']:.3f}", f"{dense[item['protocol']]:.3f}" if item["protocol"] in dense else "-",
-             f"`{item['protocol']}`") for item in record.get("perplexity") or []]
+    dense = {item.protocol: item.perplexity for item in record.dense_perplexity}
+    rows = [(f"{item.perplexity:.3f}", f"{dense[item.protocol]:.3f}" if item.protocol in dense else "-",
+             f"`{item.protocol}`") for item in record.perplexity]
     lines += _table(("perplexity", "dense", "protocol"), rows) if rows else ["No perplexity was measured."]
-    zero_shot = record.get("zero_shot")
+    zero_shot = record.zero_shot
     if zero_shot:
         settings = zero_shot.get("settings", {})
         lines += ["", f"Zero-shot (lm-eval {settings.get('lm_eval_version', '?')}, 0-shot, "
@@ -49,36 +52,36 @@ def _results(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _calibration(record: dict[str, Any]) -> list[str]:
-    manifest = record["inputs"].get("calibration")
+def _calibration(record: PruneRecord) -> list[str]:
+    manifest = record.inputs.calibration
     if manifest is None:
         return ["## Calibration", "", "None: the method is data-free."]
-    corpus = manifest["corpus"]
+    corpus = manifest.corpus
     return ["## Calibration", "",
-            f"{manifest['num_samples']} windows of {manifest['seqlen']} tokens (seed {manifest['seed']}) from "
+            f"{manifest.num_samples} windows of {manifest.seqlen} tokens (seed {manifest.seed}) from "
             f"`{corpus.get('source')}` (sha256 `{corpus.get('sha256', corpus.get('revision', '?'))}`); "
-            f"windows sha256 `{manifest['windows_sha256']}`."]
+            f"windows sha256 `{manifest.windows_sha256}`."]
 
 
-def model_card(record: dict[str, Any]) -> str:
+def model_card(record: PruneRecord) -> str:
     """The card's text from a run record (`pruneflow.json`, evaluation results included when present)."""
-    method = record["config"]["method"]
+    method = record.config["method"]
     options = {key: value for key, value in method.items() if key not in ("method", "pattern", "sparsity")}
-    versions = record.get("versions", {})
+    versions = record.versions
     lines = [
         "---", yaml.safe_dump(_metadata(record), sort_keys=False).strip(), "---", "",
-        f"# {record['inputs']['model']} pruned with {record['method']}", "",
+        f"# {record.inputs.model} pruned with {record.method}", "",
         f"Pruned in one shot, layer by layer, by pruneflow {versions.get('pruneflow', '')}: "
-        f"method `{record['method']}`, pattern `{record['pattern']}`, target sparsity {record['target_sparsity']:g}; "
-        f"{record['decoder_linear_sparsity']:.4f} of the decoder linears' weights are zero, "
-        f"{record['remaining_parameters']:,} of {record['model_parameters']:,} parameters remain nonzero.", "",
+        f"method `{record.method}`, pattern `{record.pattern}`, target sparsity {record.target_sparsity:g}; "
+        f"{record.decoder_linear_sparsity:.4f} of the decoder linears' weights are zero, "
+        f"{record.remaining_parameters:,} of {record.model_parameters:,} parameters remain nonzero.", "",
         "## Method settings", "",
         *(_table(("setting", "value"), sorted(options.items())) if options else ["Defaults."]), "",
         *_results(record), "",
         *_calibration(record), "",
         "## Provenance", "",
-        f"Base model `{record['inputs']['model']}` (digest `{record['inputs']['model_digest']}`); pruning code digest "
-        f"`{record['inputs']['code_digest']}`; "
+        f"Base model `{record.inputs.model}` (digest `{record.inputs.model_digest}`); pruning code digest "
+        f"`{record.inputs.code_digest}`; "
         + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) + ".",
         "The full record is `pruneflow.json` in this directory.", "",
         "```python", "from transformers import AutoModelForCausalLM",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,9 @@ from pruning.models.checkpoint import ShardedWriter, tensor_sizes
 from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
 from pruning.models.shrink import shrink_block, shrunk_config
 
-RECORD_FILE = "pruneflow.json"
 # Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.
 COPIED_FILES = ("generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
                 "chat_template*", "vocab.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken")
-
-
-def software_versions() -> dict[str, str]:
-    import transformers
-
-    from pruning import __version__
-
-    return {"pruneflow": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -131,6 +131,8 @@ CASES = [
     ("job file a list", [*WANDA, "--config", "{tmp}/job.yaml"], file_at("job.yaml", "- a\n"), "--config: "),
     ("job file with an unknown field", [*WANDA, "--config", "{tmp}/job.yaml"], file_at("job.yaml", "methd: x\n"),
      "methd: "),
+    ("job file with an unknown method", [*PRUNE, "--config", "{tmp}/job.yaml"],
+     file_at("job.yaml", "method: {method: obs-magic, sparsity: 0.5}\n"), "method: Input tag 'obs-magic'"),
     ("unknown option", [*WANDA, "--sparsty", "0.5"], None, "--sparsty"),
     # compress: the same checks before Prefect starts
     ("compress: sparsity above 1", [*COMPRESS, "--method", "wanda", "--sparsity", "1.2"], None, "method.sparsity: "),

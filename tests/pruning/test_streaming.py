@@ -17,6 +17,7 @@ from pruning.config import PruneJob
 from pruning.data.calibration import build_calibration_set
 from pruning.data.corpora import load_corpus
 from pruning.engine import EngineOptions, PruneEngine, prune_model
+from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import perplexity
 from pruning.methods.registry import is_structured, method_config
 from pruning.models.access import StreamedModel
@@ -25,6 +26,7 @@ from pruning.models.checkpoint import CheckpointReader
 from pruning.models.shrink import shrink_model
 from pruning.models.sources import load_model, load_tokenizer
 from pruning.pipeline import run_prune_job
+from pruning.record import RECORD_FILE, PruneRecord
 
 FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
 METHODS = [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4"},
@@ -79,7 +81,9 @@ def test_streamed_prune_writes_exactly_the_weights_of_the_in_memory_engine(famil
     for name, tensor in written.items():
         assert tensor.equal(expected[name]), name
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "pruned") is not None
-    assert record["engine"]["blocks_computed"] == 2
+    assert record.engine.blocks_computed == 2
+    assert [layer.block for layer in record.engine.layers] == sorted(layer.block for layer in record.engine.layers)
+    assert {layer.block for layer in record.engine.layers} == {0, 1}
     assert (tmp_path / "pruned" / "model.safetensors.index.json").is_file()
 
 
@@ -87,10 +91,25 @@ def test_data_free_methods_run_no_calibration_forward(tmp_path, corpus, tiny_tok
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     for fields in ({"method": "magnitude", "sparsity": 0.5}, {"method": "structured-magnitude", "sparsity": 0.5}):
         record = run_prune_job(job(checkpoint, corpus, tmp_path, fields), progress=False)
-        engine = record["engine"]
-        assert engine["capture_seconds"] == 0 and engine["forward_seconds"] == 0, fields
-        assert record["inputs"]["calibration"] is None
-        assert all(layer["reconstruction_error"] is None for layer in engine["layers"])
+        assert record.engine.capture_seconds == 0 and record.engine.forward_seconds == 0, fields
+        assert record.inputs.calibration is None and record.engine.block_errors() == []
+        assert all(layer.reconstruction_error is None for layer in record.engine.layers)
+
+
+def test_the_run_record_reads_back_typed_and_an_older_one_is_refused_with_the_fix(tmp_path, corpus,
+                                                                                  tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    record = run_prune_job(job(checkpoint, corpus, tmp_path, {"method": "wanda", "sparsity": 0.5}), progress=False)
+    output = tmp_path / "pruned"
+    assert PruneRecord.read(output) == record and PruneRecord.read_if_present(tmp_path / "tiny") is None
+    assert len(record.engine.block_errors()) == 2
+    stale = json.loads((output / RECORD_FILE).read_text())
+    for layer in stale["engine"]["layers"]:
+        del layer["block"]  # as pruneflow wrote it before layers knew their block
+    (output / RECORD_FILE).write_text(json.dumps(stale))
+    with pytest.raises(ConfigError, match=r"pruneflow.json: not a run record of this pruneflow .*engine.layers.0.block"
+                                          r".*prune that model again"):
+        PruneRecord.read(output)
 
 
 def test_activations_past_the_memory_budget_go_to_disk_with_identical_results(tmp_path, corpus, tiny_tokenizer_dir):
@@ -98,7 +117,7 @@ def test_activations_past_the_memory_budget_go_to_disk_with_identical_results(tm
     method = {"method": "sparsegpt", "sparsity": 0.5}
     in_memory = run_prune_job(job(checkpoint, corpus, tmp_path / "memory", method), progress=False)
     on_disk = run_prune_job(job(checkpoint, corpus, tmp_path / "disk", method, memory_budget="1KB"), progress=False)
-    assert in_memory["engine"]["activations_in_memory"] and not on_disk["engine"]["activations_in_memory"]
+    assert in_memory.engine.activations_in_memory and not on_disk.engine.activations_in_memory
     first, second = stored(tmp_path / "memory" / "pruned"), stored(tmp_path / "disk" / "pruned")
     assert all(second[name].equal(tensor) for name, tensor in first.items())
 
