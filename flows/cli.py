@@ -442,8 +442,8 @@ def _prune(arguments: argparse.Namespace) -> int:
 
     job = job_from_arguments(arguments)
     record = pipeline.run_prune_job(job)
-    _print_perplexities("dense", [result.model_dump() for result in record.dense_perplexity])
-    _print_perplexities("pruned", [result.model_dump() for result in record.perplexity])
+    _print_perplexities("dense", [result.as_dict() for result in record.dense_perplexity])
+    _print_perplexities("pruned", [result.as_dict() for result in record.perplexity])
     print(f"sparsity {record.decoder_linear_sparsity:.4f} over decoder linears; "
           f"prune {record.timings['prune_seconds']:.1f} s; saved to {job.output_dir}")
     _print_factored(job.output_dir)

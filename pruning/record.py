@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from pruning.engine import LayerReport, PruneReport
 from pruning.errors import ConfigError
+from pruning.evaluation.perplexity import PerplexityResult
 from pruning.io import code_digest, write_json
 
 if TYPE_CHECKING:
@@ -97,17 +98,7 @@ class EngineSummary(_Record):
         return [sum(errors) / len(errors) for _, errors in sorted(by_block.items())]
 
 
-class PerplexityRecord(_Record):
-    """One evaluation (see `pruning.evaluation.perplexity.PerplexityResult`), with its text's provenance when the
-    flow measured it."""
-
-    perplexity: float
-    mean_nll: float
-    windows: int
-    scored_tokens: int
-    protocol: str
-    settings: dict[str, Any]
-    provenance: dict[str, Any] | None = None
+_PERPLEXITIES = TypeAdapter(list[PerplexityResult])
 
 
 class PruneRecord(_Record):
@@ -128,8 +119,8 @@ class PruneRecord(_Record):
     inputs: RunInputs
     versions: dict[str, str]
     structured: dict[str, Any] | None = None  # shapes before/after, for structured methods
-    perplexity: list[PerplexityRecord] = []
-    dense_perplexity: list[PerplexityRecord] = []
+    perplexity: list[PerplexityResult] = []
+    dense_perplexity: list[PerplexityResult] = []
     zero_shot: dict[str, Any] | None = None  # lm-eval's per-task results (see pruning.evaluation.zero_shot)
     dense_zero_shot: dict[str, Any] | None = None
     timings: dict[str, float] = {}
@@ -152,10 +143,10 @@ class PruneRecord(_Record):
     def with_results(self, perplexity: list[Any], dense_perplexity: list[Any], zero_shot: dict[str, Any] | None,
                      dense_zero_shot: dict[str, Any] | None, evaluation: list[dict[str, Any]] | None = None,
                      timings: dict[str, float] | None = None) -> PruneRecord:
-        """This record with its evaluation results (perplexities as `PerplexityRecord`s or their dicts)."""
+        """This record with its evaluation results (perplexities as `PerplexityResult`s or their dicts)."""
         update: dict[str, Any] = {
-            "perplexity": [PerplexityRecord.model_validate(item) for item in perplexity],
-            "dense_perplexity": [PerplexityRecord.model_validate(item) for item in dense_perplexity],
+            "perplexity": _PERPLEXITIES.validate_python(perplexity),
+            "dense_perplexity": _PERPLEXITIES.validate_python(dense_perplexity),
             "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot}
         if evaluation is not None:
             update["inputs"] = self.inputs.model_copy(update={"evaluation": evaluation})

@@ -4,6 +4,7 @@ zero-shot accuracies through lm-eval. Results are kept as JSON in the artifact s
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def evaluate(model_path: str, model_digest: str, evaluation: EvaluationConfig, s
         data = load_evaluation_data(evaluation, load_tokenizer(directory), Path(cache_dir))
         with tempfile.TemporaryDirectory(dir=store.root, prefix="evaluation-") as scratch:
             result = evaluate_all(StreamedModel(directory), [data], resolve_device(device), Path(scratch))[0]
-        return {**result.as_dict(), "provenance": data.provenance}
+        return replace(result, provenance=data.provenance).as_dict()
 
     store.root.mkdir(parents=True, exist_ok=True)
     return store.cached_json("evaluations", content_key(model_digest, evaluation, source_fingerprint, device),

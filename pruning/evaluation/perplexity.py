@@ -38,6 +38,7 @@ class PerplexityResult:
     scored_tokens: int
     protocol: str
     settings: dict[str, Any]
+    provenance: dict[str, Any] | None = None  # the evaluation text's, when the caller records it here
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
