@@ -14,6 +14,7 @@ iteratively: O(iterations·d_out·d_in²) instead of a |P|×|P| factorisation pe
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -22,7 +23,7 @@ from pydantic import Field, model_validator
 from pruning.errors import ConfigError
 from pruning.methods.base import InputStatistics, LayerResult
 from pruning.methods.hessian import damped_hessian, refit_on_mask, spd_inverse
-from pruning.methods.masks import check_nm_divisible, nm_mask, row_mask
+from pruning.methods.masks import check_nm_divisible, nm_mask
 from pruning.methods.sparsity import SparsityConfig
 
 
@@ -52,9 +53,14 @@ def scheduled_sparsity(sparsity: float, round_index: int, mask_rounds: int) -> f
 
 
 def _project(values: torch.Tensor, config: ADMMConfig, sparsity: float) -> torch.Tensor:
-    """Kept mask of the pattern: N of every M by |value|, else the largest (1 − s)·d_in per row."""
+    """Kept mask of the pattern: N of every M by |value|, else the largest d_in − floor(s·d_in) per row (the same
+    set as `row_mask` when no two scores tie; topk of the kept is twice as fast as a stable argsort of all)."""
     scores = values.abs()
-    return nm_mask(scores, config.nm) if config.nm is not None else row_mask(scores, sparsity)
+    if config.nm is not None:
+        return nm_mask(scores, config.nm)
+    kept = scores.shape[1] - math.floor(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    return mask.scatter_(1, torch.topk(scores, kept, dim=1, sorted=False).indices, True)
 
 
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: ADMMConfig) -> LayerResult:
