@@ -119,10 +119,10 @@ def test_sparsegpt_two_four_end_to_end_on_the_offline_corpus(smollm2_dir, cache_
         "output_dir": str(tmp_path / "smollm2-2of4"), "cache_dir": str(cache_dir), "evaluate_dense": True,
     })
     record = run_prune_job(job, progress=False)
-    dense, pruned = record["dense_perplexity"][0]["perplexity"], record["perplexity"][0]["perplexity"]
+    dense, pruned = record.dense_perplexity[0].perplexity, record.perplexity[0].perplexity
     assert 1 < dense < 60 and dense < pruned < 10 * dense
-    assert record["decoder_linear_sparsity"] == pytest.approx(0.5)
-    assert record["inputs"]["model_digest"] == f"gguf-sha256:{SMOLLM2_GGUF_SHA256}"
+    assert record.decoder_linear_sparsity == pytest.approx(0.5)
+    assert record.inputs.model_digest == f"gguf-sha256:{SMOLLM2_GGUF_SHA256}"
     reloaded = AutoModelForCausalLM.from_pretrained(job.output_dir)
     adapter = adapter_for(reloaded)
     for block in adapter.blocks(reloaded):
