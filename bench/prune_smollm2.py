@@ -222,6 +222,39 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
     return rows
 
 
+def results_path(suite: str) -> Path:
+    name = "prune_smollm2.json" if suite == "baselines" else f"prune_smollm2_{suite}.json"
+    return REPO / "bench" / "results" / name
+
+
+def seedless(case: dict[str, Any]) -> str:
+    """A case's label without its calibration seed: cases that differ only by seed are one row."""
+    fields = {key: value for key, value in case.items() if key != "seed"}
+    return " ".join(f"{value}" if key in ("method", "pattern", "sparsity") else f"{key}={value}"
+                    for key, value in fields.items())
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per case over its seeds (perplexity per seed, mean, spread) and its prune time over
+    SparseGPT's at the same pattern and sparsity, seed 0, in the same file."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for entry in result["cases"]:
+        rows.setdefault(seedless(entry["case"]), []).append(entry)
+    reference = {(entry["pattern"], entry.get("target")): entry["prune_seconds"] for entry in result["cases"]
+                 if entry["case"].keys() <= {"method", "sparsity", "pattern"} and entry["method"] == "sparsegpt"}
+    lines = ["| case | perplexity by seed | mean (spread) | prune s | / SparseGPT |", "|---|---|---|---|---|"]
+    for label, entries in rows.items():
+        by_seed = {entry["case"].get("seed", 0): entry for entry in entries}
+        values = [by_seed[seed]["perplexity"] for seed in sorted(by_seed)]
+        first = by_seed[min(by_seed)]
+        base = reference.get((first["pattern"], first.get("target")))
+        seeds = " / ".join(f"{seed}: {by_seed[seed]['perplexity']:.2f}" for seed in sorted(by_seed))
+        ratio = f"{first['prune_seconds'] / base:.2f}" if base else "-"
+        lines.append(f"| {label} | {seeds} | {sum(values) / len(values):.2f} ({max(values) - min(values):.2f}) | "
+                     f"{first['prune_seconds']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=sorted(SUITES), default="baselines")
@@ -233,6 +266,7 @@ def main() -> None:
     parser.add_argument("--case", help="internal: run one case (method fields as JSON) and print its JSON")
     parser.add_argument("--layer-errors", action="store_true", help="internal: print the per-layer errors")
     parser.add_argument("--dense-forward", action="store_true", help="internal: print one dense forward's seconds")
+    parser.add_argument("--table", action="store_true", help="print the suite's results file as a Markdown table")
     arguments = parser.parse_args()
     from pruning.methods.registry import is_structured
 
@@ -248,13 +282,15 @@ def main() -> None:
     if arguments.layer_errors:
         print(json.dumps(layer_errors(methods, arguments)))
         return
+    if arguments.table:
+        print(summary_table(json.loads((arguments.output or results_path(arguments.suite)).read_text())))
+        return
     if arguments.dense_forward:
         print(json.dumps(dense_forward_seconds(arguments)))
         return
     from pruning.io import write_json
 
-    output = arguments.output or REPO / "bench" / "results" / (
-        "prune_smollm2.json" if arguments.suite == "baselines" else f"prune_smollm2_{arguments.suite}.json")
+    output = arguments.output or results_path(arguments.suite)
     import torch
 
     common = ["--suite", arguments.suite, "--cache-dir", str(arguments.cache_dir),
