@@ -27,8 +27,8 @@ from pruning.io import atomic_directory
 from pruning.methods.registry import needs_calibration
 from pruning.models.card import CARD_FILE, model_card
 from pruning.pipeline import check_job
-from pruning.record import PruneRecord
-from tasks.artifacts import DEFAULT_STORE, ArtifactStore
+from pruning.record import RECORD_FILE, PruneRecord
+from tasks.artifacts import DEFAULT_STORE, ArtifactStore, content_key
 from tasks.calibrate import build_calibration
 from tasks.evaluate import evaluate, evaluate_zero_shot
 from tasks.fetch import fetch_model
@@ -36,21 +36,26 @@ from tasks.prune import assemble, prune_block
 from tasks.records import BlockOutcome, EngineRun
 
 
-def export(directory: Path, output_dir: Path, results: dict[str, Any]) -> None:
+def export(directory: Path, output_dir: Path, results: dict[str, Any], store: ArtifactStore) -> None:
     """Put the pruned model from the artifact store at the job's output directory, atomically (files are
     hard-linked where the file system allows, else copied), its record and model card completed with `results`
-    (the evaluation's fields of the run record, see `PruneRecord.with_results`)."""
+    (the evaluation's fields of the run record, see `PruneRecord.with_results`). The completed record is an
+    artifact of its own, keyed by its content, so a second identical run links the same file again."""
 
-    def link_or_copy(source: str, target: str) -> None:
+    def link_or_copy(source: str | Path, target: str | Path) -> None:
         try:
             os.link(source, target)
         except OSError:
             shutil.copy2(source, target)
 
+    record = PruneRecord.read(directory).with_results(**results)
+    completed = store.directory("records", content_key(record))
+    if not (completed / RECORD_FILE).is_file():
+        record.write(completed)
     with atomic_directory(output_dir) as staging:
         shutil.copytree(directory, staging, dirs_exist_ok=True, copy_function=link_or_copy)
-        record = PruneRecord.read(directory).with_results(**results)
-        record.write(staging)  # a new file in place of the link: the artifact store's record stays as it was
+        (staging / RECORD_FILE).unlink()  # the bare record of the pruned weights, replaced by the completed one
+        link_or_copy(completed / RECORD_FILE, staging / RECORD_FILE)
         (staging / CARD_FILE).write_text(model_card(record))
 
 
@@ -110,8 +115,7 @@ def _compress(job: PruneJob, store: ArtifactStore, row: CombinationRow) -> dict[
 
     row.stage("export")
     export(Path(pruned.path), job.output_dir, {"perplexity": results, "dense_perplexity": dense,
-                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot,
-                                               "timings": seconds})
+                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot}, store)
     return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,
             "model": job.model, "output_dir": str(job.output_dir), "artifact": pruned.path,
             "record_sha256": pruned.record.sha256, "perplexity": results, "dense_perplexity": dense,

@@ -70,8 +70,7 @@ def test_second_identical_run_computes_nothing_and_changed_text_recomputes(tmp_p
     record = json.loads((tmp_path / "pruned" / "pruneflow.json").read_text())
     assert record["engine"]["forward_seconds"] > 0 and record["threads"] == torch.get_num_threads()
     # the exported record carries the flow's evaluation, as the command line's does; the store's copy stays bare
-    assert record["perplexity"] == first["perplexity"] and set(record["timings"]) == {"fetch_and_calibrate", "prune",
-                                                                                       "evaluate"}
+    assert record["perplexity"] == first["perplexity"]
     assert json.loads((Path(first["artifact"]) / "pruneflow.json").read_text())["perplexity"] == []
     card = (tmp_path / "pruned" / "README.md").read_text()
     assert card.startswith("---\n") and first["perplexity"][0]["protocol"] in card  # the flow's evaluation too

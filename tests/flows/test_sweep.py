@@ -235,7 +235,7 @@ def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbin
     apt_record = json.loads((directory / "runs" / "tiny" / "apt-unstructured-0.5" / "pruneflow.json").read_text())
     assert apt_record["config"]["method"]["selection"] == "row"
     assert apt_record["decoder_linear_sparsity"] == pytest.approx(0.5)
-    assert apt_record["config"]["engine"]["targets"] == "pruned" and "reconstruction" not in apt_record["engine"]
+    assert apt_record["config"]["engine"]["targets"] == "pruned" and apt_record["engine"]["reconstruction"] == []
     admm_record = json.loads((directory / "runs" / "tiny" / "admm-unstructured-0.5" / "pruneflow.json").read_text())
     assert admm_record["config"]["engine"]["targets"] == "dense"
     assert [entry["epochs"] for entry in admm_record["engine"]["reconstruction"]] == [1.0, 1.0]
