@@ -110,6 +110,7 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
         "engine": {"device": "cpu", **engine},
         "output_dir": str(output),
+        "overwrite": True,  # the bench owns its output folders: a rerun of a case replaces its last result
         "cache_dir": str(arguments.cache_dir),
     }
 
