@@ -230,9 +230,9 @@ def results_path(suite: str) -> Path:
 
 def seedless(case: dict[str, Any]) -> str:
     """A case's label without its calibration seed: cases that differ only by seed are one row."""
-    fields = {key: value for key, value in case.items() if key != "seed"}
-    return " ".join(f"{value}" if key in ("method", "pattern", "sparsity") else f"{key}={value}"
-                    for key, value in fields.items())
+    head = [f"{case[key]}" for key in ("method", "pattern", "sparsity") if key in case]
+    return " ".join(head + [f"{key}={value}" for key, value in sorted(case.items())
+                            if key not in ("method", "pattern", "sparsity", "seed")])
 
 
 def summary_table(result: dict[str, Any]) -> str:

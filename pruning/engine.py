@@ -488,6 +488,7 @@ class PruneEngine:
             return record
         inputs = self._inputs(index) if self.needs_data else None
         dense_inputs = self._dense_inputs(index) if self.needs_data and self.options.dense_stream else None
+        method = self._block_method(index)  # before the block is loaded: OWL's dense pass loads and releases them all
         started = time.perf_counter()
         block = self.access.load_block(index)
         self.report.io_seconds += time.perf_counter() - started
@@ -500,8 +501,7 @@ class PruneEngine:
             dense = DenseStream(dense_inputs, self._new_activations(
                 cast(BlockStore, self.store).dense_outputs_directory(index) if kept else None))
         prefix = block_prefix(self.adapter, index)
-        result = self.pruner(block, index, inputs, self._calls[index] if self._calls else [], outputs, dense,
-                             self._block_method(index))
+        result = self.pruner(block, index, inputs, self._calls[index] if self._calls else [], outputs, dense, method)
         parameters, removed = linear_counts(block, self.adapter, result.factors)
         record = BlockRecord(index=index, layers=[vars(layer) for layer in result.layers],
                              linear_parameters=parameters, linear_removed=removed,

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import random_ids, save_tiny_checkpoint, tiny_model
 from transformers import AutoModelForCausalLM
 
+from pruning.blocks.budgets import LayerBudget
 from pruning.blocks.reconstruction import ReconstructionConfig
 from pruning.blocks.store import BlockStore
 from pruning.config import PruneJob
@@ -85,6 +87,23 @@ def test_streamed_prune_writes_exactly_the_weights_of_the_in_memory_engine(famil
     assert [layer.block for layer in record.engine.layers] == sorted(layer.block for layer in record.engine.layers)
     assert {layer.block for layer in record.engine.layers} == {0, 1}
     assert (tmp_path / "pruned" / "model.safetensors.index.json").is_file()
+
+
+def test_an_owl_budget_on_a_streamed_checkpoint_writes_the_in_memory_engines_weights(tmp_path, corpus,
+                                                                                     tiny_tokenizer_dir):
+    """OWL's dense pass loads and releases every block of a streamed model before block 0 is pruned."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    calibration = calibration_for(checkpoint, corpus, tmp_path)
+    fields = {"method": "sparsegpt", "sparsity": 0.5}
+    record = run_prune_job(job(checkpoint, corpus, tmp_path, fields, budget={"kind": "owl"}), progress=False,
+                           calibration=calibration)
+    assert len(record.engine.block_sparsity) == 2 and sum(record.engine.block_sparsity) / 2 == pytest.approx(0.5)
+
+    model = load_model(checkpoint)
+    prune_model(model, calibration.input_ids, method_config(fields), replace(FP32, budget=LayerBudget()))
+    expected = model.state_dict()
+    for name, tensor in stored(tmp_path / "pruned").items():
+        assert tensor.equal(expected[name]), name
 
 
 def test_data_free_methods_run_no_calibration_forward(tmp_path, corpus, tiny_tokenizer_dir):
