@@ -10,7 +10,6 @@ unfinished block. The same engine runs `pruneflow prune`.
 """
 
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
 from pruning.data.corpora import source_fingerprint
 from pruning.evaluation.zero_shot import zero_shot_fingerprint
-from pruning.io import atomic_directory
+from pruning.io import atomic_directory, link_or_copy
 from pruning.methods.registry import needs_calibration
 from pruning.models.card import CARD_FILE, model_card
 from pruning.pipeline import check_job
@@ -41,12 +40,6 @@ def export(directory: Path, output_dir: Path, results: dict[str, Any], store: Ar
     hard-linked where the file system allows, else copied), its record and model card completed with `results`
     (the evaluation's fields of the run record, see `PruneRecord.with_results`). The completed record is an
     artifact of its own, keyed by its content, so a second identical run links the same file again."""
-
-    def link_or_copy(source: str | Path, target: str | Path) -> None:
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copy2(source, target)
 
     record = PruneRecord.read(directory).with_results(**results)
     completed = store.directory("records", content_key(record))

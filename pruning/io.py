@@ -144,6 +144,14 @@ def atomic_file(final_path: Path, mode: str = "w") -> Iterator[Any]:
         yield handle
 
 
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link where the file system allows one (no bytes copied), else a copy with its metadata."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write `payload` as indented JSON, atomically."""
     with atomic_file(path) as handle:

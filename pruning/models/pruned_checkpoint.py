@@ -9,7 +9,6 @@ are copied from the source checkpoint as stored. Methods with a sparse + low-ran
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from pruning.blocks.store import BlockStore
+from pruning.io import link_or_copy
 from pruning.methods.base import SparseLowRank
 from pruning.models.access import StreamedModel, block_prefix, block_state
 from pruning.models.architectures import head_layout
@@ -27,13 +27,6 @@ from pruning.models.shrink import shrink_block, shrunk_config
 # Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.
 COPIED_FILES = ("generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
                 "chat_template*", "vocab.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str, SparseLowRank]]:
@@ -70,7 +63,7 @@ def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: 
             writer.write(index, tensors)
         else:
             target = directory / writer.shard_name(index)
-            _link_or_copy(store.weights_path(index), target)
+            link_or_copy(store.weights_path(index), target)
             writer.add(index, tensor_sizes(target))
     stem = model.stem_tensors()
     writer.write(num_blocks, stem)
