@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
 from pruning.methods.base import InputStatistics, LayerResult
-from pruning.methods.hessian import damped_hessian, refit_on_mask, spd_inverse
+from pruning.methods.hessian import REFIT_STEPS, REFIT_TOLERANCE, damped_hessian, refit_on_mask, spd_inverse
 from pruning.methods.masks import check_nm_divisible, nm_mask
 from pruning.methods.sparsity import SparsityConfig
 
@@ -34,9 +34,11 @@ class ADMMConfig(SparsityConfig):
                                                        "(cubic schedule)")
     rho: float = Field(1.0, gt=0.0, description="ADMM penalty on the normalised problem (diag H̃ = 1)")
     damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I, as SparseGPT")
-    refit_iterations: int = Field(200, ge=0, description="conjugate-gradient steps at most for the final refit")
-    refit_tolerance: float = Field(1e-7, gt=0.0, description="stop the refit once every row's residual is below "
-                                                              "this fraction of its right-hand side")
+    refit_iterations: int = Field(REFIT_STEPS, ge=0,
+                                  description="conjugate-gradient steps at most for the final refit")
+    refit_tolerance: float = Field(REFIT_TOLERANCE, gt=0.0,
+                                   description="stop the refit once every row's residual is below this fraction of "
+                                               "its right-hand side")
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> ADMMConfig:

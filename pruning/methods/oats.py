@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from pruning.methods.base import InputStatistics, LayerResult, SparseLowRank
-from pruning.methods.hessian import damped_hessian, refit_on_mask
+from pruning.methods.hessian import REFIT_STEPS, REFIT_TOLERANCE, damped_hessian, refit_on_mask
 from pruning.methods.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
 from pruning.methods.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
 from pruning.methods.sparsity import SparsityConfig
@@ -110,13 +110,13 @@ def hessian_refit(weight: torch.Tensor, mask: torch.Tensor, up: torch.Tensor, do
     low_rank = (up @ down).to(torch.float32) * scale
     sparse = (target - low_rank) * mask
     for _ in range(config.hessian_refit):
-        sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, 200, 1e-7)
+        sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, REFIT_STEPS, REFIT_TOLERANCE)
         whitened = full_truncated_svd((target - sparse) @ factor, rank)
         up = whitened.left * whitened.values
         # V = V_rᵀ C⁻¹: solve X C = V_rᵀ through Cᵀ Xᵀ = V_r (upper triangular).
         down = torch.linalg.solve_triangular(factor.t(), whitened.right.t(), upper=True).t()
         low_rank = up @ down
-    sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, 200, 1e-7)
+    sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, REFIT_STEPS, REFIT_TOLERANCE)
     return (sparse / scale).to(weight.dtype), up.to(weight.dtype), (down / scale).to(weight.dtype)
 
 

@@ -40,11 +40,20 @@ def test_nm_holds_in_every_group(pattern):
 
 def test_kept_weights_are_the_exact_least_squares_refit_on_the_final_mask():
     weight, statistics, _ = correlated_layer()
-    config = ADMMConfig(sparsity=0.5)
+    config = ADMMConfig(sparsity=0.5, refit_tolerance=1e-7)
     result = prune_layer(weight, statistics, config)
     hessian = damped_hessian(statistics.hessian, config.damping).double()
     delta, _ = joint_removal(weight.double(), ~result.mask, spd_inverse(hessian))
     assert torch.allclose(result.weight.double(), (weight.double() + delta) * result.mask, atol=1e-5)
+
+
+def test_the_default_refit_tolerance_reaches_the_exact_refits_error():
+    weight, statistics, _ = correlated_layer()
+    exact = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5, refit_tolerance=1e-7))
+    default = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5))
+    assert torch.equal(default.mask, exact.mask)
+    assert default.details["refit_steps"] < exact.details["refit_steps"]
+    assert default.reconstruction_error == pytest.approx(exact.reconstruction_error, rel=1e-5)
 
 
 def test_the_schedule_rises_cubically_to_the_target_and_stays():
