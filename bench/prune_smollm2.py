@@ -9,9 +9,10 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
   engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
               per block; every method at 50% once (seed 0); dense
-  quality     beyond SparseGPT (issue "Beyond SparseGPT"): at 50%, seed 0, SparseGPT and each building block alone
-              (ADMM mask search, dense targets, block reconstruction), then the combination; the noise floor and
-              the best combination over calibration seeds 0, 1, 2 at 50% and 2:4
+  quality     beyond SparseGPT (issue "Beyond SparseGPT"): seed 0 first, SparseGPT, ADMM and APT at 50% and 2:4, APT's
+              joint-N:M and whole-row selections, Hessian-aware OATS, dense targets, OWL and block reconstruction
+              each on SparseGPT and ADMM, 60% and 70%; then calibration seeds 1 and 2 of SparseGPT, ADMM, APT (50%,
+              2:4) and Hessian-aware OATS (50%), for means over three seeds
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -66,23 +67,28 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                {"method": "osscar", "sparsity": 0.5, "local_search": True},
                {"method": "structured-wanda", "sparsity": 0.5, "refit": False},
                {"method": "structured-magnitude", "sparsity": 0.5, "refit": True}],
-    "quality": [{"method": "admm", "sparsity": 0.5}, {"method": "admm", "pattern": "2:4"},
-                *({"method": "admm", "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
-                *({"method": "admm", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
-                {"method": "sparsegpt", "sparsity": 0.5}, {"method": "sparsegpt", "pattern": "2:4"},
+    # First every seed-0 case whose prune time is compared with SparseGPT's (run on an otherwise idle machine), then
+    # the other calibration seeds of the rows reported as a mean of three.
+    "quality": [{"method": "sparsegpt", "sparsity": 0.5}, {"method": "sparsegpt", "pattern": "2:4"},
+                {"method": "admm", "sparsity": 0.5}, {"method": "admm", "pattern": "2:4"},
+                {"method": "apt", "sparsity": 0.5}, {"method": "apt", "pattern": "2:4"},
+                {"method": "apt", "pattern": "2:4", "nm_selection": "joint"},
+                {"method": "apt", "pattern": "2:4", "selection": "row"},
                 {**HESSIAN_OATS, "sparsity": 0.5},
                 {"method": "sparsegpt", "sparsity": 0.5, "targets": "dense"},
                 {"method": "admm", "sparsity": 0.5, "targets": "dense"},
                 {"method": "sparsegpt", "sparsity": 0.5, "budget": {"kind": "owl"}},
-                {"method": "apt", "pattern": "2:4", "nm_selection": "joint"},
-                *({**HESSIAN_OATS, "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
-                *({"method": "sparsegpt", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
-                {"method": "admm", "sparsity": 0.6}, {"method": "admm", "sparsity": 0.7},
-                {"method": "sparsegpt", "sparsity": 0.6}, {"method": "sparsegpt", "sparsity": 0.7},
-                *({"method": "apt", "sparsity": 0.5, "seed": seed} for seed in (0, 1, 2)),
-                *({"method": "apt", "pattern": "2:4", "seed": seed} for seed in (0, 1, 2)),
                 {"method": "admm", "sparsity": 0.5, "budget": {"kind": "owl"}},
-                {"method": "sparsegpt", "sparsity": 0.5, "reconstruction": {"epochs": 4}}],
+                {"method": "sparsegpt", "sparsity": 0.5, "reconstruction": {"epochs": 4}},
+                {"method": "admm", "sparsity": 0.5, "reconstruction": {"epochs": 4}},
+                *({"method": method, "sparsity": share} for share in (0.6, 0.7) for method in ("sparsegpt", "admm")),
+                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
+                *({"method": "sparsegpt", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
+                *({"method": "admm", "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
+                *({"method": "admm", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
+                *({"method": "apt", "sparsity": 0.5, "seed": seed} for seed in (1, 2)),
+                *({"method": "apt", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
+                *({**HESSIAN_OATS, "sparsity": 0.5, "seed": seed} for seed in (1, 2))],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
@@ -115,37 +121,39 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
     }
 
 
-def run_measured(command: list[str]) -> tuple[str, float, float]:
-    """Run a command; its stdout, wall seconds and peak RSS in MB (this process's only child)."""
+def run_measured(command: list[str]) -> tuple[str, float, float, float]:
+    """Run a command; its stdout, wall seconds, CPU seconds (user + system) and peak RSS in MB (this process's only
+    child)."""
     started = time.perf_counter()
     completed = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - started
-    return completed.stdout, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return completed.stdout, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, Any]:
     """One case as the user runs it: the pruneflow command in a process of its own, with a fresh block store."""
     pruneflow = [sys.executable, "-m", "flows.cli"]
     if case["method"] == "dense":
-        printed, wall, peak = run_measured([
+        printed, wall, cpu, peak = run_measured([
             *pruneflow, "eval", "--model", MODEL, "--dataset", str(DATA / "test"), "--seqlen", str(arguments.seqlen),
             "--max-windows", str(arguments.windows), "--device", "cpu", "--cache-dir", str(arguments.cache_dir)])
         result = json.loads(printed)["perplexity"][0]
         return {"method": "dense", "pattern": "-", "perplexity": result["perplexity"], "protocol": result["protocol"],
-                "wall_seconds": wall, "peak_rss_mb": peak}
+                "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak}
     output = arguments.cache_dir / "bench-models" / case_name(case)
     job = arguments.cache_dir / "bench-jobs" / f"{case_name(case)}.yaml"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump(job_fields(case, arguments, output)))
     shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)  # a fresh block store: nothing is reused
-    _, wall, peak = run_measured([*pruneflow, "prune", "--config", str(job)])
+    _, wall, cpu, peak = run_measured([*pruneflow, "prune", "--config", str(job)])
     shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)
     record = json.loads((output / "pruneflow.json").read_text())
     engine = record["engine"]
     return {**case, "pattern": record["pattern"], "target": record["target_sparsity"], "output_dir": str(output),
             "perplexity": record["perplexity"][0]["perplexity"],
             "protocol": record["perplexity"][0]["protocol"], "sparsity": record["decoder_linear_sparsity"],
-            "wall_seconds": wall, "prune_seconds": record["timings"]["prune_seconds"],
+            "wall_seconds": wall, "cpu_seconds": cpu, "prune_seconds": record["timings"]["prune_seconds"],
             "evaluation_seconds": record["timings"]["evaluation_seconds"],
             "calibration_forward_seconds": engine["forward_seconds"] + engine["capture_seconds"],
             "solve_seconds": engine["solve_seconds"], "io_seconds": engine["io_seconds"],
@@ -289,8 +297,6 @@ def main() -> None:
     if arguments.dense_forward:
         print(json.dumps(dense_forward_seconds(arguments)))
         return
-    from pruning.io import write_json
-
     output = arguments.output or results_path(arguments.suite)
     import torch
 
@@ -303,9 +309,12 @@ def main() -> None:
                                    text=True)
         return json.loads(completed.stdout.strip().splitlines()[-1])
 
+    from pruning.io import code_digest, write_json
+
     protocol = {"model": MODEL, "calibration": f"wikitext-2 raw validation pages, {arguments.num_samples}x"
-                f"{arguments.seqlen}", "threads": torch.get_num_threads()}
-    # Resumable: cases already in the output file (same protocol) are kept; the file is rewritten after each case.
+                f"{arguments.seqlen}", "threads": torch.get_num_threads(), "pruning_code": code_digest()}
+    # Resumable: cases already in the output file (same protocol, same `pruning` source) are kept; the file is
+    # rewritten after each case. Results of other code are not mixed in: the suite starts over.
     previous = json.loads(output.read_text()) if output.is_file() else {}
     same_protocol = all(previous.get(key) == value for key, value in protocol.items())
     done = {json.dumps(case["case"], sort_keys=True): case for case in previous.get("cases", []) if same_protocol}
