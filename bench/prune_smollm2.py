@@ -114,7 +114,7 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
         "calibration": {"source": str(DATA / "validation"), "num_samples": arguments.num_samples,
                         "seqlen": arguments.seqlen, "seed": case.get("seed", 0)},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
-        "engine": {"device": "cpu", **engine},
+        "engine": {"device": "cpu", "forward_dtype": "float32", **engine},  # the protocol is fp32 on every CPU
         "output_dir": str(output),
         "overwrite": True,  # the bench owns its output folders: a rerun of a case replaces its last result
         "cache_dir": str(arguments.cache_dir),
