@@ -170,8 +170,15 @@ def console_results_table(header: list[str], rows: list[list[str]], title: str) 
             number = protocols.index(name.removeprefix("ppl ")) + 1
             name = "ppl" if len(protocols) == 1 else f"ppl {number}"
         table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3, overflow="fold")
+    # A method with engine additions ("admm + dense targets + ...") is marked (admm *1) and spelled out below.
+    combined = list(dict.fromkeys(row[1] for row in rows if " + " in row[1]))
     for row in rows:
-        table.add_row(*(row[index] for index in kept), style="bold" if row[1] == "dense" else None)
+        method = row[1]
+        if method in combined:
+            method = f"{method.split(' + ')[0]} *{combined.index(method) + 1}"
+        table.add_row(*(method if index == 1 else row[index] for index in kept),
+                      style="bold" if row[1] == "dense" else None)
     notes = [f"ppl{'' if len(protocols) == 1 else f' {number}'}: {protocol}"
              for number, protocol in enumerate(protocols, 1)]
+    notes += [f"*{number}: {method}" for number, method in enumerate(combined, 1)]
     return table, notes

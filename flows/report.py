@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.report_page import write_report_page
+from pruning.config import EngineConfig
 from pruning.errors import ConfigError
 from pruning.evaluation.speed import speedups
 from pruning.io import atomic_directory, write_json
@@ -31,7 +32,9 @@ PLOTS = ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png")
 
 def record_fields(record: PruneRecord) -> dict[str, Any]:
     """What the report takes from a pruned model's record (pruneflow.json)."""
-    return {"method": record.method, "pattern": record.pattern, "target_sparsity": record.target_sparsity,
+    additions = EngineConfig.model_validate(record.config["engine"]).additions()
+    return {"method": record.method, "additions": list(additions),
+            "pattern": record.pattern, "target_sparsity": record.target_sparsity,
             "sparsity": record.decoder_linear_sparsity, "parameters": record.remaining_parameters,
             "prune_seconds": record.engine.forward_seconds + record.engine.solve_seconds,
             "block_relative_error": record.engine.block_errors(), "inputs": record.inputs.model_dump(mode="json")}
@@ -118,7 +121,8 @@ def table_cells(entries: list[dict[str, Any]], speed_rows: list[dict[str, Any]]
     for entry in entries:
         zero_shot = entry.get("zero_shot")
         parameters = entry.get("parameters")
-        cells = [entry["model"], entry["method"], entry["pattern"], f"{entry['target_sparsity']:g}",
+        cells = [entry["model"], " + ".join([entry["method"], *entry.get("additions", [])]), entry["pattern"],
+                 f"{entry['target_sparsity']:g}",
                  f"{entry['sparsity']:.3f}",
                  f"{parameters / 1e6:.1f}" if parameters else "-"]
         cells += [f"{entry['perplexity'][protocol]:.2f}" if protocol in entry["perplexity"] else "-"

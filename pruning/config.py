@@ -105,6 +105,14 @@ class EngineConfig(_Strict):
                              memory_budget=int(self.memory_budget) if self.memory_budget is not None else None,
                              targets=self.targets, reconstruction=self.reconstruction, budget=self.budget)
 
+    def additions(self) -> tuple[str, ...]:
+        """The settings that go beyond the method's own layer objective, as short labels for result tables:
+        ('dense targets', 'block reconstruction', 'owl budget')."""
+        labels = ["dense targets"] if self.targets == "dense" else []
+        labels += ["block reconstruction"] if self.reconstruction is not None else []
+        labels += [f"{self.budget.kind} budget"] if self.budget is not None else []
+        return tuple(labels)
+
     def cache_fields(self) -> dict[str, object]:
         """The settings that change a pruning result (not where activations live)."""
         options = self.options(progress=False)

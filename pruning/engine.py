@@ -543,7 +543,10 @@ class PruneEngine:
         if saved is not None and saved.is_file():
             return cast(list[float], json.loads(saved.read_text()))
         ratios = self._outlier_ratios(budget.owl_threshold) if budget.kind == "owl" else None
-        sparsities = block_sparsities(budget, self.method.target_sparsity, ratios, self.num_blocks)
+        first = self.adapter.blocks(self.access.model)[0]  # on the meta device when streamed: shapes only
+        widths = tuple(self.adapter.read_weight(first.get_submodule(name)).shape[1]
+                       for name in self.adapter.linear_names)
+        sparsities = block_sparsities(budget, self.method.target_sparsity, ratios, self.num_blocks, widths)
         if saved is not None:
             write_json(saved, sparsities)
         return sparsities

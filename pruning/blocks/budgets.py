@@ -5,10 +5,16 @@ linears pooled, on the dense model's inputs) above M times their mean. Blocks wi
   a_l = 2λ (D_l − min D) / (max D − min D),   s_l = s − (a_l − mean(a))
 so the s_l lie within s ± λ and average to s exactly (every block has the same linears).
 Depth ramp: s_l = s + δ·(l − (L − 1)/2)/(L − 1), from s − δ/2 at the first block to s + δ/2 at the last.
+Whole weights: each s_l is then rounded to a multiple of 1/g, g the gcd of the block's input widths, so every row
+of every linear drops exactly s_l·d_in weights, with the rounding carried from block to block
+(s_l = (round(g·Σ_{i≤l} s_i) − round(g·Σ_{i<l} s_i))/g): the s_l sum to round(g·L·s)/g, exactly L·s whenever
+g·L·s is whole (SmolLM2: g = 192, L = 30, at any s in steps of 1/5760), where per-row methods at a uniform s would
+drop floor(s·d_in) per row and fall short.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -35,8 +41,22 @@ def outlier_ratio(weights: Mapping[str, torch.Tensor], input_norms: Mapping[str,
     return float((scores > threshold * scores.mean()).float().mean())
 
 
-def block_sparsities(budget: LayerBudget, target: float, ratios: list[float] | None, blocks: int) -> list[float]:
-    """Each block's sparsity (see the module docstring); `ratios` are the OWL outlier ratios (None for a ramp)."""
+def block_sparsities(budget: LayerBudget, target: float, ratios: list[float] | None, blocks: int,
+                     input_widths: tuple[int, ...]) -> list[float]:
+    """Each block's sparsity (see the module docstring); `ratios` are the OWL outlier ratios (None for a ramp),
+    `input_widths` the d_in of a block's linears."""
+    return whole_weight_sparsities(spread_sparsities(budget, target, ratios, blocks), math.gcd(*input_widths))
+
+
+def whole_weight_sparsities(sparsities: list[float], granularity: int) -> list[float]:
+    """The s_l as multiples of 1/g that sum to round(g·Σ s_l)/g, each block's rounding carried into the next."""
+    cumulative = torch.tensor(sparsities, dtype=torch.float64).cumsum(0)
+    steps = torch.round(cumulative * granularity).to(torch.long)
+    return [int(count) / granularity for count in torch.diff(steps, prepend=steps.new_zeros(1))]
+
+
+def spread_sparsities(budget: LayerBudget, target: float, ratios: list[float] | None, blocks: int) -> list[float]:
+    """OWL's or the ramp's s_l before rounding to whole weights."""
     if budget.kind == "ramp":
         steps = torch.arange(blocks, dtype=torch.float64) - (blocks - 1) / 2
         offsets = budget.ramp_delta * steps / max(blocks - 1, 1)

@@ -241,3 +241,9 @@ def test_the_new_methods_run_from_params_with_their_options_and_no_other_plumbin
     assert [entry["epochs"] for entry in admm_record["engine"]["reconstruction"]] == [1.0, 1.0]
     assert all("dense_target_shift" in layer["details"] for layer in admm_record["engine"]["layers"])
     assert admm_record["decoder_linear_sparsity"] == pytest.approx(0.5)
+    # The results tables name what a combination adds to its method's layer objective.
+    assert printed_row(printed, "admm *1", "unstructured", "0.5")
+    assert "*1: admm + dense targets + block reconstruction" in printed
+    table = (directory / "runs" / "report" / "results.md").read_text()
+    assert "| tiny | admm + dense targets + block reconstruction | unstructured |" in table
+    assert "| tiny | apt | unstructured |" in table
