@@ -12,7 +12,8 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
   quality     beyond SparseGPT (issue "Beyond SparseGPT"): seed 0 first, SparseGPT, ADMM and APT at 50% and 2:4, APT's
               joint-N:M and whole-row selections, Hessian-aware OATS, dense targets, OWL and block reconstruction
               each on SparseGPT and ADMM, 60% and 70%; then calibration seeds 1 and 2 of SparseGPT, ADMM, APT (50%,
-              2:4) and Hessian-aware OATS (50%), for means over three seeds
+              2:4) and Hessian-aware OATS (50%), and ADMM + block reconstruction, for means over three seeds
+  owl         OWL on SparseGPT and ADMM at 50% and 70% with whole-weight block sparsities, SparseGPT references
 
 Protocol (issue "Layer-wise pruning engine"): calibration 64 x 512 tokens from the WikiText-2 raw
 validation pages in ../shared/data; evaluation on the first 64 windows of 512 tokens of the WikiText-2
@@ -96,6 +97,11 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                   for seed in (1, 2)),
                 *({"method": "admm", "pattern": "2:4", "reconstruction": {"epochs": 4}, "seed": seed}
                   for seed in (0, 1, 2))],
+    # OWL once more after its block sparsities became whole weights per row (the quality suite's OWL rows predate it):
+    # the SparseGPT references of the same run, then OWL on SparseGPT and ADMM at 50% and 70%.
+    "owl": [{"method": "sparsegpt", "sparsity": 0.5}, {"method": "sparsegpt", "sparsity": 0.7},
+            *({"method": method, "sparsity": share, "budget": {"kind": "owl"}}
+              for share in (0.5, 0.7) for method in ("sparsegpt", "admm"))],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
