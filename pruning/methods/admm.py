@@ -14,7 +14,6 @@ iteratively: O(iterations·d_out·d_in²) instead of a |P|×|P| factorisation pe
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -23,7 +22,7 @@ from pydantic import Field, model_validator
 from pruning.errors import ConfigError
 from pruning.methods.base import InputStatistics, LayerResult
 from pruning.methods.hessian import REFIT_STEPS, REFIT_TOLERANCE, damped_hessian, refit_on_mask, spd_inverse
-from pruning.methods.masks import check_nm_divisible, nm_mask
+from pruning.methods.masks import check_nm_divisible, nm_mask, row_mask
 from pruning.methods.sparsity import SparsityConfig
 
 
@@ -55,14 +54,10 @@ def scheduled_sparsity(sparsity: float, round_index: int, mask_rounds: int) -> f
 
 
 def _project(values: torch.Tensor, config: ADMMConfig, sparsity: float) -> torch.Tensor:
-    """Kept mask of the pattern: N of every M by |value|, else the largest d_in − floor(s·d_in) per row (the same
-    set as `row_mask` when no two scores tie; topk of the kept is twice as fast as a stable argsort of all)."""
+    """Kept mask of the pattern: N of every M by |value|, else the largest per row (`row_mask`: exactly floor(s·numel)
+    removed, the per-row counts one apart)."""
     scores = values.abs()
-    if config.nm is not None:
-        return nm_mask(scores, config.nm)
-    kept = scores.shape[1] - math.floor(scores.shape[1] * sparsity)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    return mask.scatter_(1, torch.topk(scores, kept, dim=1, sorted=False).indices, True)
+    return nm_mask(scores, config.nm) if config.nm is not None else row_mask(scores, sparsity)
 
 
 def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: ADMMConfig) -> LayerResult:

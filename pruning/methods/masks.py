@@ -43,14 +43,16 @@ class NMPattern:
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Per output row, drop the floor(d_in * sparsity) lowest scores."""
+    """Per output row, drop its lowest scores: floor(numel·s) in all, floor(·/d_out) per row and one more in the rows
+    where that next weight scores lowest, so the matrix loses exactly its share even when s·d_in is not whole."""
     rows, columns = scores.shape
-    pruned_per_row = math.floor(columns * sparsity)
-    mask = torch.ones_like(scores, dtype=torch.bool)
-    if pruned_per_row:
-        lowest = torch.argsort(scores, dim=1, stable=True)[:, :pruned_per_row]
-        mask.scatter_(1, lowest, False)
-    return mask
+    pruned_per_row, extra = divmod(math.floor(rows * columns * sparsity), rows) if rows else (0, 0)
+    kept_per_row = torch.full((rows,), columns - pruned_per_row, dtype=torch.long)
+    if extra:
+        # Cost of one more removal in a row: its (pruned_per_row + 1)-th lowest score.
+        next_lowest = torch.kthvalue(scores, pruned_per_row + 1, dim=1).values
+        kept_per_row[torch.topk(next_lowest, extra, largest=False).indices.cpu()] -= 1
+    return row_count_mask(scores, kept_per_row)
 
 
 def row_count_mask(scores: torch.Tensor, kept_per_row: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Wanda (Sun, Liu, Bair & Kolter, ICLR 2024): prune by weight magnitude times input norm.
 
   S_ij = |W_ij| · sqrt(s_j),   s_j = (1/n) Σ_t x_tj²
-Per output row the lowest floor(d_in·p) scores are dropped (N:M: per row, per group of M). No update.
+Per output row the lowest scores are dropped, floor(d_in·p) or one more (`row_mask`: floor(p·numel) in all; N:M:
+per row, per group of M). No update.
 """
 
 from __future__ import annotations

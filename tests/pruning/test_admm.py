@@ -21,11 +21,13 @@ def test_admm_beats_sparsegpt_layer_error_on_a_random_correlated_layer(fields):
     assert admm.reconstruction_error < 0.9 * baseline.reconstruction_error
 
 
-@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
-def test_every_row_loses_exactly_its_share(sparsity):
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.33])
+def test_the_layer_loses_exactly_its_share_the_rows_within_one_weight(sparsity):
     weight, statistics, _ = correlated_layer()
     result = prune_layer(weight, statistics, ADMMConfig(sparsity=sparsity))
-    assert ((result.weight == 0).sum(dim=1) == int(weight.shape[1] * sparsity)).all()
+    zeros_per_row = (result.weight == 0).sum(dim=1)
+    assert int(zeros_per_row.sum()) == int(weight.numel() * sparsity)
+    assert int(zeros_per_row.max() - zeros_per_row.min()) <= 1
     assert torch.equal(result.weight != 0, result.mask)
 
 

@@ -29,10 +29,23 @@ def test_nm_mask_rejects_columns_not_divisible_by_m():
         nm_mask(torch.rand(2, 6), NMPattern(2, 4))
 
 
-def test_row_mask_drops_the_same_count_in_every_row():
+def test_row_mask_drops_the_same_count_in_every_row_when_it_is_whole():
     scores = torch.rand(8, 10)
-    mask = row_mask(scores, 0.55)
-    assert ((~mask).sum(dim=1) == 5).all()  # floor(10 * 0.55)
+    mask = row_mask(scores, 0.5)
+    assert ((~mask).sum(dim=1) == 5).all()
+    assert scores.masked_fill(mask, -1).max(dim=1).values.lt(scores.masked_fill(~mask, 2).min(dim=1).values).all()
+
+
+def test_row_mask_removes_exactly_floor_of_numel_times_sparsity_one_more_where_it_costs_least():
+    scores = torch.rand(8, 10) + 1.0
+    cheap = [2, 5, 6, 7]
+    scores[cheap, :6] = torch.rand(4, 6) * 0.1  # in these rows a sixth removal costs far less than anywhere else
+    mask = row_mask(scores, 0.55)  # floor(80 * 0.55) = 44: 5 per row, and a sixth in 4 rows
+    pruned = (~mask).sum(dim=1)
+    assert int(pruned.sum()) == 44
+    assert torch.nonzero(pruned == 6).flatten().tolist() == cheap and (pruned[pruned != 6] == 5).all()
+    # within each row the cut is by score
+    assert scores.masked_fill(mask, -1).max(dim=1).values.lt(scores.masked_fill(~mask, 3).min(dim=1).values).all()
 
 
 def test_matrix_mask_drops_exactly_floor_of_numel_times_sparsity():

@@ -20,11 +20,12 @@ def test_statistics_give_sparsegpt_hessian_and_wanda_norms():
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.7])
-def test_wanda_prunes_the_asked_fraction_of_every_row(sparsity):
+def test_wanda_prunes_the_asked_fraction_of_the_layer_every_row_within_one_weight(sparsity):
     weight, statistics, _ = correlated_layer()
     result = wanda.prune_layer(weight, statistics, wanda.WandaConfig(sparsity=sparsity))
     zeros_per_row = (result.weight == 0).sum(dim=1)
-    assert (zeros_per_row == int(64 * sparsity)).all()
+    assert int(zeros_per_row.sum()) == int(weight.numel() * sparsity)  # 0.3 of 64 columns is 19.2 per row
+    assert int(zeros_per_row.max() - zeros_per_row.min()) <= (1 if sparsity * 64 % 1 else 0)
     assert torch.equal(result.weight, weight * result.mask)
 
 
