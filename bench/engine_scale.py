@@ -87,7 +87,8 @@ def job_file(model: Path, output: Path, cache: Path, path: Path, method: str = "
         "model": str(model), "method": {"method": method, "sparsity": 0.5},
         "calibration": {"source": str(DATA / "validation"), "num_samples": 16, "seqlen": 256},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": 256, "max_windows": 8}],
-        "engine": {"device": "cpu"}, "output_dir": str(output), "cache_dir": str(cache)}))
+        "engine": {"device": "cpu"}, "output_dir": str(output), "cache_dir": str(cache),
+        "artifacts_dir": str(cache.parent / "artifacts")}))
     return path
 
 
@@ -175,8 +176,9 @@ def depth(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
         measured = run(prune_command(job))
         record = json.loads((work / "pruned" / "pruneflow.json").read_text())
         rows.append({"blocks": blocks, "checkpoint_bytes": size, "peak_rss_mb": measured["peak_rss_mb"],
-                     "wall_seconds": measured["wall_seconds"], "prune_seconds": record["timings"]["prune_seconds"],
-                     "perplexity": record["perplexity"][0]["perplexity"], "threads": record["threads"]})
+                     "wall_seconds": measured["wall_seconds"],
+                     "prune_seconds": record["run"]["step_seconds"]["prune"],
+                     "perplexity": record["perplexity"][0]["perplexity"], "threads": record["machine"]["threads"]})
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(work, ignore_errors=True)
     first, last = rows[0], rows[-1]
@@ -246,9 +248,9 @@ def main() -> None:
     if arguments.mode == "wrap":
         wrap(arguments.command, arguments.cgroup)
         return
-    from pruning.pipeline import fetch_model
+    from pruning.steps import fetch
 
-    tokenizer_dir = fetch_model(SMOLLM2, arguments.cache_dir)
+    tokenizer_dir = fetch(SMOLLM2, arguments.cache_dir).path
     (depth if arguments.mode == "depth" else limited)(arguments, tokenizer_dir)
 
 

@@ -75,13 +75,14 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured, nothing written")
         return
+    from pruning.assemble import write_pruned_checkpoint
     from pruning.blocks.store import BlockStore
-    from pruning.engine import EngineOptions, PruneEngine
+    from pruning.config import EngineConfig
+    from pruning.engine import PruneEngine
     from pruning.io import write_json
+    from pruning.machine import Machine
     from pruning.methods.registry import method_config
     from pruning.models.access import StreamedModel
-    from pruning.models.pruned_checkpoint import write_pruned_checkpoint
-    from pruning.record import EngineSummary
 
     device = torch.device("cuda")
     shutil.rmtree(arguments.work, ignore_errors=True)
@@ -93,9 +94,11 @@ def main() -> None:
     model = StreamedModel(model_dir)
     input_ids = torch.randint(0, SHAPES["vocabulary"], (arguments.samples, arguments.seqlen),
                               generator=torch.Generator().manual_seed(0))
-    options = EngineOptions(device=device, forward_dtype=torch.bfloat16, batch_size=8, progress=False)
-    store = BlockStore(arguments.work / "blocks", "run")
-    engine = PruneEngine(model, method_config({"method": "sparsegpt", "sparsity": 0.5}), options, input_ids, store)
+    options = EngineConfig(device="cuda", forward_dtype="bfloat16", batch_size=8)
+    machine = Machine.resolve(options.device, options.forward_dtype)
+    store = BlockStore(arguments.work / "blocks" / "run")
+    engine = PruneEngine(model, method_config({"method": "sparsegpt", "sparsity": 0.5}), options, machine, input_ids,
+                         store)
     torch.cuda.reset_peak_memory_stats(device)
     block_seconds = []
     for index in range(arguments.blocks):
@@ -119,10 +122,10 @@ def main() -> None:
         "first_block_seconds": block_seconds[0], "median_block_seconds": sorted(block_seconds)[len(block_seconds) // 2],
         "assemble_seconds": time.perf_counter() - assemble_started, "pruned_checkpoint_complete": complete,
         "activations_in_memory": engine.report.activations_in_memory,
-        "activation_device": str(engine.activation_device),
+        "activation_device": str(engine.memory.device), "machine": machine.model_dump(mode="json"),
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30,
         "peak_host_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "engine": EngineSummary.of(engine.report).model_dump(mode="json", exclude={"layers"}),
+        "engine": engine.report.model_dump(mode="json", exclude={"layers"}),
     }
     engine.close()
     write_json(arguments.output, result)

@@ -28,15 +28,15 @@ BLOCKS = (1, 15)
 
 
 def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
-    from pruning import pipeline
     from pruning.blocks.calls import capture_block_inputs, run_block
+    from pruning.blocks.statistics import collect_input_statistics
     from pruning.data.calibration import build_calibration_set
     from pruning.data.corpora import load_corpus
-    from pruning.engine import EngineOptions, collect_input_statistics
     from pruning.models.architectures import adapter_for
     from pruning.models.sources import load_model, load_tokenizer
+    from pruning.steps import fetch
 
-    model_dir = pipeline.fetch_model(MODEL, cache_dir)
+    model_dir = fetch(MODEL, cache_dir).path
     calibration = build_calibration_set(load_corpus(str(DATA / "validation"), "calibration", cache_dir),
                                         load_tokenizer(model_dir), 16, 512, 0)
     model = load_model(model_dir)
@@ -47,8 +47,7 @@ def real_layers(cache_dir: Path) -> dict[str, tuple[torch.Tensor, Any]]:
     for index, block in enumerate(adapter.blocks(model)):
         if index in BLOCKS:
             groups = list(adapter.linear_groups)
-            by_group = collect_input_statistics(block, groups, hidden, calls[index],
-                                                EngineOptions(forward_dtype=torch.float32, progress=False))
+            by_group = collect_input_statistics(block, groups, hidden, calls[index], torch.device("cpu"), torch.float32)
             for group in groups:
                 for name in group:
                     layers[f"{adapter.blocks_path}.{index}.{name}"] = (

@@ -124,7 +124,13 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
         "output_dir": str(output),
         "overwrite": True,  # the bench owns its output folders: a rerun of a case replaces its last result
         "cache_dir": str(arguments.cache_dir),
+        "artifacts_dir": str(bench_store(arguments)),
     }
+
+
+def bench_store(arguments: argparse.Namespace) -> Path:
+    """The artifact store of the bench's jobs, emptied around every case: nothing is reused between cases."""
+    return arguments.cache_dir / "bench-artifacts"
 
 
 def run_measured(command: list[str]) -> tuple[str, float, float, float]:
@@ -143,7 +149,8 @@ def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, A
     if case["method"] == "dense":
         printed, wall, cpu, peak = run_measured([
             *pruneflow, "eval", "--model", MODEL, "--dataset", str(DATA / "test"), "--seqlen", str(arguments.seqlen),
-            "--max-windows", str(arguments.windows), "--device", "cpu", "--cache-dir", str(arguments.cache_dir)])
+            "--max-windows", str(arguments.windows), "--device", "cpu", "--cache-dir", str(arguments.cache_dir),
+            "--artifacts", str(bench_store(arguments))])
         result = json.loads(printed)["perplexity"][0]
         return {"method": "dense", "pattern": "-", "perplexity": result["perplexity"], "protocol": result["protocol"],
                 "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak}
@@ -151,19 +158,19 @@ def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, A
     job = arguments.cache_dir / "bench-jobs" / f"{case_name(case)}.yaml"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump(job_fields(case, arguments, output)))
-    shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)  # a fresh block store: nothing is reused
+    shutil.rmtree(bench_store(arguments), ignore_errors=True)  # a fresh store: nothing is reused
     _, wall, cpu, peak = run_measured([*pruneflow, "prune", "--config", str(job)])
-    shutil.rmtree(arguments.cache_dir / "blocks", ignore_errors=True)
+    shutil.rmtree(bench_store(arguments), ignore_errors=True)
     record = json.loads((output / "pruneflow.json").read_text())
     engine = record["engine"]
     return {**case, "pattern": record["pattern"], "target": record["target_sparsity"], "output_dir": str(output),
             "perplexity": record["perplexity"][0]["perplexity"],
             "protocol": record["perplexity"][0]["protocol"], "sparsity": record["decoder_linear_sparsity"],
-            "wall_seconds": wall, "cpu_seconds": cpu, "prune_seconds": record["timings"]["prune_seconds"],
-            "evaluation_seconds": record["timings"]["evaluation_seconds"],
+            "wall_seconds": wall, "cpu_seconds": cpu, "prune_seconds": record["run"]["step_seconds"]["prune"],
+            "evaluation_seconds": record["run"]["step_seconds"]["evaluate"],
             "calibration_forward_seconds": engine["forward_seconds"] + engine["capture_seconds"],
             "solve_seconds": engine["solve_seconds"], "io_seconds": engine["io_seconds"],
-            "peak_rss_mb": peak, "threads": record["threads"],
+            "peak_rss_mb": peak, "threads": record["machine"]["threads"],
             **({"structured": record["structured"]} if "structured" in record else {})}
 
 
@@ -171,12 +178,12 @@ def dense_forward_seconds(arguments: argparse.Namespace) -> float:
     """One forward pass of the whole dense model (loaded in memory, fp32) over the calibration windows."""
     import torch
 
-    from pruning import pipeline
     from pruning.data.calibration import build_calibration_set
     from pruning.data.corpora import load_corpus
     from pruning.models.sources import load_model, load_tokenizer
+    from pruning.steps import fetch
 
-    model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
+    model_dir = fetch(MODEL, arguments.cache_dir).path
     corpus = load_corpus(str(DATA / "validation"), "calibration", arguments.cache_dir)
     windows = build_calibration_set(corpus, load_tokenizer(model_dir), arguments.num_samples, arguments.seqlen,
                                     0).input_ids
@@ -194,16 +201,16 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
     29): its reconstruction error ||(W - W_hat) X||^2 and, under "<label> seconds", its solve time."""
     import torch
 
-    from pruning import pipeline
     from pruning.blocks.calls import capture_block_inputs, run_block
+    from pruning.blocks.statistics import collect_input_statistics
     from pruning.data.calibration import build_calibration_set
     from pruning.data.corpora import load_corpus
-    from pruning.engine import EngineOptions, collect_input_statistics
     from pruning.methods.registry import method_config, prune_layer
     from pruning.models.architectures import adapter_for
     from pruning.models.sources import load_model, load_tokenizer
+    from pruning.steps import fetch
 
-    model_dir = pipeline.fetch_model(MODEL, arguments.cache_dir)
+    model_dir = fetch(MODEL, arguments.cache_dir).path
     tokenizer = load_tokenizer(model_dir)
     corpus = load_corpus(str(DATA / "validation"), "calibration", arguments.cache_dir)
     calibration = build_calibration_set(corpus, tokenizer, 16, arguments.seqlen, 0)
@@ -211,13 +218,13 @@ def layer_errors(methods: dict[str, dict[str, Any]], arguments: argparse.Namespa
     adapter = adapter_for(model)
     captured_inputs, calls = capture_block_inputs(model, adapter, calibration.input_ids, 8)
     hidden = list(captured_inputs)
-    fp32 = EngineOptions(forward_dtype=torch.float32, progress=False)
     rows: list[dict[str, Any]] = []
     blocks = adapter.blocks(model)
     for index, block in enumerate(blocks):
         if index in ERROR_BLOCKS:
             groups = list(adapter.linear_groups)
-            by_group = collect_input_statistics(block, groups, hidden, calls[index], fp32)
+            by_group = collect_input_statistics(block, groups, hidden, calls[index], torch.device("cpu"),
+                                                torch.float32)
             captured = {name: by_group[group] for group in groups for name in group}
             for name in adapter.linear_names:
                 weight = adapter.read_weight(block.get_submodule(name))

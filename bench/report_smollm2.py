@@ -18,7 +18,10 @@ import argparse
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.report import ReportRow
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -47,19 +50,21 @@ def zero_shot_results(arguments: argparse.Namespace) -> dict[str, Any]:
             continue
         result = zero_shot(load_model(directory), load_tokenizer(directory), tuple(settings["tasks"]),
                            arguments.data_dir, arguments.limit, 8, torch.device("cpu"))
-        results["models"][name] = {"directory": str(directory), **result.as_dict()}
+        results["models"][name] = {"directory": str(directory), **result.model_dump(mode="json")}
         print(name, json.dumps(result.tasks), flush=True)
         write_json(output, results)
     return results
 
 
-def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[dict[str, Any]]:
-    from flows.report import dense_fields, record_fields
+def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[ReportRow]:
+    from flows.report import ReportRow
     from pruning.errors import ConfigError
-    from pruning.pipeline import fetch_model
+    from pruning.evaluation.zero_shot import ZeroShotResult
+    from pruning.models.sources import stored_parameters
     from pruning.record import PruneRecord
+    from pruning.steps import fetch
 
-    entries = []
+    rows = []
     for file in SUITE_FILES:
         path = RESULTS / file
         for case in json.loads(path.read_text())["cases"] if path.is_file() else []:
@@ -67,23 +72,25 @@ def suite_entries(zero_shot: dict[str, Any], cache_dir: Path) -> list[dict[str, 
             record = None
             with contextlib.suppress(ConfigError):  # a record of an older pruneflow: the case's own numbers below
                 record = PruneRecord.read_if_present(directory)
-            if record is not None:
-                fields = record_fields(record)
-            elif case["method"] == "dense":
-                fields = dense_fields(fetch_model(MODEL, cache_dir))
-            else:
-                fields = {"method": case["method"], "pattern": case["pattern"],
-                          "target_sparsity": case.get("target", 0.5) if case["method"] != "dense" else 0.0,
-                          "sparsity": case.get("sparsity", 0.0), "parameters": None,
-                          "prune_seconds": case.get("prune_seconds"), "block_relative_error": []}
             label = "dense" if case["method"] == "dense" else directory.name
+            found = zero_shot["models"].get(label)
+            accuracies = ZeroShotResult.model_validate(found) if found else None
+            perplexity = {case["protocol"]: case["perplexity"]}
+            if record is not None:
+                row = ReportRow.of_record(record, "smollm2-135m")
+            elif case["method"] == "dense":
+                row = ReportRow(model="smollm2-135m", method="dense", pattern="-", target_sparsity=0.0, sparsity=0.0,
+                                parameters=stored_parameters(fetch(MODEL, cache_dir).path), perplexity=perplexity)
+            else:
+                row = ReportRow(model="smollm2-135m", method=case["method"], pattern=case["pattern"],
+                                target_sparsity=case.get("target", 0.5), sparsity=case.get("sparsity", 0.0),
+                                parameters=None, perplexity=perplexity, engine_seconds=case.get("prune_seconds"))
             variant = {key: value for key, value in case.get("case", {}).items()
                        if key not in ("method", "sparsity", "pattern")}
-            if variant:  # e.g. "osscar (local_search=True)": its own line in the table and the plots
-                fields["method"] += " (" + ", ".join(f"{key}={value}" for key, value in variant.items()) + ")"
-            entries.append({**fields, "model": "smollm2-135m", "perplexity": {case["protocol"]: case["perplexity"]},
-                            "zero_shot": zero_shot["models"].get(label)})
-    return entries
+            method = row.method + (" (" + ", ".join(f"{key}={value}" for key, value in variant.items()) + ")"
+                                   if variant else "")  # e.g. "osscar (local_search=True)": its own line and points
+            rows.append(row.model_copy(update={"method": method, "perplexity": perplexity, "zero_shot": accuracies}))
+    return rows
 
 
 def main() -> None:
@@ -97,8 +104,8 @@ def main() -> None:
     from flows.report import load_speed, write_report
 
     zero_shot = zero_shot_results(arguments)
-    entries = suite_entries(zero_shot, arguments.cache_dir)
-    output = write_report(entries, load_speed(RESULTS / "speed"), RESULTS / "report_smollm2")
+    rows = suite_entries(zero_shot, arguments.cache_dir)
+    output = write_report(rows, load_speed(RESULTS / "speed"), RESULTS / "report_smollm2")
     print(f"wrote {output}")
 
 

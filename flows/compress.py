@@ -1,117 +1,107 @@
-"""Flow `compress`: one model x one method config, as resumable Prefect tasks around the pruning engine.
+"""Flow `compress`: one model x one method config, the steps of `pruning.job.run_job` each run as its Prefect task:
 
-  fetch_model -> build_calibration (skipped by data-free methods)
-    -> prune_block for every block (the engine; finished blocks come from its block store)
-    -> assemble -> evaluate (perplexity, and lm-eval zero-shot when configured; dense and pruned) -> export
+  fetch -> calibrate -> tokenize evaluation text -> prune blocks -> assemble -> evaluate (perplexity, zero-shot;
+  dense and pruned) -> export
 
-The artifact store is the only cache: every artifact sits under a key of what determines it (the `pruning`
-source digest included), so a second identical run computes nothing and a killed run resumes at the first
-unfinished block. The same engine runs `pruneflow prune`.
+The artifact store is the cache: every step's artifact sits under a key of what determines it (the `pruning`
+source digest included), so a second identical run computes nothing, a killed run resumes at the first unfinished
+block, and `pruneflow prune` (the same steps, called directly) shares all of it.
 """
 
-
-import shutil
+# No `from __future__ import annotations` here: Prefect validates flow parameters from the annotations, and in a
+# Dask worker (the flow pickled by value) string annotations cannot be resolved.
 import time
 from pathlib import Path
-from typing import Any
 
+import torch
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel, ConfigDict
 
 from flows.console import CombinationRow, combination_row
 from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
-from pruning.data.corpora import source_fingerprint
-from pruning.evaluation.zero_shot import zero_shot_fingerprint
-from pruning.io import atomic_directory, link_or_copy
-from pruning.methods.registry import needs_calibration
-from pruning.models.card import CARD_FILE, model_card
-from pruning.pipeline import check_job
-from pruning.record import RECORD_FILE, PruneRecord
-from tasks.artifacts import DEFAULT_STORE, ArtifactStore, content_key
-from tasks.calibrate import build_calibration
-from tasks.evaluate import evaluate, evaluate_zero_shot
-from tasks.fetch import fetch_model
-from tasks.prune import assemble, prune_block
-from tasks.records import BlockOutcome, EngineRun
+from pruning.evaluation.perplexity import PerplexityResult
+from pruning.evaluation.zero_shot import ZeroShotResult
+from pruning.job import run_job
+from pruning.record import RUN_RECORD_FILE, PruneRecord
+from tasks.steps import PrefectRunner
 
 
-def export(directory: Path, output_dir: Path, results: dict[str, Any], store: ArtifactStore) -> None:
-    """Put the pruned model from the artifact store at the job's output directory, atomically (files are
-    hard-linked where the file system allows, else copied), its record and model card completed with `results`
-    (the evaluation's fields of the run record, see `PruneRecord.with_results`). The completed record is an
-    artifact of its own, keyed by its content, so a second identical run links the same file again."""
+class CombinationResult(BaseModel):
+    """What a finished combination hands to the sweep: where its record is, its evaluation, and what this run did."""
 
-    record = PruneRecord.read(directory).with_results(**results)
-    completed = store.directory("records", content_key(record))
-    if not (completed / RECORD_FILE).is_file():
-        record.write(completed)
-    with atomic_directory(output_dir) as staging:
-        shutil.copytree(directory, staging, dirs_exist_ok=True, copy_function=link_or_copy)
-        (staging / RECORD_FILE).unlink()  # the bare record of the pruned weights, replaced by the completed one
-        link_or_copy(completed / RECORD_FILE, staging / RECORD_FILE)
-        (staging / CARD_FILE).write_text(model_card(record))
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    method: str
+    pattern: str
+    target_sparsity: float
+    output_dir: Path
+    perplexity: list[PerplexityResult]
+    dense_perplexity: list[PerplexityResult]
+    zero_shot: ZeroShotResult | None
+    dense_zero_shot: ZeroShotResult | None
+    blocks_computed: int
+    blocks_reused: int
+    step_seconds: dict[str, float]
+    started_at: float
+    finished_at: float
+    peak_rss_mb: float
+    threads: int
+
+    @classmethod
+    def of(cls, record: PruneRecord, started_at: float) -> "CombinationResult":
+        return cls(model=record.config.model, method=record.method, pattern=record.pattern,
+                   target_sparsity=record.target_sparsity, output_dir=record.config.output_dir,
+                   perplexity=record.perplexity, dense_perplexity=record.dense_perplexity,
+                   zero_shot=record.zero_shot, dense_zero_shot=record.dense_zero_shot,
+                   blocks_computed=record.engine.blocks_computed, blocks_reused=record.engine.blocks_reused,
+                   step_seconds=record.run.step_seconds, started_at=started_at, finished_at=time.time(),
+                   peak_rss_mb=record.run.peak_rss_mb, threads=torch.get_num_threads())
+
+    @property
+    def record_path(self) -> Path:
+        return self.output_dir / RUN_RECORD_FILE
+
+    def record(self) -> PruneRecord:
+        return PruneRecord.read(self.output_dir)
 
 
-@flow(name="compress", log_prints=True, on_crashed=[cancel_stopped_flow_run])
-def compress(job: PruneJob, store: ArtifactStore = DEFAULT_STORE) -> dict[str, Any]:
+class FlowProgress:
+    """A job's progress on its console row and, per block, as a Prefect progress artifact of the flow run."""
+
+    def __init__(self, row: CombinationRow) -> None:
+        self.row = row
+        self.total = 0
+        self.artifact: object = None
+
+    def stage(self, name: str) -> None:
+        self.row.stage(name)
+
+    def blocks(self, total: int) -> None:
+        self.row.blocks(total)
+        self.total = total
+        self.artifact = create_progress_artifact(0.0, description=f"decoder blocks pruned, of {total}")
+
+    def block_done(self, index: int) -> None:
+        self.row.block_done(index)
+        update_progress_artifact(self.artifact, 100.0 * (index + 1) / self.total)  # type: ignore[arg-type]
+
+
+@flow(name="compress", on_crashed=[cancel_stopped_flow_run])
+def compress(job: PruneJob) -> CombinationResult:
     """Prune one model with one method config, evaluate it, and export it to `job.output_dir`."""
-    with combination_row(str(job.output_dir), Path(job.model).name, combination_label(job)) as row:
-        summary = _compress(job, store, row)
-        row.done(f"ppl {summary['perplexity'][0]['perplexity']:.2f}" if summary["perplexity"] else "")
-    return summary
+    started = time.time()
+    with combination_row(str(job.output_dir), model_label(job.model), combination_label(job)) as row:
+        record = run_job(job, PrefectRunner(), FlowProgress(row))
+        row.done(f"ppl {record.perplexity[0].perplexity:.2f}" if record.perplexity else "")
+    return CombinationResult.of(record, started)
+
+
+def model_label(source: str) -> str:
+    return Path(source).name or source
 
 
 def combination_label(job: PruneJob) -> str:
     return f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g}"
-
-
-def _compress(job: PruneJob, store: ArtifactStore, row: CombinationRow) -> dict[str, Any]:
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    row.stage("fetch")
-    model = fetch_model(job.model, str(job.cache_dir))
-    check_job(job, Path(model.path))
-    row.stage("calibrate")
-    calibration = (build_calibration(model, job.calibration, source_fingerprint(job.calibration.source),
-                                     str(job.cache_dir), store) if needs_calibration(job.method) else None)
-    seconds["fetch_and_calibrate"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    run = EngineRun(model=model, calibration=calibration, method=job.method, engine=job.engine,
-                    blocks_root=str(store.blocks), trust_remote_code=job.trust_remote_code)
-    row.blocks(model.num_blocks)
-    blocks: list[BlockOutcome] = []
-    for index in range(model.num_blocks):
-        blocks.append(prune_block(run, index))
-        row.advance()
-    row.stage("assemble")
-    pruned = assemble(run, job, store)
-    seconds["prune"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    row.stage("perplexity")
-    fingerprints = [source_fingerprint(item.dataset) for item in job.evaluation]
-    device = job.engine.device
-    results = [evaluate(pruned.path, pruned.record.sha256, item, fingerprint, str(job.cache_dir), device, store)
-               for item, fingerprint in zip(job.evaluation, fingerprints, strict=True)]
-    dense = ([evaluate(model.path, model.digest, item, fingerprint, str(job.cache_dir), device, store)
-              for item, fingerprint in zip(job.evaluation, fingerprints, strict=True)]
-             if job.evaluate_dense else [])
-    zero_shot, dense_zero_shot = None, None
-    if job.zero_shot is not None:
-        row.stage("zero-shot")
-        data = zero_shot_fingerprint(job.zero_shot.tasks, job.zero_shot.data_dir)
-        zero_shot = evaluate_zero_shot(pruned.path, pruned.record.sha256, job.zero_shot, data, device, store)
-        if job.evaluate_dense:
-            dense_zero_shot = evaluate_zero_shot(model.path, model.digest, job.zero_shot, data, device, store)
-    seconds["evaluate"] = time.perf_counter() - started
-
-    row.stage("export")
-    export(Path(pruned.path), job.output_dir, {"perplexity": results, "dense_perplexity": dense,
-                                               "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot}, store)
-    return {"method": job.method.method, "pattern": job.method.pattern, "target_sparsity": job.method.target_sparsity,
-            "model": job.model, "output_dir": str(job.output_dir), "artifact": pruned.path,
-            "record_sha256": pruned.record.sha256, "perplexity": results, "dense_perplexity": dense,
-            "zero_shot": zero_shot, "dense_zero_shot": dense_zero_shot, "flow_seconds": seconds,
-            "blocks_reused": sum(block.reused for block in blocks),
-            "blocks_computed": sum(not block.reused for block in blocks)}

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -30,19 +30,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from flows.params import SweepParams
+    from flows.sweep import SweepResult
+    from pruning.record import PruneRecord
+
 WARNING_LINE = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 
 
-def _progress(console: Console) -> Progress:
+def _progress(console: Console, transient: bool = False) -> Progress:
     return Progress(TextColumn("{task.fields[model]}", style="cyan"), TextColumn("{task.description}", style="bold"),
                     TextColumn("{task.fields[stage]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                     TextColumn("blocks"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, refresh_per_second=2, redirect_stdout=False, redirect_stderr=False)
+                    console=console, refresh_per_second=2, redirect_stdout=False, redirect_stderr=False,
+                    transient=transient)
 
 
 @dataclass
 class CombinationRow:
-    """One combination's live row: its stage, its blocks, and its result when done."""
+    """One combination's live row: its stage, its blocks, and its result when done (a `pruning.job.JobProgress`)."""
 
     progress: Progress
     task: TaskID
@@ -57,8 +63,8 @@ class CombinationRow:
         self.stage("prune")
         self.progress.update(self.task, total=total, completed=0)
 
-    def advance(self) -> None:
-        self.progress.advance(self.task)
+    def block_done(self, index: int) -> None:
+        self.progress.update(self.task, completed=index + 1)
 
     def done(self, result: str) -> None:
         task = self.progress.tasks[self.task]
@@ -74,8 +80,8 @@ class SweepView:
 
     active: SweepView | None = None
 
-    def __init__(self, console: Console) -> None:
-        self.progress = _progress(console)
+    def __init__(self, console: Console, transient: bool = False) -> None:
+        self.progress = _progress(console, transient)
         self.rows: dict[str, CombinationRow] = {}
 
     def add(self, key: str, model: str, label: str) -> None:
@@ -99,7 +105,7 @@ def combination_row(key: str, model: str, label: str) -> Iterator[CombinationRow
     if view is not None and key in view.rows:
         yield view.rows[key]
         return
-    own = SweepView(Console(stderr=True))
+    own = SweepView(Console(stderr=True), transient=True)  # the command prints its result (or error) after it
     own.add(key, model, label)
     with own.live():
         yield own.rows[key]
@@ -182,3 +188,72 @@ def console_results_table(header: list[str], rows: list[list[str]], title: str) 
              for number, protocol in enumerate(protocols, 1)]
     notes += [f"*{number}: {method}" for number, method in enumerate(combined, 1)]
     return table, notes
+
+
+def print_job_result(record: PruneRecord) -> None:
+    """What `prune` and `compress` print once the job is done: perplexities with their protocols, the sparsity, the
+    prune step's wall time and the engine's own time, and where the model is."""
+    from pruning.models.factored import FACTORED_DIRECTORY
+
+    console = Console()
+    for label, results in (("dense", record.dense_perplexity), ("pruned", record.perplexity)):
+        for result in results:
+            console.print(f"{label:>8}  ppl {result.perplexity:10.3f}  {result.protocol}", markup=False,
+                          highlight=False, soft_wrap=True)
+    output = record.config.output_dir
+    engine = record.engine
+    console.print(f"sparsity {record.decoder_linear_sparsity:.4f} over decoder linears; prune step "
+                  f"{record.run.step_seconds.get('prune', 0.0):.1f} s (engine forward + solve "
+                  f"{engine.engine_seconds:.1f} s; {engine.blocks_reused} of "
+                  f"{engine.blocks_reused + engine.blocks_computed} blocks reused); {record.machine.summary()}; "
+                  f"saved to {output}", markup=False, highlight=False, soft_wrap=True)
+    if (output / FACTORED_DIRECTORY).is_dir():
+        console.print(f"sparse + low-rank checkpoint in {output / FACTORED_DIRECTORY} "
+                      f"(load with pruning.load_compressed('{output}'))", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_sweep_summary(terminal: Terminal, params: SweepParams, result: SweepResult, seconds: float) -> None:
+    """The results table below the live rows, its footnotes, and where the report, models, runs and log are."""
+    from flows.report import ReportRow, load_speed, table_cells
+    from flows.report_page import PAGE_FILE
+    from flows.tracking import redacted, tracking_uri
+
+    rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)
+            for item in result.baselines]
+    rows += [ReportRow.of_record(item.record(), params.model_name(item.model)) for item in result.combinations]
+    header, cells, notes = table_cells(rows, load_speed(params.paths.runs / "speed"))
+    table, protocols = console_results_table(header, cells, f"{len(result.combinations)} combinations in "
+                                                            f"{seconds:.0f} s")
+    out = terminal.out
+    out.print(table)
+    for note in [*protocols, *notes]:
+        out.print(note, style="dim", markup=False, highlight=False)
+    out.print(f"\nReport: {params.paths.runs / 'report' / PAGE_FILE} (and results.md, CSVs, plots)", soft_wrap=True)
+    out.print(f"Pruned models: {params.paths.runs}/<model>/<combination>/ (each with a model card)", soft_wrap=True)
+    out.print(f"MLflow: {redacted(tracking_uri(Path.cwd()))}, experiment '{params.tracking.experiment}'; "
+              "open it with `pruneflow ui` (http://127.0.0.1:5000)", soft_wrap=True)
+    if terminal.log_path is not None:
+        warnings = warning_summary(terminal.log_path, 0)
+        out.print(f"Log: {terminal.log_path}" + (f" ({len(warnings)} distinct warning lines:)" if warnings
+                                                 else " (no warnings)"), soft_wrap=True)
+        for line in warnings:
+            out.print(f"  {line}", style="yellow", markup=False, highlight=False)
+
+
+def methods_table(width: int | None) -> None:
+    """Every registered method, its kind, what it is, and its options with their defaults (from its config)."""
+    from rich.text import Text
+
+    from pruning.methods.registry import METHOD_MODULES, is_structured, method_summaries
+
+    table = Table(title="pruneflow methods (--method NAME, --option KEY=VALUE)", show_lines=True)
+    for column in ("method", "kind", "what it is", "options (default)"):
+        table.add_column(column)
+    shared = {"method", "sparsity", "pattern"}
+    for name, summary in method_summaries().items():
+        fields = METHOD_MODULES[name].CONFIG.model_fields
+        options = "\n".join(f"{key} ({field.default!r}): {field.description or ''}".rstrip(": ")
+                            for key, field in fields.items() if key not in shared)
+        kind = "structured" if is_structured(name) else "unstructured, N:M"
+        table.add_row(name, kind, Text(summary), Text(options))  # Text: no markup or emoji codes in the docs
+    Console(width=width).print(table)

@@ -14,16 +14,20 @@
   tracking: {experiment: pruneflow}
   dask: {enabled: false, address: null, workers: 2}
   bench: {devices: [cpu, cuda], prefill_batches: [1, 8], decode_batches: [1, 16], min_run_time: 5, in_sweep: false}
+
+Validation reads values only (the jobs are built once, here); `check_sweep` is the sweep's preflight: the paths can
+be written and every job passes `pruning.preflight`, each problem under the params path the user wrote.
 """
 
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruning.config import (
     CalibrationConfig,
@@ -34,10 +38,11 @@ from pruning.config import (
     describe_validation_error,
 )
 from pruning.errors import ConfigError
-from pruning.evaluation.speed import SpeedSettings
 from pruning.io import check_output_path
 from pruning.methods.registry import METHOD_MODULES, is_structured
-from pruning.models.sources import check_model_source
+from pruning.models.sources import ModelSource
+from pruning.preflight import job_problems
+from pruning.speed import SpeedSettings
 
 
 class _Strict(BaseModel):
@@ -91,8 +96,11 @@ class ModelEntry(_Strict):
     allow_unpinned: bool = False
 
     @model_validator(mode="after")
-    def _source_is_valid(self) -> ModelEntry:
-        check_model_source(self.source, "source", self.allow_unpinned)
+    def _source_is_well_formed(self) -> ModelEntry:
+        try:
+            ModelSource.parse(self.source, self.allow_unpinned)
+        except ConfigError as error:
+            raise ConfigError(f"source: {error}") from None
         return self
 
 
@@ -102,12 +110,6 @@ class PathsConfig(_Strict):
     runs: Path = Path("runs")
     cache: Path = Path(".pruneflow/cache")
     artifacts: Path = Path(".pruneflow/artifacts")
-
-    @field_validator("runs", "cache", "artifacts")
-    @classmethod
-    def _writable(cls, folder: Path) -> Path:
-        check_output_path(folder, "", directory=True, overwrite=True)
-        return folder
 
 
 class TrackingConfig(_Strict):
@@ -127,25 +129,14 @@ class DaskConfig(_Strict):
         return max(1, (os.cpu_count() or 1) // self.workers)
 
 
-class BenchConfig(_Strict):
-    """The bench stage: speed of every form on each device (pruning.evaluation.speed); `in_sweep` also runs it at the
-    end of `pruneflow sweep`."""
+class BenchConfig(SpeedSettings):
+    """The bench stage: speed of every form on each device (`pruning.speed`); `in_sweep` also runs it at the end of
+    `pruneflow sweep`."""
 
-    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
-    prefill_batches: tuple[PositiveInt, ...] = (1, 8)
-    prefill_tokens: PositiveInt = 512
-    decode_batches: tuple[PositiveInt, ...] = (1, 16)
-    decode_new_tokens: PositiveInt = 32
-    gemm_layers: PositiveInt = 3
-    min_run_time: float = Field(default=5.0, gt=0)
-    max_run_time: float = Field(default=20.0, gt=0)
     in_sweep: bool = False
 
     def settings(self) -> SpeedSettings:
-        return SpeedSettings(prefill_batches=self.prefill_batches, prefill_tokens=self.prefill_tokens,
-                             decode_batches=self.decode_batches, decode_new_tokens=self.decode_new_tokens,
-                             gemm_layers=self.gemm_layers, min_run_time=self.min_run_time,
-                             max_run_time=max(self.min_run_time, self.max_run_time))
+        return SpeedSettings.model_validate(self.model_dump(exclude={"in_sweep"}))
 
 
 class SweepParams(_Strict):
@@ -171,10 +162,19 @@ class SweepParams(_Strict):
                              "folders, so give each model its own")
         return models
 
+    @model_validator(mode="after")
+    def _jobs_are_valid(self) -> SweepParams:
+        self.jobs  # noqa: B018  (built once here, so that a bad combination fails at validation)
+        return self
+
+    @cached_property
     def jobs(self) -> list[PruneJob]:
         """Every model x method x (pattern, sparsity) combination as a validated job."""
         return [job for model in self.models for method in self.prune.methods
                 for job in self.method_jobs(model, method, self.paths.runs / model.name)]
+
+    def model_name(self, source: str) -> str:
+        return next(model.name for model in self.models if model.source == source)
 
     def method_jobs(self, model: ModelEntry, method: str, output_root: Path) -> list[PruneJob]:
         """One method's patterns x sparsities for one model, each in `output_root/<combination>`."""
@@ -189,7 +189,8 @@ class SweepParams(_Strict):
                         "method": method_fields, "calibration": self.calibration,
                         "evaluation": self.evaluation, "zero_shot": self.zero_shot,
                         "engine": {**self.engine.model_dump(), **self.prune.engine.get(method, {})},
-                        "cache_dir": self.paths.cache, "overwrite": True,  # the sweep owns its run folders
+                        "cache_dir": self.paths.cache, "artifacts_dir": self.paths.artifacts,
+                        "overwrite": True,  # the sweep owns its run folders
                         "output_dir": output_root / combination_slug(method_fields)}))
                 except ValidationError as error:
                     index = self.models.index(model)
@@ -232,7 +233,21 @@ def read_yaml_mapping(path: Path, field: str) -> dict[str, Any]:
 
 def load_params(path: Path) -> SweepParams:
     """Read and validate a params file; raises ValidationError (one entry per problem) or ConfigError."""
-    fields = read_yaml_mapping(path, "params")
-    params = SweepParams.model_validate(fields)
-    params.jobs()
-    return params
+    return SweepParams.model_validate(read_yaml_mapping(path, "params"))
+
+
+def check_sweep(params: SweepParams) -> None:
+    """The sweep's preflight: its folders can be written, and every job passes `pruning.preflight.job_problems`;
+    all problems are raised together, each under the params path the user wrote (e.g. models.0.source)."""
+    problems = []
+    for field in ("runs", "cache", "artifacts"):
+        try:
+            check_output_path(getattr(params.paths, field), f"paths.{field}", directory=True, overwrite=True)
+        except ConfigError as error:
+            problems.append(str(error))
+    for job in params.jobs:
+        index = next(index for index, model in enumerate(params.models) if model.source == job.model)
+        problems += [params_path(problem, job.method.method, index) for problem in job_problems(job)
+                     if not problem.startswith(("output_dir:", "cache_dir:", "artifacts_dir:"))]
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+if TYPE_CHECKING:
+    from pruning.speed import Speedup
 
 
 def plot_block_errors(errors: list[float], title: str, path: Path) -> Path:
@@ -80,16 +83,15 @@ def plot_block_errors_by_method(rows: list[dict[str, Any]], path: Path) -> Path:
     return _finish(figure, axes, path)
 
 
-def plot_speedups(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot_speedups(rows: list[Speedup], path: Path) -> Path:
     """Grouped bars: speed-up over dense of every measured form, per prefill/decode case (1.0 = dense)."""
-    cases = sorted({key for row in rows for key in row if key.endswith("_speedup")})
-    labels = [f"{row['method']} {row['pattern']} {row['target_sparsity']:g} {row['form']} ({row.get('device', 'cpu')})"
-              for row in rows]
+    cases = sorted({case for row in rows for case in row.ratios})
+    labels = [f"{row.method} {row.pattern} {row.target_sparsity:g} {row.form} ({row.device or 'cpu'})" for row in rows]
     figure, axes = plt.subplots(figsize=(max(6.5, 0.9 * len(rows) + 2), 4))
     width = 0.8 / max(len(cases), 1)
     for offset, case in enumerate(cases):
-        axes.bar([index + offset * width for index in range(len(rows))], [row.get(case, 0.0) for row in rows],
-                 width=width, label=case.removesuffix("_speedup"))
+        axes.bar([index + offset * width for index in range(len(rows))], [row.ratios.get(case, 0.0) for row in rows],
+                 width=width, label=case)
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks([index + 0.4 - width / 2 for index in range(len(rows))], labels, rotation=30, ha="right",
                     fontsize=7)

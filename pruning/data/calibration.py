@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
-from pruning.data.corpora import TextCorpus
+from pruning.data.corpora import TextCorpus, TextProvenance
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_text, write_json
 
@@ -24,10 +25,35 @@ TOKENS_FILE = "calibration.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
+class TokenizerIdentity(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    class_name: str
+    name_or_path: str
+    vocab_size: int
+    vocab_sha256: str
+
+
+class CalibrationManifest(BaseModel):
+    """The calibration windows: their text source, tokenizer, sampling and the digest of the token ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: TextProvenance
+    tokenizer: TokenizerIdentity
+    seed: int
+    num_samples: int
+    seqlen: int
+    corpus_tokens: int
+    documents: int
+    separator: str
+    windows_sha256: str
+
+
 @dataclass
 class CalibrationSet:
     input_ids: torch.Tensor  # (num_samples, seqlen) int64
-    manifest: dict[str, Any]
+    manifest: CalibrationManifest
 
 
 def tokenize_corpus(corpus: TextCorpus, tokenizer: Any) -> torch.Tensor:
@@ -36,10 +62,10 @@ def tokenize_corpus(corpus: TextCorpus, tokenizer: Any) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.int64)
 
 
-def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+def tokenizer_identity(tokenizer: Any) -> TokenizerIdentity:
     vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()))
-    return {"class": type(tokenizer).__name__, "name_or_path": str(tokenizer.name_or_path),
-            "vocab_size": len(tokenizer), "vocab_sha256": sha256_text(vocabulary)}
+    return TokenizerIdentity(class_name=type(tokenizer).__name__, name_or_path=str(tokenizer.name_or_path),
+                             vocab_size=len(tokenizer), vocab_sha256=sha256_text(vocabulary))
 
 
 def sample_windows(tokens: torch.Tensor, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -61,12 +87,10 @@ def build_calibration_set(corpus: TextCorpus, tokenizer: Any, num_samples: int, 
                           seed: int) -> CalibrationSet:
     tokens = tokenize_corpus(corpus, tokenizer)
     windows = sample_windows(tokens, num_samples, seqlen, seed)
-    manifest = {
-        "corpus": corpus.provenance, "tokenizer": tokenizer_identity(tokenizer), "seed": seed,
-        "num_samples": num_samples, "seqlen": seqlen, "corpus_tokens": int(tokens.numel()),
-        "documents": len(corpus.documents), "separator": DOCUMENT_SEPARATOR,
-        "windows_sha256": sha256_text(",".join(map(str, windows.flatten().tolist()))),
-    }
+    manifest = CalibrationManifest(
+        corpus=corpus.provenance, tokenizer=tokenizer_identity(tokenizer), seed=seed, num_samples=num_samples,
+        seqlen=seqlen, corpus_tokens=int(tokens.numel()), documents=len(corpus.documents),
+        separator=DOCUMENT_SEPARATOR, windows_sha256=sha256_text(",".join(map(str, windows.flatten().tolist()))))
     return CalibrationSet(windows, manifest)
 
 
@@ -74,9 +98,12 @@ def save_calibration_set(calibration: CalibrationSet, directory: Path) -> None:
     """Write the windows (safetensors) and manifest (JSON) atomically into `directory`."""
     with atomic_directory(directory) as staging:
         save_file({"input_ids": calibration.input_ids.contiguous()}, str(staging / TOKENS_FILE))
-        write_json(staging / MANIFEST_FILE, calibration.manifest)
+        write_json(staging / MANIFEST_FILE, calibration.manifest.model_dump(mode="json"))
+
+
+def load_calibration_manifest(directory: Path) -> CalibrationManifest:
+    return CalibrationManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
 
 
 def load_calibration_set(directory: Path) -> CalibrationSet:
-    return CalibrationSet(load_file(str(directory / TOKENS_FILE))["input_ids"],
-                          json.loads((directory / MANIFEST_FILE).read_text()))
+    return CalibrationSet(load_file(str(directory / TOKENS_FILE))["input_ids"], load_calibration_manifest(directory))

@@ -12,9 +12,11 @@ by `datasets.save_to_disk`. Their text field is `text_field` or the first of tex
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from pruning.errors import ConfigError
 from pruning.io import sha256_file, sha256_text
@@ -35,12 +37,32 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 TEXT_FIELDS = ("text", "page", "extract", "content")
 
 
+class TextProvenance(BaseModel):
+    """Where a text came from, enough to reproduce it: its source, and its sha256 (local files, package assets) or
+    pinned revision (hub datasets), with the split and text field used."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    sha256: str | None = None
+    revision: str | None = None
+    split: str | None = None
+    field: str | None = None
+    articles: int | None = None
+    license: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """The content's identity: its sha256, else its source at its revision."""
+        return self.sha256 or f"{self.source}@{self.revision}"
+
+
 @dataclass
 class TextCorpus:
     """Documents in a fixed order, and where they came from (enough to reproduce them)."""
 
     documents: list[str]
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: TextProvenance
 
 
 def check_text_source(source: str) -> None:
@@ -84,8 +106,8 @@ def _wiki_summaries(split: Split, cache_dir: Path) -> TextCorpus:
     articles = json.loads(path.read_text(encoding="utf-8"))
     titles = sorted(title for title in articles if wiki_summaries_split(title) == split)
     documents = [f"{title}\n{articles[title]['extract']}" for title in titles]
-    return TextCorpus(documents, {"source": WIKI_SUMMARIES_ASSET, "sha256": sha256_file(path), "split": split,
-                                  "articles": len(documents), "license": "CC BY-SA (Wikipedia)"})
+    return TextCorpus(documents, TextProvenance(source=WIKI_SUMMARIES_ASSET, sha256=sha256_file(path), split=split,
+                                                articles=len(documents), license="CC BY-SA (Wikipedia)"))
 
 
 def _hub_wikitext(split: Split) -> TextCorpus:
@@ -94,8 +116,8 @@ def _hub_wikitext(split: Split) -> TextCorpus:
     hub_split = "train" if split == "calibration" else "test"
     rows = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=hub_split,
                                  revision=WIKITEXT_REVISION)
-    return TextCorpus(list(rows["text"]), {"source": "hub:Salesforce/wikitext/wikitext-2-raw-v1", "split": hub_split,
-                                           "revision": WIKITEXT_REVISION})
+    return TextCorpus(list(rows["text"]), TextProvenance(source="hub:Salesforce/wikitext/wikitext-2-raw-v1",
+                                                         split=hub_split, revision=WIKITEXT_REVISION))
 
 
 def _hub_c4(split: Split) -> TextCorpus:
@@ -103,7 +125,7 @@ def _hub_c4(split: Split) -> TextCorpus:
 
     shard = C4_SHARDS[split]
     rows = datasets.load_dataset("allenai/c4", data_files={"shard": shard}, split="shard", revision=C4_REVISION)
-    return TextCorpus(list(rows["text"]), {"source": f"hub:allenai/c4/{shard}", "revision": C4_REVISION})
+    return TextCorpus(list(rows["text"]), TextProvenance(source=f"hub:allenai/c4/{shard}", revision=C4_REVISION))
 
 
 def _local(path: Path, text_field: str | None) -> TextCorpus:
@@ -111,8 +133,9 @@ def _local(path: Path, text_field: str | None) -> TextCorpus:
         table = _saved_dataset(path)
         column = _pick_text_field(table.column_names, text_field, path)
         digest = sha256_file(next(iter(sorted(path.glob("*.arrow")))))
-        return TextCorpus(table.column(column).to_pylist(), {"source": str(path), "sha256": digest, "field": column})
-    provenance = {"source": str(path), "sha256": sha256_file(path)}
+        return TextCorpus(table.column(column).to_pylist(), TextProvenance(source=str(path), sha256=digest,
+                                                                           field=column))
+    provenance = TextProvenance(source=str(path), sha256=sha256_file(path))
     if path.suffix == ".txt":
         return TextCorpus([path.read_text(encoding="utf-8")], provenance)
     if path.suffix == ".parquet":
@@ -120,14 +143,14 @@ def _local(path: Path, text_field: str | None) -> TextCorpus:
 
         table = parquet.read_table(path)
         column = _pick_text_field(table.column_names, text_field, path)
-        return TextCorpus(table.column(column).to_pylist(), {**provenance, "field": column})
+        return TextCorpus(table.column(column).to_pylist(), provenance.model_copy(update={"field": column}))
     text = path.read_text(encoding="utf-8")
     records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
                else json.loads(text))
     if isinstance(records, dict):
         records = list(records.values())
     column = _pick_text_field(list(records[0]) if records else [], text_field, path)
-    return TextCorpus([record[column] for record in records], {**provenance, "field": column})
+    return TextCorpus([record[column] for record in records], provenance.model_copy(update={"field": column}))
 
 
 def _saved_dataset(path: Path) -> Any:

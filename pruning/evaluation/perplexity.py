@@ -13,16 +13,17 @@ full-vocabulary logits are never materialized for a whole batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as functional
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from pruning.blocks.activations import ActivationSet, activation_bytes, default_memory_budget, release_free_memory
 from pruning.blocks.calls import BlockCall, blocks_replaced, capture_block_inputs, move, on_device, run_block
+from pruning.data.corpora import TextProvenance
 from pruning.errors import ConfigError
 from pruning.models.access import InMemoryModel, ModelAccess
 
@@ -30,18 +31,27 @@ EVALUATION_DTYPE = torch.float32
 HEAD_CHUNK_ELEMENTS = 1 << 21  # logits per head chunk: 8 MB in fp32 (and as much again for the log-softmax)
 
 
-@dataclass
-class PerplexityResult:
+class PerplexitySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str  # the short label of `dataset_label`
+    seqlen: int
+    max_windows: int | None
+    dtype: str
+
+
+class PerplexityResult(BaseModel):
+    """A perplexity with its protocol (dataset, window length and count) and the evaluation text's provenance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     perplexity: float
     mean_nll: float
     windows: int
     scored_tokens: int
     protocol: str
-    settings: dict[str, Any]
-    provenance: dict[str, Any] | None = None  # the evaluation text's, when the caller records it here
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    settings: PerplexitySettings
+    provenance: TextProvenance | None = None
 
 
 def dataset_label(dataset: str) -> str:
@@ -129,9 +139,10 @@ def perplexity(model: nn.Module | ModelAccess, tokens: torch.Tensor, seqlen: int
     hidden.delete()
     scored = windows * (seqlen - 1)
     mean_nll = total_nll / scored
-    return PerplexityResult(math.exp(mean_nll), mean_nll, windows, scored, protocol_name(dataset, seqlen, windows),
-                            {"dataset": dataset_label(dataset), "seqlen": seqlen, "max_windows": max_windows,
-                             "dtype": str(EVALUATION_DTYPE)})
+    return PerplexityResult(perplexity=math.exp(mean_nll), mean_nll=mean_nll, windows=windows, scored_tokens=scored,
+                            protocol=protocol_name(dataset, seqlen, windows),
+                            settings=PerplexitySettings(dataset=dataset_label(dataset), seqlen=seqlen,
+                                                        max_windows=max_windows, dtype=str(EVALUATION_DTYPE)))
 
 
 def _tail_nll(access: ModelAccess, stream: torch.Tensor, hidden: ActivationSet, batch_size: int,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from pruning.errors import ConfigError
 from pruning.evaluation.lm_eval_tasks.local_data import TASK_FILES
@@ -37,7 +37,7 @@ def check_local_tasks(tasks: tuple[str, ...], data_dir: Path) -> None:
     """Every task has a shipped YAML and its files exist under `data_dir`; else a ValueError naming the field."""
     unknown = [task for task in tasks if task not in TASK_FILES]
     if unknown:
-        raise ConfigError(f"zero_shot.tasks: no local YAML for {', '.join(unknown)}; local tasks are "
+        raise ConfigError(f"zero_shot.tasks: no local YAML for {', '.join(map(repr, unknown))}; local tasks are "
                          f"{', '.join(LOCAL_TASKS)} (or leave zero_shot.data_dir unset to use lm-eval's hub tasks)")
     if not data_dir.is_dir():
         raise ConfigError(f"zero_shot.data_dir: '{data_dir}' is not a directory; give the folder that holds "
@@ -56,20 +56,38 @@ def check_hub_tasks(tasks: tuple[str, ...]) -> None:
                          "which is offline (HF_HUB_OFFLINE=1); set data_dir to a local copy of the datasets")
 
 
-@dataclass
-class ZeroShotResult:
-    """Per-task metrics (acc, acc_norm, perplexity where the task has them) and the run's settings."""
+def check_zero_shot_tasks(tasks: tuple[str, ...], data_dir: Path | None) -> None:
+    """Local tasks need their files under `data_dir`; without it the tasks come from the hub, which must be online."""
+    if data_dir is not None:
+        check_local_tasks(tasks, data_dir)
+    else:
+        check_hub_tasks(tasks)
+
+
+class ZeroShotSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lm_eval_version: str
+    limit: int | None
+    batch_size: int
+    num_fewshot: int
+    source: str  # the local data folder, or "hub"
+
+
+class ZeroShotResult(BaseModel):
+    """Per-task metrics (acc, acc_norm, perplexity where the task has them, and the documents scored) and the
+    settings they were measured with."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)  # `average_accuracy` is written, and derived again
 
     tasks: dict[str, dict[str, float]]
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: ZeroShotSettings
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def average_accuracy(self) -> float:
         """Mean of each task's `acc` (the unweighted task average that pruning papers report)."""
         return sum(metrics["acc"] for metrics in self.tasks.values()) / len(self.tasks)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "average_accuracy": self.average_accuracy, "settings": self.settings}
 
 
 def zero_shot(model: torch.nn.Module, tokenizer: Any, tasks: tuple[str, ...], data_dir: Path | None,
@@ -100,9 +118,9 @@ def zero_shot(model: torch.nn.Module, tokenizer: Any, tasks: tuple[str, ...], da
                       if f"{metric},none" in output["results"][task]}
                | {"documents": int(output["n-samples"][task]["effective"])}
                for task in tasks}
-    settings = {"lm_eval_version": lm_eval_version(), "limit": limit, "batch_size": batch_size, "num_fewshot": 0,
-                "source": str(data_dir) if data_dir is not None else "hub"}
-    return ZeroShotResult(results, settings)
+    settings = ZeroShotSettings(lm_eval_version=lm_eval_version(), limit=limit, batch_size=batch_size, num_fewshot=0,
+                                source=str(data_dir) if data_dir is not None else "hub")
+    return ZeroShotResult(tasks=results, settings=settings)
 
 
 def zero_shot_fingerprint(tasks: tuple[str, ...], data_dir: Path | None) -> str:

@@ -39,18 +39,6 @@ class InputStatistics:
         """Wanda's s_j = (1/n) Σ_t x_tj², the mean over sequences of each input's squared norm."""
         return torch.diagonal(self.gram) / max(self.num_sequences, 1)
 
-    def state(self) -> tuple[torch.Tensor, dict[str, str]]:
-        """The gram matrix and the counts, in a form safetensors can store."""
-        return self.gram, {"num_sequences": str(self.num_sequences), "num_tokens": str(self.num_tokens)}
-
-    @classmethod
-    def from_state(cls, gram: torch.Tensor, counts: dict[str, str]) -> InputStatistics:
-        statistics = cls(gram.shape[0], gram.device)
-        statistics.gram = gram.to(torch.float32)
-        statistics.num_sequences = int(counts["num_sequences"])
-        statistics.num_tokens = int(counts["num_tokens"])
-        return statistics
-
     @classmethod
     def from_inputs(cls, inputs: torch.Tensor) -> InputStatistics:
         statistics = cls(inputs.shape[-1], inputs.device)

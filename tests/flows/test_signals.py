@@ -101,16 +101,17 @@ def test_sigterm_stops_prune_between_blocks_with_143_and_no_output(tmp_path, tin
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 300)
     checkpoint = save_deep_checkpoint(tmp_path / "deep", tiny_tokenizer_dir)
-    cache = tmp_path / "cache"
+    artifacts = tmp_path / "artifacts"
     process = start(["prune", "--model", str(checkpoint), "--method", "sparsegpt", "--sparsity", "0.5",
                      "--calibration", str(corpus), "--num-samples", "16", "--seqlen", "64", "--eval", str(corpus),
                      "--eval-seqlen", "32", "--eval-windows", "2", "--device", "cpu",
-                     "--output", str(tmp_path / "pruned"), "--cache-dir", str(cache)],
+                     "--output", str(tmp_path / "pruned"), "--cache-dir", str(tmp_path / "cache"),
+                     "--artifacts", str(artifacts)],
                     REPO, {**os.environ, "PYTHONPATH": str(REPO)})
-    wait_for(lambda: len(list(cache.glob("blocks/*/block-*/block.json"))) >= 2, process)
+    wait_for(lambda: len(list(artifacts.glob("blocks/*/block-*/block.json"))) >= 2, process)
     status, error, seconds = stop(process, signal.SIGTERM)
 
     assert status == 143 and seconds < STOP_SECONDS, (status, seconds, error)
     assert error.strip().splitlines()[-1].startswith("pruneflow: stopped") and "Traceback" not in error
     assert not (tmp_path / "pruned").exists() and not staging_folders(tmp_path)
-    assert len(list(cache.glob("blocks/*/block-*/block.json"))) >= 2  # kept for the next run
+    assert len(list(artifacts.glob("blocks/*/block-*/block.json"))) >= 2  # kept for the next run

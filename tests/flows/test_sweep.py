@@ -14,6 +14,7 @@ import yaml
 from tiny_models import save_tiny_checkpoint
 
 from flows.cli import main
+from flows.params import load_params
 from flows.sweep import sweep_with_task_runner
 
 
@@ -67,7 +68,8 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
     params = {**params, "tracking": {"experiment": "sweep-test", "register_models": True},
               "zero_shot": {"tasks": ["piqa", "winogrande"], "data_dir": str(shared_data), "limit": 4},
               "bench": {"devices": ["cpu", "cuda"], "prefill_batches": [1], "prefill_tokens": 16, "decode_batches": [1],
-                        "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "in_sweep": True}}
+                        "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "max_run_time": 0.05,
+                        "in_sweep": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
     printed = capsys.readouterr().out
     assert printed_row(printed, "wanda", "unstructured", "0.5") and printed_row(printed, "dense", "-", "0")
@@ -203,12 +205,12 @@ def test_several_params_problems_are_listed_together(project, capsys):
 def test_two_combinations_run_concurrently_on_a_dask_local_cluster(project):
     directory, params = project
     params = {**params, "dense_baseline": False, "dask": {"enabled": True, "workers": 2}}
-    summaries = sweep_with_task_runner(str(write_params(directory, params)))
-    assert [summary["method"] for summary in summaries] == ["wanda", "sparsegpt"]
-    first, second = summaries
-    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
+    result = sweep_with_task_runner(load_params(write_params(directory, params)))
+    assert [combination.method for combination in result.combinations] == ["wanda", "sparsegpt"]
+    first, second = result.combinations
+    assert first.started_at < second.finished_at and second.started_at < first.finished_at
     # Each of the 2 workers gets its share of the cores, not torch's default of all of them.
-    assert first["threads"] == second["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert first.threads == second.threads == max(1, (os.cpu_count() or 1) // 2)
     assert (directory / "runs" / "tiny" / "sparsegpt-unstructured-0.5" / "model.safetensors.index.json").is_file()
 
 

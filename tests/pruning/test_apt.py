@@ -82,13 +82,14 @@ def test_blocksize_must_hold_whole_nm_groups():
 def test_apt_and_sparsegpt_prune_a_tiny_mamba_including_the_directly_multiplied_dt_proj():
     from tiny_models import random_ids, tiny_model
 
-    from pruning.engine import EngineOptions, prune_model
+    from pruning.config import EngineConfig
+    from pruning.engine import prune_model
     from pruning.methods.sparsegpt import SparseGPTConfig
     from pruning.models.architectures import adapter_for
 
     for config in (APTConfig(sparsity=0.5), SparseGPTConfig(sparsity=0.5)):
         model = tiny_model("mamba")
-        report = prune_model(model, random_ids(), config, EngineOptions(forward_dtype=torch.float32, progress=False))
+        report = prune_model(model, random_ids(), config, EngineConfig(forward_dtype="float32"))
         adapter = adapter_for(model)
         names = {layer.name.rsplit(".", 2)[-2] + "." + layer.name.rsplit(".", 1)[-1] for layer in report.layers}
         assert names == {"mixer.in_proj", "mixer.x_proj", "mixer.dt_proj", "mixer.out_proj"}

@@ -9,12 +9,12 @@ from pydantic import ValidationError
 from tiny_models import random_ids, tiny_model
 
 from pruning.blocks.reconstruction import ReconstructionConfig
-from pruning.config import PruneJob
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig, PruneJob
+from pruning.engine import prune_model
 from pruning.methods.sparsegpt import SparseGPTConfig
 from pruning.models.architectures import adapter_for
 
-RECONSTRUCT = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False,
+RECONSTRUCT = EngineConfig(forward_dtype="float32", batch_size=4,
                             reconstruction=ReconstructionConfig(epochs=5, learning_rate=1e-3))
 
 
@@ -22,8 +22,7 @@ def pruned_pair(family: str, **fields):
     dense = tiny_model(family)
     ids = random_ids(16, 32)
     one_shot, reconstructed = copy.deepcopy(dense), copy.deepcopy(dense)
-    prune_model(one_shot, ids, SparseGPTConfig(**fields), EngineOptions(**{**vars(RECONSTRUCT),
-                                                                          "reconstruction": None}))
+    prune_model(one_shot, ids, SparseGPTConfig(**fields), RECONSTRUCT.model_copy(update={"reconstruction": None}))
     report = prune_model(reconstructed, ids, SparseGPTConfig(**fields), RECONSTRUCT)
     return dense, one_shot, reconstructed, report
 
@@ -58,11 +57,10 @@ def test_a_block_no_epoch_improves_is_left_as_the_method_made_it():
     dense = tiny_model("llama")
     ids = random_ids(16, 32)
     one_shot, reconstructed = copy.deepcopy(dense), copy.deepcopy(dense)
-    prune_model(one_shot, ids, SparseGPTConfig(sparsity=0.5), EngineOptions(**{**vars(RECONSTRUCT),
-                                                                              "reconstruction": None}))
+    prune_model(one_shot, ids, SparseGPTConfig(sparsity=0.5), RECONSTRUCT.model_copy(update={"reconstruction": None}))
     overshoot = ReconstructionConfig(epochs=3, learning_rate=10.0)
     report = prune_model(reconstructed, ids, SparseGPTConfig(sparsity=0.5),
-                         EngineOptions(**{**vars(RECONSTRUCT), "reconstruction": overshoot}))
+                         RECONSTRUCT.model_copy(update={"reconstruction": overshoot}))
     assert report.reconstruction[0]["epochs"] == 1
     first = adapter_for(dense).blocks
     assert all(torch.equal(before, after) for before, after in zip(first(one_shot)[0].parameters(),

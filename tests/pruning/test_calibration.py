@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pruning.data.calibration import build_calibration_set, load_calibration_set, sample_windows, save_calibration_set
-from pruning.data.corpora import TextCorpus, check_text_source, load_corpus, wiki_summaries_split
+from pruning.data.corpora import TextCorpus, TextProvenance, check_text_source, load_corpus, wiki_summaries_split
 
 
 def test_windows_are_deterministic_distinct_and_non_overlapping():
@@ -33,13 +33,13 @@ def test_an_empty_corpus_is_named_as_the_source_not_the_sample_count():
 def test_calibration_set_round_trips_with_its_manifest(tmp_path, tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     corpus = TextCorpus(["The quick brown fox jumps over the lazy dog. " * 40, "Pruning removes weights. " * 40],
-                        {"source": "inline"})
+                        TextProvenance(source="inline"))
     calibration = build_calibration_set(corpus, tokenizer, num_samples=4, seqlen=32, seed=0)
     save_calibration_set(calibration, tmp_path / "calibration")
     loaded = load_calibration_set(tmp_path / "calibration")
     assert torch.equal(loaded.input_ids, calibration.input_ids)
-    assert loaded.manifest["seed"] == 0 and loaded.manifest["num_samples"] == 4 and loaded.manifest["seqlen"] == 32
-    assert loaded.manifest["tokenizer"]["vocab_sha256"]
+    assert loaded.manifest.seed == 0 and loaded.manifest.num_samples == 4 and loaded.manifest.seqlen == 32
+    assert loaded.manifest.tokenizer.vocab_sha256
     assert not list(tmp_path.glob(".calibration.partial-*"))
 
 
@@ -60,7 +60,7 @@ def test_local_files_of_each_format_load_their_text(tmp_path, suffix):
         parquet.write_table(arrow.Table.from_pylist(rows), path)
     corpus = load_corpus(str(path), "calibration", tmp_path)
     assert "document number 2" in "\n".join(corpus.documents)
-    assert len(corpus.provenance["sha256"]) == 64
+    assert len(corpus.provenance.sha256) == 64
 
 
 def test_shared_wikitext_pages_load_from_a_save_to_disk_folder(shared_data, tmp_path):
@@ -71,7 +71,7 @@ def test_shared_wikitext_pages_load_from_a_save_to_disk_folder(shared_data, tmp_
     import datasets
 
     assert corpus.documents == datasets.load_from_disk(str(folder))["page"]  # read as datasets itself reads it
-    assert corpus.provenance["field"] == "page"
+    assert corpus.provenance.field == "page"
 
 
 def test_text_source_errors_say_what_is_accepted(tmp_path):
@@ -92,4 +92,4 @@ def test_wiki_summaries_calibration_and_evaluation_articles_never_overlap(cache_
     assert not calibration_titles & evaluation_titles
     assert not set(calibration.documents) & set(evaluation.documents)
     assert all(wiki_summaries_split(title) == "evaluation" for title in evaluation_titles)
-    assert calibration.provenance["sha256"] == evaluation.provenance["sha256"]
+    assert calibration.provenance.sha256 == evaluation.provenance.sha256

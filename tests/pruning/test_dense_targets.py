@@ -7,12 +7,13 @@ import torch
 from tiny_models import random_ids, tiny_model
 
 from pruning.blocks.dense_targets import dense_target_weight
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig
+from pruning.engine import prune_model
 from pruning.methods.base import PairedInputStatistics
 from pruning.methods.sparsegpt import SparseGPTConfig
 from pruning.methods.sparsegpt import prune_layer as sparsegpt_layer
 
-FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
+FP32 = EngineConfig(forward_dtype="float32", batch_size=4)
 
 
 def paired_layer(seed: int = 0, rows: int = 24, columns: int = 32, tokens: int = 512):
@@ -52,7 +53,7 @@ def test_the_engine_solves_the_last_linear_for_the_dense_models_outputs_in_close
     dense = tiny_model("llama")
     pruned = copy.deepcopy(dense)
     ids = random_ids(8, 32)
-    prune_model(pruned, ids, SparseGPTConfig(sparsity=0.5), EngineOptions(**{**vars(FP32), "targets": "dense"}))
+    prune_model(pruned, ids, SparseGPTConfig(sparsity=0.5), FP32.model_copy(update={"targets": "dense"}))
 
     def down_proj_inputs(model):
         seen = []
@@ -84,7 +85,7 @@ def test_dense_targets_bring_the_pruned_model_closer_to_the_dense_one(family):
     errors = {}
     for targets in ("pruned", "dense"):
         model = copy.deepcopy(dense)
-        prune_model(model, ids, SparseGPTConfig(sparsity=0.6), EngineOptions(**{**vars(FP32), "targets": targets}))
+        prune_model(model, ids, SparseGPTConfig(sparsity=0.6), FP32.model_copy(update={"targets": targets}))
         with torch.no_grad():
             errors[targets] = float((model(input_ids=held_out).logits - reference).square().mean())
     assert errors["dense"] < 0.9 * errors["pruned"]

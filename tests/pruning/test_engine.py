@@ -6,13 +6,14 @@ from tiny_models import FAMILY_CONFIGS, random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 from pruning.blocks.calls import capture_block_inputs
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig
+from pruning.engine import prune_model
 from pruning.methods.base import InputStatistics, reconstruction_error
 from pruning.methods.wanda import WandaConfig
 from pruning.models.architectures import SUPPORTED_MODEL_TYPES, adapter_for, adapter_for_model_type, head_layout
 
 FAMILIES = sorted(FAMILY_CONFIGS)
-FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
+FP32 = EngineConfig(forward_dtype="float32", batch_size=4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -75,7 +76,7 @@ def test_true_sequential_statistics_come_from_the_already_pruned_attention_input
 def test_skip_layers_keeps_matching_linears_dense():
     model = tiny_model("llama")
     dense = model.model.layers[1].mlp.down_proj.weight.detach().clone()
-    options = EngineOptions(forward_dtype=torch.float32, progress=False, skip_layers=("model.layers.1.mlp.*",))
+    options = EngineConfig(forward_dtype="float32", skip_layers=("model.layers.1.mlp.*",))
     report = prune_model(model, random_ids(), WandaConfig(sparsity=0.5), options)
     assert torch.equal(model.model.layers[1].mlp.down_proj.weight, dense)
     assert not any(layer.name.startswith("model.layers.1.mlp") for layer in report.layers)
@@ -85,7 +86,7 @@ def test_skip_layers_keeps_matching_linears_dense():
 def test_bfloat16_forward_keeps_fp32_master_weights_and_exact_sparsity():
     model = tiny_model("llama")
     prune_model(model, random_ids(), WandaConfig(pattern="2:4"),
-                EngineOptions(forward_dtype=torch.bfloat16, progress=False))
+                EngineConfig(forward_dtype="bfloat16"))
     weight = model.model.layers[0].mlp.up_proj.weight
     assert weight.dtype == torch.float32
     assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=2) == 2).all()
@@ -107,7 +108,7 @@ def test_head_layout_reads_grouped_query_attention():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, monkeypatch):
-    import pruning.engine as engine_module
+    import pruning.blocks.pruner as pruner_module
     from pruning.engine import PruneEngine
     from pruning.methods.sparsegpt import SparseGPTConfig
     from pruning.models.access import InMemoryModel
@@ -118,14 +119,14 @@ def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, 
         reused_children.extend(recorded)
         return original(block, recorded, consume)
 
-    original = engine_module.reusing
-    monkeypatch.setattr(engine_module, "reusing", reusing)
+    original = pruner_module.reusing
+    monkeypatch.setattr(pruner_module, "reusing", reusing)
     results = []
     for reuse in (True, False):
         model = tiny_model(family)
-        engine = PruneEngine(InMemoryModel(model), SparseGPTConfig(sparsity=0.5), FP32, random_ids())
-        engine.pruner.reuse_outputs = reuse
-        engine.run()
+        with PruneEngine(InMemoryModel(model), SparseGPTConfig(sparsity=0.5), FP32, input_ids=random_ids()) as engine:
+            engine.pruner.reuse_outputs = reuse
+            engine.run()
         results.append(model.state_dict())
         if reuse and family != "mamba":  # a Mamba block is one child (its mixer): nothing finishes early
             assert reused_children, "no sub-module output was reused"

@@ -6,12 +6,14 @@ from tiny_models import random_ids, tiny_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from pruning import load_compressed
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig
+from pruning.engine import PruneEngine
 from pruning.methods.oats import OATSConfig
+from pruning.models.access import InMemoryModel
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, SparseLowRankLinear, pack_mask, save_factored, unpack_mask
 
-FP32 = EngineOptions(forward_dtype=torch.float32, progress=False)
+FP32 = EngineConfig(forward_dtype="float32")
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (8, 8), (17, 31)])
@@ -43,23 +45,26 @@ def test_factored_checkpoint_reloads_to_the_merged_model_and_is_smaller(family, 
                                                              num_key_value_heads=2, tie_word_embeddings=True)).eval()
     else:
         model = tiny_model(family)
-    report = prune_model(model, random_ids(), OATSConfig(sparsity=0.5, iterations=10), FP32)
+    with PruneEngine(InMemoryModel(model), OATSConfig(sparsity=0.5, iterations=10), FP32,
+                     input_ids=random_ids()) as engine:
+        report = engine.run()
+    factors = engine.factors
     adapter = adapter_for(model)
-    assert set(report.factors) == {f"{adapter.blocks_path}.{index}.{name}" for index in range(2)
+    assert set(factors) == {f"{adapter.blocks_path}.{index}.{name}" for index in range(2)
                                    for name in adapter.linear_names}
     assert report.decoder_linear_sparsity == pytest.approx(0.5, abs=0.01)
     model.save_pretrained(tmp_path / "pruned")
-    save_factored(model, report.factors, tmp_path / "pruned" / FACTORED_DIRECTORY)
+    save_factored(model, factors, tmp_path / "pruned" / FACTORED_DIRECTORY)
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
     for sparse_format in ("csr", "dense"):
         factored = load_compressed(tmp_path / "pruned", sparse_format)
         replaced = [module for module in factored.modules() if isinstance(module, SparseLowRankLinear)]
-        assert len(replaced) == len(report.factors)
+        assert len(replaced) == len(factors)
         ids = random_ids(2, 16)
         with torch.no_grad():
             assert torch.allclose(factored(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
-    linear_bytes = sum(4 * term.sparse.numel() for term in report.factors.values())
+    linear_bytes = sum(4 * term.sparse.numel() for term in factors.values())
     dense_size = (tmp_path / "pruned" / "model.safetensors").stat().st_size
     factored_dir = tmp_path / "pruned" / FACTORED_DIRECTORY
     factored_size = sum(path.stat().st_size for path in factored_dir.glob("*.safetensors"))

@@ -14,8 +14,8 @@ from pruning.blocks.budgets import (
     spread_sparsities,
     whole_weight_sparsities,
 )
-from pruning.config import PruneJob
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig, PruneJob
+from pruning.engine import prune_model
 from pruning.methods.wanda import WandaConfig
 from pruning.models.architectures import adapter_for
 
@@ -61,7 +61,7 @@ def test_outlier_ratio_counts_scores_above_m_times_their_mean():
 def test_the_engine_prunes_each_block_to_its_budget_and_the_model_to_the_target(budget):
     model = tiny_model("llama")
     report = prune_model(model, random_ids(8, 32), WandaConfig(sparsity=0.6),
-                         EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False, budget=budget))
+                         EngineConfig(forward_dtype="float32", batch_size=4, budget=budget))
     adapter = adapter_for(model)
     assert len(report.block_sparsity) == 2 and report.block_sparsity[0] != report.block_sparsity[1]
     removed = total = 0

@@ -33,3 +33,77 @@ def test_a_method_module_imports_only_the_methods_package_errors_and_io(path):
     found = [module for module in imported_modules(path) if module.startswith("pruning")
              and not module.startswith(("pruning.methods", "pruning.errors", "pruning.io"))]
     assert not found, f"methods/{path.name} imports {found}: a method owns only its per-layer solve"
+
+
+# The import diagram of docs/architecture.md, as data: each group of the library (a subpackage, or a top-level
+# module) and the groups it may import. Everything else is a violation; the table itself has no cycle.
+ALLOWED = {
+    "errors": set(),
+    "io": {"errors"},
+    "machine": {"errors"},
+    "methods": {"errors", "io"},
+    "models": {"methods", "errors", "io"},
+    "data": {"models", "errors", "io"},
+    "blocks": {"models", "methods", "errors", "io"},
+    "evaluation": {"blocks", "data", "models", "errors", "io"},
+    "config": {"blocks", "methods", "models", "errors"},
+    "store": {"blocks", "io"},
+    "engine": {"blocks", "config", "machine", "methods", "models", "errors"},
+    "record": {"blocks", "config", "data", "evaluation", "machine", "errors", "io"},
+    "card": {"record"},
+    "assemble": {"blocks", "models", "methods", "record", "io"},
+    "speed": {"models", "machine", "record", "errors", "io"},
+    "preflight": {"config", "data", "evaluation", "machine", "methods", "models", "errors", "io"},
+    "steps": {"assemble", "blocks", "card", "config", "data", "engine", "evaluation", "machine", "methods", "models",
+              "record", "store", "errors", "io"},
+    "job": {"steps", "config", "evaluation", "machine", "methods", "preflight", "record", "store", "errors"},
+}
+
+
+def group_of(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def library_groups(path: Path) -> set[str]:
+    """The library groups a module imports (its own group left out; `pruning` itself is the version only)."""
+    found = set()
+    for module in imported_modules(path):
+        parts = module.split(".")
+        if parts[0] == "pruning" and len(parts) > 1 and parts[1] in ALLOWED:
+            found.add(parts[1])
+    return found - {group_of(path)}
+
+
+LIBRARY_MODULES = [path for path in sorted(PACKAGE.rglob("*.py")) if path.name != "__init__.py"
+                   or path.parent != PACKAGE]
+
+
+@pytest.mark.parametrize("path", LIBRARY_MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_a_module_imports_only_what_the_architecture_diagram_allows_its_group(path):
+    group = group_of(path)
+    assert group in ALLOWED, f"{group} is in no layer of docs/architecture.md's diagram: add it there and here"
+    assert library_groups(path) <= ALLOWED[group], \
+        f"{path.relative_to(PACKAGE)} imports {sorted(library_groups(path) - ALLOWED[group])}"
+
+
+def test_no_two_groups_import_each_other_even_through_others():
+    """The groups' actual imports form no cycle (today's code, not only the table)."""
+    edges: dict[str, set[str]] = {group: set() for group in ALLOWED}
+    for path in LIBRARY_MODULES:
+        edges[group_of(path)] |= library_groups(path)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in edges[start])
+
+    cycles = [group for group in edges if reaches(group, group, set())]
+    assert not cycles, f"import cycles through {cycles}"
+
+
+TASKS = PACKAGE.parent / "tasks"
+
+
+@pytest.mark.parametrize("path", sorted(TASKS.glob("*.py")), ids=lambda path: path.name)
+def test_a_task_module_wraps_library_steps_and_never_imports_the_flows(path):
+    found = [module for module in imported_modules(path) if module.split(".")[0] == "flows"]
+    assert not found, f"tasks/{path.name} imports {found}"

@@ -6,13 +6,14 @@ import torch
 from tiny_models import random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
-from pruning.engine import EngineOptions, prune_model
+from pruning.config import EngineConfig
+from pruning.engine import prune_model
 from pruning.methods.osscar import OSSCARConfig
 from pruning.methods.structured_wanda import StructuredWandaConfig
 from pruning.models.architectures import adapter_for, head_layout
 from pruning.models.shrink import shrink_record
 
-FP32 = EngineOptions(forward_dtype=torch.float32, progress=False)
+FP32 = EngineConfig(forward_dtype="float32")
 
 
 @pytest.mark.parametrize("family, budget", [

@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-from dataclasses import replace
 
 import pytest
 import torch
@@ -15,22 +14,22 @@ from transformers import AutoModelForCausalLM
 from pruning.blocks.budgets import LayerBudget
 from pruning.blocks.reconstruction import ReconstructionConfig
 from pruning.blocks.store import BlockStore
-from pruning.config import PruneJob
+from pruning.config import EngineConfig, PruneJob
 from pruning.data.calibration import build_calibration_set
 from pruning.data.corpora import load_corpus
-from pruning.engine import EngineOptions, PruneEngine, prune_model
+from pruning.engine import PruneEngine, prune_model
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import perplexity
+from pruning.job import run_job
 from pruning.methods.registry import is_structured, method_config
 from pruning.models.access import StreamedModel
 from pruning.models.architectures import adapter_for
 from pruning.models.checkpoint import CheckpointReader
 from pruning.models.shrink import shrink_model
 from pruning.models.sources import load_model, load_tokenizer
-from pruning.pipeline import run_prune_job
-from pruning.record import RECORD_FILE, PruneRecord
+from pruning.record import RUN_RECORD_FILE, PruneRecord
 
-FP32 = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False)
+FP32 = EngineConfig(forward_dtype="float32", batch_size=4)
 METHODS = [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4"},
            {"method": "sparsegpt", "sparsity": 0.5}, {"method": "oats", "sparsity": 0.5, "iterations": 5},
            {"method": "apt", "sparsity": 0.5}, {"method": "osscar", "sparsity": 0.5, "attention_groups": 1}]
@@ -48,11 +47,13 @@ def job(checkpoint, corpus, directory, method, **engine):
         "model": str(checkpoint), "method": method, "calibration": {"source": str(corpus), "num_samples": 8,
                                                                    "seqlen": 32},
         "evaluation": [], "output_dir": str(directory / "pruned"), "cache_dir": str(directory / "cache"),
+        "artifacts_dir": str(directory / "artifacts"),
         "overwrite": True,  # a test's jobs share one output folder, each replacing the last
         "engine": {"device": "cpu", "forward_dtype": "float32", "batch_size": 4, **engine}})
 
 
 def calibration_for(checkpoint, corpus, tmp_path):
+    """The windows a job of `job(...)` samples: 8 of 32 tokens, seed 0."""
     return build_calibration_set(load_corpus(str(corpus), "calibration", tmp_path), load_tokenizer(checkpoint), 8,
                                  32, 0)
 
@@ -70,7 +71,7 @@ def test_streamed_prune_writes_exactly_the_weights_of_the_in_memory_engine(famil
         fields = {**fields, "attention_groups": 0}  # GPT-2 configs cannot describe fewer heads
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir, family)
     calibration = calibration_for(checkpoint, corpus, tmp_path)
-    record = run_prune_job(job(checkpoint, corpus, tmp_path, fields), progress=False, calibration=calibration)
+    record = run_job(job(checkpoint, corpus, tmp_path, fields))
 
     model = load_model(checkpoint)
     method = method_config(fields)
@@ -95,12 +96,11 @@ def test_an_owl_budget_on_a_streamed_checkpoint_writes_the_in_memory_engines_wei
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     calibration = calibration_for(checkpoint, corpus, tmp_path)
     fields = {"method": "sparsegpt", "sparsity": 0.5}
-    record = run_prune_job(job(checkpoint, corpus, tmp_path, fields, budget={"kind": "owl"}), progress=False,
-                           calibration=calibration)
+    record = run_job(job(checkpoint, corpus, tmp_path, fields, budget={"kind": "owl"}))
     assert len(record.engine.block_sparsity) == 2 and sum(record.engine.block_sparsity) / 2 == pytest.approx(0.5)
 
     model = load_model(checkpoint)
-    prune_model(model, calibration.input_ids, method_config(fields), replace(FP32, budget=LayerBudget()))
+    prune_model(model, calibration.input_ids, method_config(fields), FP32.model_copy(update={"budget": LayerBudget()}))
     expected = model.state_dict()
     for name, tensor in stored(tmp_path / "pruned").items():
         assert tensor.equal(expected[name]), name
@@ -109,7 +109,7 @@ def test_an_owl_budget_on_a_streamed_checkpoint_writes_the_in_memory_engines_wei
 def test_data_free_methods_run_no_calibration_forward(tmp_path, corpus, tiny_tokenizer_dir):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     for fields in ({"method": "magnitude", "sparsity": 0.5}, {"method": "structured-magnitude", "sparsity": 0.5}):
-        record = run_prune_job(job(checkpoint, corpus, tmp_path, fields), progress=False)
+        record = run_job(job(checkpoint, corpus, tmp_path, fields))
         assert record.engine.capture_seconds == 0 and record.engine.forward_seconds == 0, fields
         assert record.inputs.calibration is None and record.engine.block_errors() == []
         assert all(layer.reconstruction_error is None for layer in record.engine.layers)
@@ -118,14 +118,14 @@ def test_data_free_methods_run_no_calibration_forward(tmp_path, corpus, tiny_tok
 def test_the_run_record_reads_back_typed_and_an_older_one_is_refused_with_the_fix(tmp_path, corpus,
                                                                                   tiny_tokenizer_dir):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
-    record = run_prune_job(job(checkpoint, corpus, tmp_path, {"method": "wanda", "sparsity": 0.5}), progress=False)
+    record = run_job(job(checkpoint, corpus, tmp_path, {"method": "wanda", "sparsity": 0.5}))
     output = tmp_path / "pruned"
     assert PruneRecord.read(output) == record and PruneRecord.read_if_present(tmp_path / "tiny") is None
     assert len(record.engine.block_errors()) == 2
-    stale = json.loads((output / RECORD_FILE).read_text())
+    stale = json.loads((output / RUN_RECORD_FILE).read_text())
     for layer in stale["engine"]["layers"]:
         del layer["block"]  # as pruneflow wrote it before layers knew their block
-    (output / RECORD_FILE).write_text(json.dumps(stale))
+    (output / RUN_RECORD_FILE).write_text(json.dumps(stale))
     with pytest.raises(ConfigError, match=r"pruneflow.json: not a run record of this pruneflow .*engine.layers.0.block"
                                           r".*prune that model again"):
         PruneRecord.read(output)
@@ -134,14 +134,14 @@ def test_the_run_record_reads_back_typed_and_an_older_one_is_refused_with_the_fi
 def test_activations_past_the_memory_budget_go_to_disk_with_identical_results(tmp_path, corpus, tiny_tokenizer_dir):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     method = {"method": "sparsegpt", "sparsity": 0.5}
-    in_memory = run_prune_job(job(checkpoint, corpus, tmp_path / "memory", method), progress=False)
-    on_disk = run_prune_job(job(checkpoint, corpus, tmp_path / "disk", method, memory_budget="1KB"), progress=False)
+    in_memory = run_job(job(checkpoint, corpus, tmp_path / "memory", method))
+    on_disk = run_job(job(checkpoint, corpus, tmp_path / "disk", method, memory_budget="1KB"))
     assert in_memory.engine.activations_in_memory and not on_disk.engine.activations_in_memory
     first, second = stored(tmp_path / "memory" / "pruned"), stored(tmp_path / "disk" / "pruned")
     assert all(second[name].equal(tensor) for name, tensor in first.items())
 
 
-DENSE_STREAM = EngineOptions(forward_dtype=torch.float32, batch_size=4, progress=False, targets="dense",
+DENSE_STREAM = EngineConfig(forward_dtype="float32", batch_size=4, targets="dense",
                              reconstruction=ReconstructionConfig(epochs=2, holdout=0.5))
 
 
@@ -160,28 +160,31 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
     method = method_config({"method": "sparsegpt", "sparsity": 0.5})
 
     def engine(root):
-        return PruneEngine(StreamedModel(checkpoint), method, options, ids, BlockStore(root, "run"))
+        return PruneEngine(StreamedModel(checkpoint), method, options, input_ids=ids, store=BlockStore(root / "run"))
 
-    complete = engine(tmp_path / "complete")
-    complete.run()
-    interrupted = engine(tmp_path / "interrupted")
-    interrupted.prune_block(0)
-    interrupted.prune_block(1)
-    assert interrupted.store.has_outputs(1)
-    assert interrupted.store.has_dense_outputs(1) == options.dense_stream
+    def kept(store, index, stream):
+        return store.stream_directory(index, stream).is_dir()
+
+    with engine(tmp_path / "complete") as complete:
+        complete.run()
+    with engine(tmp_path / "interrupted") as interrupted:  # as if killed after block 1
+        interrupted.prune_block(0)
+        interrupted.prune_block(1)
+    assert kept(interrupted.store, 1, "pruned")
+    assert kept(interrupted.store, 1, "dense") == options.dense_stream
     if not outputs_kept:
-        interrupted.store.outputs(1, True, torch.device("cpu")).delete()
-        shutil.rmtree(interrupted.store.dense_outputs_directory(1), ignore_errors=True)
-    resumed = engine(tmp_path / "interrupted")
-    report = resumed.run()
+        for stream in ("pruned", "dense"):
+            shutil.rmtree(interrupted.store.stream_directory(1, stream), ignore_errors=True)
+    with engine(tmp_path / "interrupted") as resumed:
+        report = resumed.run()
     assert (report.blocks_reused, report.blocks_computed) == (2, 2)
     for index in range(4):
         expected = load_file(str(complete.store.weights_path(index)))
         resumed_weights = load_file(str(resumed.store.weights_path(index)))
         assert resumed_weights.keys() == expected.keys()
         assert all(tensor.equal(expected[name]) for name, tensor in resumed_weights.items())
-    assert not any(resumed.store.has_outputs(index) or resumed.store.has_dense_outputs(index)
-                   for index in range(4)), "a finished run keeps no activations"
+    assert not any(kept(resumed.store, index, stream) for index in range(4) for stream in ("pruned", "dense")), \
+        "a finished run keeps no activations"
     if options.dense_stream:
         assert [int(entry["block"]) for entry in report.reconstruction] == [0, 1, 2, 3], "reused blocks report too"
 
@@ -190,7 +193,7 @@ def test_a_bfloat16_checkpoint_stays_bfloat16_on_disk(tmp_path, corpus, tiny_tok
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
     load_tokenizer(checkpoint).save_pretrained(tmp_path / "bf16")
-    run_prune_job(job(tmp_path / "bf16", corpus, tmp_path, {"method": "sparsegpt", "sparsity": 0.5}), progress=False)
+    run_job(job(tmp_path / "bf16", corpus, tmp_path, {"method": "sparsegpt", "sparsity": 0.5}))
     reader = CheckpointReader(tmp_path / "pruned")
     assert reader.storage_dtype() == torch.bfloat16
     weight = reader.read("model.layers.0.mlp.up_proj.weight")
@@ -220,4 +223,4 @@ def test_block_by_block_perplexity_equals_the_full_model_forward(family, tmp_pat
             total += float(functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                                                     reduction="sum"))
     assert streamed.perplexity == pytest.approx(math.exp(total / (10 * 63)), rel=1e-6)
-    assert json.loads(json.dumps(streamed.as_dict()))["windows"] == 10
+    assert json.loads(streamed.model_dump_json())["windows"] == 10

@@ -7,14 +7,13 @@ import lm_eval
 import pytest
 import torch
 import yaml
-from pydantic import ValidationError
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from pruning.config import ZeroShotConfig
+from pruning.errors import ConfigError
 from pruning.evaluation.lm_eval_tasks import local_data
-from pruning.evaluation.zero_shot import LOCAL_TASKS, TASKS_DIRECTORY, zero_shot
-from pruning.pipeline import check_zero_shot
+from pruning.evaluation.zero_shot import LOCAL_TASKS, TASKS_DIRECTORY, check_zero_shot_tasks, zero_shot
 
 STANDARD_TASKS = Path(lm_eval.__file__).parent / "tasks"
 STANDARD_YAML = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "boolq": "super_glue/boolq/default.yaml",
@@ -86,7 +85,7 @@ def test_loaders_read_every_document_with_valid_labels(task, shared_data):
 def test_tiny_model_on_two_local_tasks(shared_data, tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     result = zero_shot(tiny_model("llama"), tokenizer, ("piqa", "arc_easy"), shared_data, limit=6, batch_size=4,
-                       device=torch.device("cpu")).as_dict()
+                       device=torch.device("cpu")).model_dump(mode="json")
     assert set(result["tasks"]) == {"piqa", "arc_easy"}
     for metrics in result["tasks"].values():
         assert set(metrics) == {"acc", "acc_norm", "documents"} and metrics["documents"] == 6
@@ -98,13 +97,15 @@ def test_tiny_model_on_two_local_tasks(shared_data, tiny_tokenizer_dir):
 
 
 def test_bad_zero_shot_settings_fail_with_the_field_and_the_fix(tmp_path, shared_data, monkeypatch):
-    with pytest.raises(ValidationError, match="zero_shot.tasks: no local YAML for mmlu"):
-        ZeroShotConfig(tasks=("piqa", "mmlu"), data_dir=shared_data)
-    with pytest.raises(ValidationError, match="is not a directory.*or set zero_shot to null"):
-        ZeroShotConfig(tasks=("piqa",), data_dir=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="zero_shot.tasks: no local YAML for 'mmlu'"):
+        check_zero_shot_tasks(("piqa", "mmlu"), shared_data)
+    with pytest.raises(ConfigError, match="is not a directory.*or set zero_shot to null"):
+        check_zero_shot_tasks(("piqa",), tmp_path / "missing")
     (tmp_path / "arc").mkdir()
-    with pytest.raises(ValidationError, match=r"lacks arc/ARC-Challenge-Test.jsonl \(for arc_challenge\)"):
-        ZeroShotConfig(tasks=("arc_challenge",), data_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"lacks arc/ARC-Challenge-Test.jsonl \(for arc_challenge\)"):
+        check_zero_shot_tasks(("arc_challenge",), tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="hub, which is offline"):
-        check_zero_shot(ZeroShotConfig(tasks=("piqa",)))
+    with pytest.raises(ConfigError, match="hub, which is offline"):
+        check_zero_shot_tasks(("piqa",), None)
+    with pytest.raises(ValueError, match="empty task name"):  # `--tasks piqa,` names an empty task
+        ZeroShotConfig(tasks=("piqa", ""))

@@ -3,12 +3,11 @@ written from its run record so that the directory can be pushed to a hub as it i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from pruning.record import PruneRecord
+from pruning.record import PruneRecord
 
 CARD_FILE = "README.md"
 HUB_PREFIX = "hf://"
@@ -42,13 +41,12 @@ def _results(record: PruneRecord) -> list[str]:
     lines += _table(("perplexity", "dense", "protocol"), rows) if rows else ["No perplexity was measured."]
     zero_shot = record.zero_shot
     if zero_shot:
-        settings = zero_shot.get("settings", {})
-        lines += ["", f"Zero-shot (lm-eval {settings.get('lm_eval_version', '?')}, 0-shot, "
-                      f"limit {settings.get('limit')}):", ""]
+        settings = zero_shot.settings
+        lines += ["", f"Zero-shot (lm-eval {settings.lm_eval_version}, 0-shot, limit {settings.limit}):", ""]
         lines += _table(("task", "acc", "documents"),
-                        [(task, f"{values.get('acc', float('nan')):.4f}", values.get("documents", "-"))
-                         for task, values in zero_shot.get("tasks", {}).items()])
-        lines += ["", f"Average accuracy: {zero_shot['average_accuracy']:.4f}."]
+                        [(task, f"{values.get('acc', float('nan')):.4f}", int(values.get("documents", 0)))
+                         for task, values in zero_shot.tasks.items()])
+        lines += ["", f"Average accuracy: {zero_shot.average_accuracy:.4f}."]
     return lines
 
 
@@ -56,17 +54,15 @@ def _calibration(record: PruneRecord) -> list[str]:
     manifest = record.inputs.calibration
     if manifest is None:
         return ["## Calibration", "", "None: the method is data-free."]
-    corpus = manifest.corpus
     return ["## Calibration", "",
             f"{manifest.num_samples} windows of {manifest.seqlen} tokens (seed {manifest.seed}) from "
-            f"`{corpus.get('source')}` (sha256 `{corpus.get('sha256', corpus.get('revision', '?'))}`); "
-            f"windows sha256 `{manifest.windows_sha256}`."]
+            f"`{manifest.corpus.source}` (`{manifest.corpus.digest}`); windows sha256 `{manifest.windows_sha256}`."]
 
 
 def model_card(record: PruneRecord) -> str:
     """The card's text from a run record (`pruneflow.json`, evaluation results included when present)."""
-    method = record.config["method"]
-    options = {key: value for key, value in method.items() if key not in ("method", "pattern", "sparsity")}
+    options = record.config.method.model_dump(exclude={"method", "pattern", "sparsity"})
+    engine = record.config.engine.model_dump(exclude_defaults=True, exclude={"device", "forward_dtype"})
     versions = record.versions
     lines = [
         "---", yaml.safe_dump(_metadata(record), sort_keys=False).strip(), "---", "",
@@ -77,6 +73,9 @@ def model_card(record: PruneRecord) -> str:
         f"{record.remaining_parameters:,} of {record.model_parameters:,} parameters remain nonzero.", "",
         "## Method settings", "",
         *(_table(("setting", "value"), sorted(options.items())) if options else ["Defaults."]), "",
+        *([f"Engine settings beyond the defaults: {engine}.", ""] if engine else []),
+        f"Computed on {record.machine.summary()} (device `{record.machine.device}`, float32 matmul precision "
+        f"`{record.machine.float32_matmul_precision}`).", "",
         *_results(record), "",
         *_calibration(record), "",
         "## Provenance", "",

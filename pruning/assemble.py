@@ -23,10 +23,11 @@ from pruning.models.architectures import head_layout
 from pruning.models.checkpoint import ShardedWriter, tensor_sizes
 from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
 from pruning.models.shrink import shrink_block, shrunk_config
+from pruning.models.sources import TOKENIZER_FILES
+from pruning.record import StructuredSummary
 
 # Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.
-COPIED_FILES = ("generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-                "chat_template*", "vocab.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken")
+COPIED_FILES = ("generation_config.json", "chat_template*", *TOKENIZER_FILES)
 
 
 def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str, SparseLowRank]]:
@@ -40,7 +41,7 @@ def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str,
 
 
 def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: Path,
-                            structured: bool) -> dict[str, Any] | None:
+                            structured: bool) -> StructuredSummary | None:
     """Write the pruned model from `store` into `directory` (which must exist and be empty): weights, index,
     config, generation config, the tokenizer's files (copied), and `factored/` where the method made factors.
 
@@ -79,10 +80,9 @@ def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: 
         _write_factored(model, store, directory / FACTORED_DIRECTORY, factors, stem, config)
     if not structured:
         return None
-    before = model.parameter_count()
-    return {"removed_groups_per_block": counts_per_block[0] if counts_per_block else {},
-            "parameters_before": before,
-            "parameters_after": parameters_after + sum(tensor.numel() for tensor in stem.values())}
+    return StructuredSummary(removed_groups_per_block=counts_per_block[0] if counts_per_block else {},
+                             parameters_before=model.parameter_count(),
+                             parameters_after=parameters_after + sum(tensor.numel() for tensor in stem.values()))
 
 
 def _write_factored(model: StreamedModel, store: BlockStore, directory: Path,

@@ -15,34 +15,48 @@ device cannot run is reported with `skipped` and the reason, never estimated.
 
 from __future__ import annotations
 
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
-from torch.utils import benchmark
+from torch.utils.benchmark import Timer
 
+from pruning.errors import ConfigError
+from pruning.io import write_json
+from pruning.machine import cpu_description
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
-from pruning.record import PruneRecord
+from pruning.record import RUN_RECORD_FILE, PruneRecord
 
 
-@dataclass(frozen=True)
-class SpeedSettings:
-    prefill_batches: tuple[int, ...] = (1, 8)
-    prefill_tokens: int = 512
-    decode_batches: tuple[int, ...] = (1, 16)
-    decode_prompt_tokens: int = 16
-    decode_new_tokens: int = 32
-    gemm_layers: int = 3
-    min_run_time: float = 5.0  # seconds of timing per case at least, and at most max_run_time (if the IQR
-    max_run_time: float = 20.0  # is still above 10% of the median; adaptive_autorange's rule)
+class SpeedSettings(BaseModel):
+    """What to measure, where, and for how long: `min_run_time` seconds of timing per case at least, and at most
+    `max_run_time` while the IQR is still above 10% of the median (adaptive_autorange's rule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    prefill_batches: tuple[PositiveInt, ...] = (1, 8)
+    prefill_tokens: PositiveInt = 512
+    decode_batches: tuple[PositiveInt, ...] = (1, 16)
+    decode_prompt_tokens: PositiveInt = 16
+    decode_new_tokens: PositiveInt = 32
+    gemm_layers: PositiveInt = 3
+    min_run_time: float = Field(default=5.0, gt=0)
+    max_run_time: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _longest_at_least_shortest(self) -> SpeedSettings:
+        if self.max_run_time < self.min_run_time:
+            raise ConfigError(f"max_run_time: {self.max_run_time} is below min_run_time {self.min_run_time}; "
+                              "raise it or lower min_run_time")
+        return self
 
 
 class CsrLinear(nn.Module):
@@ -134,7 +148,7 @@ def load_form(directory: Path, form: str, device: torch.device) -> nn.Module:
 
 
 def _time(statement: str, variables: dict[str, Any], settings: SpeedSettings) -> dict[str, Any]:
-    timer = benchmark.Timer(stmt=statement, globals=variables, num_threads=torch.get_num_threads())
+    timer = Timer(stmt=statement, globals=variables, num_threads=torch.get_num_threads())
     timer.timeit(1)  # warm-up: first-call allocations, kernel selection
     measurement = timer.adaptive_autorange(min_run_time=settings.min_run_time, max_run_time=settings.max_run_time)
     return {"median_s": measurement.median, "iqr_s": measurement.iqr, "runs": len(measurement.times)}
@@ -255,42 +269,82 @@ def checkpoint_bytes(directory: Path, form: str) -> int:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    described = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                 else f"cpu ({platform.processor() or platform.machine()})")
-    return {"device": described, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    """The device measured: the GPU's name, or the CPU's model and the flags that decide its dtypes' speed."""
+    if device.type == "cuda":
+        return {"device": torch.cuda.get_device_name(device), "threads": torch.get_num_threads(),
+                "torch": torch.__version__}
+    model, flags = cpu_description()
+    return {"device": f"cpu ({model})", "cpu_flags": list(flags), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
-def speedups(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class Speedup(BaseModel):
+    """Dense time over a form's time for every prefill and decode case of one model's form (`ratios`, e.g.
+    {"prefill_1x512": 1.52, "decode_batch1": 1.08}), or why the form was not measured (`skipped`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = ""  # the report's model name, set when rows from several files are joined
+    device: str = ""
+    method: str
+    pattern: str
+    target_sparsity: float
+    form: str
+    skipped: str | None = None
+    ratios: dict[str, float] = {}
+
+
+def speedups(results: list[dict[str, Any]]) -> list[Speedup]:
     """Per model and form: dense time / form time for every prefill and decode case (dense = the first entry
     whose method is 'dense')."""
     dense = next((entry["forms"]["dense"] for entry in results if entry["method"] == "dense"), None)
     rows = []
     for entry in results:
         for form, measured in entry["forms"].items():
-            row = {"method": entry["method"], "pattern": entry["pattern"], "target_sparsity": entry["target_sparsity"],
-                   "form": form}
+            row = Speedup(method=entry["method"], pattern=entry["pattern"], target_sparsity=entry["target_sparsity"],
+                          form=form)
             if "skipped" in measured or dense is None:
-                rows.append({**row, "skipped": measured.get("skipped", "no dense entry")})
+                rows.append(row.model_copy(update={"skipped": measured.get("skipped", "no dense entry")}))
                 continue
-            for kind in ("prefill", "decode"):
-                for case, timing in measured[kind].items():
-                    row[f"{kind}_{case}_speedup"] = dense[kind][case]["median_s"] / timing["median_s"]
-            rows.append(row)
+            ratios = {f"{kind}_{case}": dense[kind][case]["median_s"] / timing["median_s"]
+                      for kind in ("prefill", "decode") for case, timing in measured[kind].items()}
+            rows.append(row.model_copy(update={"ratios": ratios}))
     return rows
 
 
-
-def benchmark_models(directories: list[Path], settings: SpeedSettings, devices: tuple[str, ...]) -> dict[str, Any]:
+def benchmark_models(directories: list[Path], settings: SpeedSettings) -> dict[str, Any]:
     """Every directory's forms on every device; a device torch cannot see is recorded as skipped with why.
 
     The dense model should come first: speed-ups are taken against the entry whose method is 'dense'.
     """
-    results: dict[str, Any] = {"settings": asdict(settings), "devices": {}}
-    for name in devices:
+    results: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "devices": {}}
+    for name in settings.devices:
         if name == "cuda" and not torch.cuda.is_available():
             results["devices"][name] = {"skipped": "torch sees no CUDA device on this machine"}
             continue
         device = torch.device(name)
         models = [benchmark_directory(directory, settings, device) for directory in directories]
-        results["devices"][name] = {**environment(device), "models": models, "speedups": speedups(models)}
+        results["devices"][name] = {**environment(device), "models": models,
+                                    "speedups": [row.model_dump(mode="json") for row in speedups(models)]}
     return results
+
+
+def model_directories(folder: Path) -> list[Path]:
+    """`folder` itself when it is a model, else the pruned model directories one level under it."""
+    if (folder / "config.json").is_file():
+        return [folder]
+    return sorted(path.parent for path in folder.glob(f"*/{RUN_RECORD_FILE}"))
+
+
+def benchmark(models: list[Path], settings: SpeedSettings, output: Path) -> Path:
+    """The one benchmark every driver runs (`pruneflow bench`, the sweep's bench task, the DVC bench stages): each
+    model directory in turn (a folder of pruned models is expanded; put the dense model first, the speed-ups are
+    taken against it), written to `output` as JSON."""
+    directories = []
+    for path in models:
+        found = model_directories(path)
+        if not found:
+            raise ConfigError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
+        directories += found
+    write_json(output, benchmark_models(directories, settings))
+    return output

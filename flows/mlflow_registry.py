@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODEL_CODE = Path(__file__).with_name("registry_model.py")
+MODEL_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
 
 
 def register_pruned_model(model_dir: str, registered_name: str) -> str:

@@ -1,0 +1,3 @@
+from flows.cli import entry_point
+
+entry_point()

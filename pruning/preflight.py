@@ -1,0 +1,147 @@
+"""What every driver checks before heavy work: what a job's values alone cannot tell.
+
+`check_job` (before anything is fetched): the model source exists, the text sources exist, the zero-shot task files
+are there (or the hub is reachable), the device is present, and the output, cache and artifact folders can be
+written without destroying anything. `check_model` (once the model's folder is there, before any weight is read):
+its architecture is supported, a structured budget fits its heads, the windows fit its context. Each problem is
+one line that names its field; all of a job's problems are raised together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pruning.config import (
+    DEFAULT_ARTIFACTS_DIR,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_MODEL,
+    CalibrationConfig,
+    EvaluationConfig,
+    PruneJob,
+    ZeroShotConfig,
+)
+from pruning.data.corpora import check_text_source
+from pruning.errors import ConfigError
+from pruning.evaluation.zero_shot import check_zero_shot_tasks
+from pruning.io import check_output_path
+from pruning.machine import resolve_device
+from pruning.methods.structured import StructuredBudget
+from pruning.models.architectures import adapter_for_model_type
+from pruning.models.shrink import structured_layout
+from pruning.models.sources import ModelSource
+
+
+def _problem(field: str, check: Callable[..., object], *arguments: Any) -> list[str]:
+    """[] if `check(*arguments)` passes, else its message under `field` (messages that name their field keep it)."""
+    try:
+        check(*arguments)
+    except ConfigError as error:
+        return [f"{field}: {line}" if field else line for line in str(error).splitlines()]
+    return []
+
+
+def job_problems(job: PruneJob) -> list[str]:
+    """Every problem `check_job` would raise, one line each."""
+    return field_problems(job.model_dump(), job.method.needs_calibration)
+
+
+def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) -> list[str]:
+    """The checks of `check_job` on a job's fields as given (a mapping, before or without validation: the command
+    line lists these beside pydantic's own problems, so that one run names every mistake). Absent fields take
+    `PruneJob`'s defaults; fields of the wrong type are left to pydantic."""
+    def given(tree: Mapping[str, Any], name: str, default: Any) -> Any:
+        value = tree.get(name, default) if isinstance(tree, Mapping) else default
+        return value if value is not None else default
+
+    problems: list[str] = []
+    model = given(fields, "model", DEFAULT_MODEL)
+    if isinstance(model, str):
+        problems += _problem("model", check_model_exists, model, bool(given(fields, "allow_unpinned", False)))
+    source = given(given(fields, "calibration", {}), "source", CalibrationConfig().source)
+    if needs_calibration and isinstance(source, str):
+        problems += _problem("calibration.source", check_text_source, source)
+    evaluations = given(fields, "evaluation", [EvaluationConfig()])
+    for index, evaluation in enumerate(evaluations if isinstance(evaluations, list | tuple) else []):
+        dataset = given(evaluation.model_dump() if isinstance(evaluation, EvaluationConfig) else evaluation,
+                        "dataset", EvaluationConfig().dataset)
+        if isinstance(dataset, str):
+            problems += _problem(f"evaluation.{index}.dataset", check_text_source, dataset)
+    zero_shot = given(fields, "zero_shot", None)
+    tasks = given(zero_shot, "tasks", ZeroShotConfig().tasks) if zero_shot is not None else None
+    if isinstance(tasks, list | tuple) and all(isinstance(task, str) for task in tasks):
+        data_dir = given(zero_shot, "data_dir", None)
+        problems += _problem("", check_zero_shot_tasks, tuple(tasks), Path(data_dir) if data_dir else None)
+    device = given(given(fields, "engine", {}), "device", "auto")
+    if isinstance(device, str):
+        problems += _problem("", resolve_device, device)
+    output = given(fields, "output_dir", None)
+    if isinstance(output, str | Path):
+        problems += _problem("", check_output_path, Path(output), "output_dir", True,
+                             bool(given(fields, "overwrite", False)))
+        if isinstance(model, str) and Path(model).expanduser().is_dir() and \
+                Path(model).expanduser().resolve() == Path(output).expanduser().resolve():
+            problems.append(f"output_dir: '{output}' is the model being pruned; write the pruned copy elsewhere")
+    for field, default in (("cache_dir", DEFAULT_CACHE_DIR), ("artifacts_dir", DEFAULT_ARTIFACTS_DIR)):
+        folder = given(fields, field, default)
+        if isinstance(folder, str | Path):
+            problems += _problem("", check_output_path, Path(folder), field, True, True)
+    return problems
+
+
+def check_model_exists(spec: str, allow_unpinned: bool) -> None:
+    ModelSource.parse(spec, allow_unpinned).check_exists()
+
+
+def check_job(job: PruneJob) -> None:
+    """Raise one `ConfigError` listing every problem of `job` that the filesystem shows (see the module docstring)."""
+    problems = job_problems(job)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def model_context_length(model_dir: Path) -> int | None:
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("max_position_embeddings", "n_positions"):
+        if key in config:
+            return int(config[key])
+    return None
+
+
+def check_model(job: PruneJob, model_dir: Path) -> None:
+    """The fetched model suits the job: a supported architecture, a structured budget its heads allow, and
+    calibration and evaluation windows within its context. Reads config.json only."""
+    check_architecture(model_dir, job.method)
+    check_context_length(model_dir, job.calibration.seqlen if job.method.needs_calibration else None,
+                         [evaluation.seqlen for evaluation in job.evaluation])
+
+
+def check_architecture(model_dir: Path, method: object = None) -> None:
+    """An unsupported architecture, or a structured budget the model cannot take, fails from config.json."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"model: '{model_dir / 'config.json'}' is not readable JSON ({error}); re-save or "
+                          "re-download the model") from None
+    adapter = adapter_for_model_type(str(config.get("model_type", "unknown")))
+    if isinstance(method, StructuredBudget):
+        from transformers import AutoConfig
+
+        structured_layout(adapter, method, AutoConfig.from_pretrained(model_dir))
+
+
+def check_context_length(model_dir: Path, calibration_seqlen: int | None, evaluation_seqlens: list[int],
+                         evaluation_field: str = "evaluation") -> None:
+    """Calibration and evaluation windows must fit in the model's context."""
+    max_positions = model_context_length(model_dir)
+    if max_positions is None:
+        return
+    if calibration_seqlen is not None and calibration_seqlen > max_positions:
+        raise ConfigError(f"calibration.seqlen: {calibration_seqlen} exceeds the model's context of "
+                          f"{max_positions} tokens; use at most {max_positions}")
+    for index, seqlen in enumerate(evaluation_seqlens):
+        if seqlen > max_positions:
+            raise ConfigError(f"{evaluation_field}.{index}.seqlen: {seqlen} exceeds the model's context of "
+                              f"{max_positions} tokens; use at most {max_positions}")
