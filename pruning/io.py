@@ -57,6 +57,27 @@ def process_is_alive(pid: int) -> bool:
     return True
 
 
+def current_umask() -> int:
+    """The process umask: read from /proc where Linux shows it (no change to process state), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: Path, read_only: bool = False) -> None:
+    """Give a staged file or folder the mode a plain `open`/`mkdir` would have given it under the umask:
+    `tempfile` creates them owner-only (0600/0700), which would make a model unreadable by other users and
+    serving containers. `read_only` drops the write bits (block-store files, hard-linked into models)."""
+    full = 0o777 if path.is_dir() else 0o666
+    if read_only:
+        full &= 0o555
+    os.chmod(path, full & ~current_umask())
+
+
 def _staging_prefix(final_path: Path, kind: str) -> str:
     return f".{final_path.name}.{kind}-{os.getpid()}-"
 
@@ -106,6 +127,7 @@ def atomic_directory(final_path: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(final_path, "partial"), dir=final_path.parent))
     try:
         yield staging
+        publish_mode(staging)
         if not final_path.exists():
             os.replace(staging, final_path)
         elif _exchange(staging, final_path):
@@ -121,8 +143,9 @@ def atomic_directory(final_path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `final_path` for a writer to fill; rename it into place on success."""
+def atomic_path(final_path: Path, read_only: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `final_path` for a writer to fill; rename it into place on success with the
+    umask's mode (without write bits where `read_only`)."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final_path)
@@ -130,6 +153,7 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
     os.close(descriptor)
     try:
         yield Path(staging)
+        publish_mode(Path(staging), read_only)
         os.replace(staging, final_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -97,13 +97,14 @@ class BlockStore:
         """Write a finished block; `outputs` must already be in `outputs_directory` (the engine writes them there)."""
         directory = self.block_directory(record.index)
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / WEIGHTS_FILE) as staging:
+        # Read-only: assembled models hard-link these files, so a write through a model's copy must not reach the store.
+        with atomic_path(directory / WEIGHTS_FILE, read_only=True) as staging:
             save_file({name: tensor.contiguous().cpu() for name, tensor in weights.items()}, str(staging))
         if factors:
             tensors = {}
             for name, term in factors.items():
                 tensors.update({f"{name}:sparse": term.sparse, f"{name}:up": term.up, f"{name}:down": term.down})
-            with atomic_path(directory / FACTORS_FILE) as staging:
+            with atomic_path(directory / FACTORS_FILE, read_only=True) as staging:
                 save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(staging))
         if outputs is not None and outputs.directory != self.stream_directory(record.index, "pruned"):
             raise ValueError("a block's outputs must be written to its store directory")
