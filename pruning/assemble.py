@@ -21,7 +21,7 @@ from pruning.methods.base import SparseLowRank
 from pruning.models.access import StreamedModel, block_prefix, block_state
 from pruning.models.architectures import head_layout
 from pruning.models.checkpoint import ShardedWriter, tensor_sizes
-from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard
+from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard, save_factored_config
 from pruning.models.shrink import shrink_block, shrunk_config
 from pruning.models.sources import TOKENIZER_FILES
 from pruning.record import StructuredSummary
@@ -99,4 +99,4 @@ def _write_factored(model: StreamedModel, store: BlockStore, directory: Path,
         writer.write(index, factored_shard(load_file(str(store.weights_path(index))), factors.get(index, {})))
     writer.write(model.num_blocks, stem)
     writer.finish()
-    config.save_pretrained(directory)
+    save_factored_config(config, directory)

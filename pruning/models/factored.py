@@ -18,11 +18,30 @@ from torch import nn
 
 from pruning.errors import ConfigError
 from pruning.methods.base import SparseLowRank
+from pruning.io import write_json
 from pruning.models.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
 
 FACTORED_DIRECTORY = "factored"
 FACTORED_WEIGHTS = "model.safetensors"
+CONFIG_FILE = "config.json"
 FORMAT_NAME = "pruneflow-sparse-low-rank-v1"
+# config.json's model_type: one no transformers Auto class knows, so that `from_pretrained` on the folder fails
+# ("unrecognized model") instead of loading a model whose factored linears are freshly initialised.
+FACTORED_MODEL_TYPE = "pruneflow-sparse-low-rank"
+FACTORED_README = """# Sparse + low-rank checkpoint (pruneflow)
+
+Every factored linear of this model is stored as W = S + U·V: S as a bitmask plus its nonzero values, U and V
+dense. This is not a Hugging Face model folder: `AutoModelForCausalLM.from_pretrained` refuses it on purpose.
+Load it with pruneflow, which rebuilds the model with `SparseLowRankLinear` modules:
+
+```python
+from pruning import load_compressed
+model = load_compressed("<this folder>")
+```
+
+The merged (dense-layout) model is the folder above this one and loads with any transformers version.
+The base model's configuration is `base_config` in `config.json`.
+"""
 SparseFormat = Literal["csr", "dense"]
 
 
@@ -100,6 +119,25 @@ def factored_metadata(factors: dict[str, SparseLowRank]) -> dict[str, str]:
                                                           for name, term in factors.items()})}
 
 
+def save_factored_config(config: Any, directory: Path) -> None:
+    """config.json of a factored folder (the base configuration under `base_config`, a model_type of its own) and
+    the README that says how to load it."""
+    write_json(directory / CONFIG_FILE, {"model_type": FACTORED_MODEL_TYPE, "format": FORMAT_NAME,
+                                         "loader": "pruning.load_compressed", "base_config": config.to_dict()})
+    (directory / "README.md").write_text(FACTORED_README)
+
+
+def _base_config(directory: Path) -> Any:
+    from transformers import AutoConfig
+
+    marker = json.loads((directory / CONFIG_FILE).read_text())
+    if marker.get("model_type") != FACTORED_MODEL_TYPE:
+        raise ConfigError(f"{directory}: config.json has model_type '{marker.get('model_type')}', expected "
+                          f"'{FACTORED_MODEL_TYPE}'; a full model folder loads with from_pretrained")
+    base = dict(marker["base_config"])
+    return AutoConfig.for_model(base.pop("model_type"), **base)
+
+
 def save_factored(model: nn.Module, factors: dict[str, SparseLowRank], directory: Path) -> None:
     """Write config and weights of a model in memory with every linear in `factors` (full names) stored factored.
 
@@ -112,7 +150,7 @@ def save_factored(model: nn.Module, factors: dict[str, SparseLowRank], directory
             seen.add(tensor.data_ptr())
             tensors[key] = tensor
     directory.mkdir(parents=True, exist_ok=True)
-    cast(Any, model).config.save_pretrained(directory)
+    save_factored_config(cast(Any, model).config, directory)
     writer = ShardedWriter(directory, 1, metadata=factored_metadata(factors))
     writer.write(0, factored_shard(tensors, factors))
     writer.finish()
@@ -121,7 +159,7 @@ def save_factored(model: nn.Module, factors: dict[str, SparseLowRank], directory
 def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") -> nn.Module:
     """Rebuild a factored checkpoint (a pruned model's `factored/` directory, or the model directory that holds
     one) with `SparseLowRankLinear` modules in place of the factored linears."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
     if (directory / FACTORED_DIRECTORY).is_dir():
@@ -135,7 +173,7 @@ def load_compressed(directory: str | Path, sparse_format: SparseFormat = "csr") 
     tensors = {name: reader.read(name) for name in reader.names}
     shapes = json.loads(reader.metadata["linears"])
     dtype = tensors[f"{next(iter(shapes))}.up"].dtype if shapes else next(iter(tensors.values())).dtype
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory)).to(dtype)
+    model = AutoModelForCausalLM.from_config(_base_config(directory)).to(dtype)
     for name, shape in shapes.items():
         mask = unpack_mask(tensors.pop(f"{name}.sparse_mask"), (shape[0], shape[1]))
         sparse = torch.zeros(shape, dtype=dtype)

@@ -1,6 +1,8 @@
 """The `pruneflow` command line: bad input fails early and cleanly; a tiny job runs end to end."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -141,13 +143,30 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
 def test_oats_from_the_command_line_with_options_prints_where_the_factored_checkpoint_is(
         tiny_checkpoint, corpus_file, tmp_path, capsys):
     output = tmp_path / "oats"
-    status, printed, _ = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) +
-                                 ["--method", "oats", "--sparsity", "0.6", "--option", "rank_ratio=0.2",
-                                  "--option", "iterations=4"], capsys)
+    previous_umask = os.umask(0o022)
+    try:
+        status, printed, _ = run_cli(base_arguments(tiny_checkpoint, corpus_file, output) +
+                                     ["--method", "oats", "--sparsity", "0.6", "--option", "rank_ratio=0.2",
+                                      "--option", "iterations=4"], capsys)
+    finally:
+        os.umask(previous_umask)
     assert status == 0 and f"sparse + low-rank checkpoint in {output / 'factored'}" in printed
     record = json.loads((output / "pruneflow.json").read_text())
     assert record["config"]["method"]["rank_ratio"] == 0.2
     assert record["decoder_linear_sparsity"] == pytest.approx(0.6, abs=0.01)
+
+    # Readable by every user as umask 022 says; block-store files (hard-linked as the model's shards) read-only.
+    stored = [*(tmp_path / "artifacts").rglob("block-*/weights.safetensors"),
+              *(tmp_path / "artifacts").rglob("block-*/factors.safetensors")]
+    assert stored and all(stat.S_IMODE(path.stat().st_mode) == 0o444 for path in stored)
+    store_files = {path.stat().st_ino for path in stored}
+    for path in [output, *output.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir():
+            assert mode == 0o755, path
+        else:
+            assert mode == (0o444 if path.stat().st_ino in store_files else 0o644), path
+    assert any(path.stat().st_ino in store_files for path in output.glob("*.safetensors"))
 
 
 def test_yaml_job_file_is_accepted_and_overridden_by_options(tiny_checkpoint, corpus_file, tmp_path, capsys):

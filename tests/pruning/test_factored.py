@@ -3,7 +3,7 @@
 import pytest
 import torch
 from tiny_models import random_ids, tiny_model
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig
 
 from pruning import load_compressed
 from pruning.config import EngineConfig
@@ -70,6 +70,11 @@ def test_factored_checkpoint_reloads_to_the_merged_model_and_is_smaller(family, 
     factored_size = sum(path.stat().st_size for path in factored_dir.glob("*.safetensors"))
     # 50% compression in fp32: S as 1 bit + nonzero values, plus the factors, save about half the linears' bytes.
     assert dense_size - factored_size > 0.3 * linear_bytes
+    # No Auto class may take the factored folder for a full model (it would initialise the factored linears).
+    for auto in (AutoModelForCausalLM, AutoModel, AutoConfig):
+        with pytest.raises(ValueError, match="model type `pruneflow-sparse-low-rank`"):
+            auto.from_pretrained(factored_dir)
+    assert "load_compressed" in (factored_dir / "README.md").read_text()
 
 
 def test_loading_a_directory_without_factors_names_the_fix(tmp_path):
