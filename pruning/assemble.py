@@ -22,6 +22,7 @@ from pruning.models.access import StreamedModel, block_prefix, block_state
 from pruning.models.architectures import head_layout
 from pruning.models.checkpoint import ShardedWriter, tensor_sizes
 from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, factored_shard, save_factored_config
+from pruning.models.portable import make_portable
 from pruning.models.shrink import shrink_block, shrunk_config
 from pruning.models.sources import TOKENIZER_FILES
 from pruning.record import StructuredSummary
@@ -75,6 +76,7 @@ def write_pruned_checkpoint(model: StreamedModel, store: BlockStore, directory: 
     for pattern in COPIED_FILES:
         for source in model.directory.glob(pattern):
             shutil.copyfile(source, directory / source.name)
+    make_portable(directory)
     factors = _all_factors(model, store)
     if factors:
         _write_factored(model, store, directory / FACTORED_DIRECTORY, factors, stem, config)

@@ -1,51 +1,104 @@
-"""The model card (`README.md`, Hugging Face's format: YAML metadata, then Markdown) of a pruned model directory,
-written from its run record so that the directory can be pushed to a hub as it is."""
+"""The model card (`README.md`: YAML metadata, then Markdown) of a pruned model folder, written from its run record
+with `huggingface_hub`'s own card types, so that the folder can be pushed to a hub as it is and the hub shows its
+base model, license, datasets and every perplexity (`model-index`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from pruning.data.corpora import TextProvenance
+from pruning.evaluation.perplexity import PerplexityResult
 from pruning.record import PruneRecord
 
 CARD_FILE = "README.md"
-HUB_PREFIX = "hf://"
+HUB_DATASET_PREFIX = "hub:"  # TextProvenance.source of a hub dataset: hub:<org>/<name>[/<config>]
 
 
-def _base_model(source: str) -> str | None:
-    """The hub id of the base model when it came from the hub (`hf://org/name@rev` -> `org/name`)."""
-    return source[len(HUB_PREFIX):].split("@")[0] if source.startswith(HUB_PREFIX) else None
+def _hub_dataset(provenance: TextProvenance | None) -> tuple[str, str | None] | None:
+    """(hub id, config) of a text that came from a hub dataset; None for files and package assets."""
+    if provenance is None or not provenance.source.startswith(HUB_DATASET_PREFIX):
+        return None
+    parts = provenance.source[len(HUB_DATASET_PREFIX):].split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
-def _metadata(record: PruneRecord) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
-                                "tags": ["pruneflow", "pruned", record.method, f"sparsity-{record.target_sparsity:g}",
-                                         record.pattern]}
-    base = _base_model(record.inputs.model)
-    if base is not None:
-        metadata["base_model"] = base
-    return metadata
+def model_name(record: PruneRecord) -> str:
+    base = (record.config.base_model or record.inputs.model).rsplit("/", 1)[-1]
+    return f"{base}-{record.method}-{record.pattern.replace(':', 'of')}-{record.target_sparsity:g}"
+
+
+def _eval_result(result: PerplexityResult) -> EvalResult:
+    hub = _hub_dataset(result.provenance)
+    provenance = result.provenance
+    return EvalResult(task_type="text-generation", task_name="Language modelling (token perplexity)",
+                      dataset_type=hub[0] if hub else result.settings.dataset,
+                      dataset_name=provenance.source if provenance else result.settings.dataset,
+                      dataset_config=hub[1] if hub else None,
+                      dataset_split=provenance.split if provenance else None,
+                      dataset_revision=provenance.revision if provenance else None,
+                      metric_type="perplexity", metric_name=f"perplexity, {result.protocol}",
+                      metric_value=round(result.perplexity, 4))
+
+
+def card_data(record: PruneRecord) -> ModelCardData:
+    """The card's metadata: base model, license, languages, hub datasets, tags and `model-index`."""
+    texts = [item.provenance for item in record.perplexity]
+    calibration = record.inputs.calibration
+    if calibration is not None:
+        texts.append(calibration.corpus)
+    datasets = sorted({hub[0] for hub in map(_hub_dataset, texts) if hub is not None})
+    results = [_eval_result(item) for item in record.perplexity]
+    if record.zero_shot is not None:
+        results += [EvalResult(task_type="multiple-choice", task_name=f"{task} (lm-eval, 0-shot)", dataset_type=task,
+                               dataset_name=task, metric_type="accuracy", metric_value=round(values["acc"], 4))
+                    for task, values in record.zero_shot.tasks.items() if "acc" in values]
+    origin = record.inputs.origin
+    return ModelCardData(
+        base_model=record.config.base_model, license=origin.license, language=list(origin.languages) or None,
+        datasets=datasets or None, library_name="transformers", pipeline_tag="text-generation",
+        tags=["pruneflow", "pruned", record.method, f"sparsity-{record.target_sparsity:g}", record.pattern],
+        model_name=model_name(record) if results else None, eval_results=results or None)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")  # a protocol holds '|'; unescaped it would split the table's cells
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
-            *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+            *(f"| {' | '.join(_cell(cell) for cell in row)} |" for row in rows)]
+
+
+def _what_was_removed(record: PruneRecord) -> str:
+    structured = record.structured
+    if structured is not None:
+        groups = ", ".join(f"{count} {kind}" for kind, count in sorted(structured.removed_groups_per_block.items()))
+        return (f"whole groups were removed from each block ({groups} per block) and the weights sliced to their "
+                f"new shapes, which `config.json` states: {structured.parameters_after:,} of "
+                f"{structured.parameters_before:,} parameters remain, a physically smaller dense model.")
+    return (f"{record.decoder_linear_sparsity:.4f} of the decoder linears' weights are zero (stored as zeros in "
+            f"dense tensors); {record.remaining_parameters:,} of {record.model_parameters:,} parameters remain "
+            "nonzero. The file is as large as the dense model's: sparsity buys quality-per-parameter here, and "
+            "speed only with a sparse kernel.")
 
 
 def _results(record: PruneRecord) -> list[str]:
     lines = ["## Results", ""]
     dense = {item.protocol: item.perplexity for item in record.dense_perplexity}
-    rows = [(f"{item.perplexity:.3f}", f"{dense[item.protocol]:.3f}" if item.protocol in dense else "-",
+    rows = [(f"{item.perplexity:.3f}", f"{dense[item.protocol]:.3f}" if item.protocol in dense else "not measured",
              f"`{item.protocol}`") for item in record.perplexity]
     lines += _table(("perplexity", "dense", "protocol"), rows) if rows else ["No perplexity was measured."]
     zero_shot = record.zero_shot
     if zero_shot:
         settings = zero_shot.settings
+        dense_tasks = record.dense_zero_shot.tasks if record.dense_zero_shot else {}
         lines += ["", f"Zero-shot (lm-eval {settings.lm_eval_version}, 0-shot, limit {settings.limit}):", ""]
-        lines += _table(("task", "acc", "documents"),
-                        [(task, f"{values.get('acc', float('nan')):.4f}", int(values.get("documents", 0)))
-                         for task, values in zero_shot.tasks.items()])
+        lines += _table(("task", "acc", "dense acc", "documents"),
+                        [(task, f"{values.get('acc', float('nan')):.4f}",
+                          f"{dense_tasks[task]['acc']:.4f}" if "acc" in dense_tasks.get(task, {}) else "not measured",
+                          int(values.get("documents", 0))) for task, values in zero_shot.tasks.items()])
         lines += ["", f"Average accuracy: {zero_shot.average_accuracy:.4f}."]
     return lines
 
@@ -59,18 +112,26 @@ def _calibration(record: PruneRecord) -> list[str]:
             f"`{manifest.corpus.source}` (`{manifest.corpus.digest}`); windows sha256 `{manifest.windows_sha256}`."]
 
 
+def _provenance(record: PruneRecord) -> list[str]:
+    inputs, versions = record.inputs, record.versions
+    base = record.config.base_model
+    source = f"`{inputs.model}`" + (f", {inputs.origin.conversion}" if inputs.origin.conversion else "")
+    return ["## Provenance", "",
+            (f"Base model [{base}](https://huggingface.co/{base}), through " if base else "Base model ") + source +
+            f" (digest `{inputs.model_digest}`); pruning code digest `{inputs.code_digest}`; "
+            + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) + ".",
+            "The full record is `pruneflow.json` in this folder."]
+
+
 def model_card(record: PruneRecord) -> str:
     """The card's text from a run record (`pruneflow.json`, evaluation results included when present)."""
     options = record.config.method.model_dump(exclude={"method", "pattern", "sparsity"})
     engine = record.config.engine.model_dump(exclude_defaults=True, exclude={"device", "forward_dtype"})
-    versions = record.versions
     lines = [
-        "---", yaml.safe_dump(_metadata(record), sort_keys=False).strip(), "---", "",
-        f"# {record.inputs.model} pruned with {record.method}", "",
-        f"Pruned in one shot, layer by layer, by pruneflow {versions.get('pruneflow', '')}: "
-        f"method `{record.method}`, pattern `{record.pattern}`, target sparsity {record.target_sparsity:g}; "
-        f"{record.decoder_linear_sparsity:.4f} of the decoder linears' weights are zero, "
-        f"{record.remaining_parameters:,} of {record.model_parameters:,} parameters remain nonzero.", "",
+        f"# {model_name(record)}", "",
+        f"{record.config.base_model or record.inputs.model} pruned in one shot, layer by layer, by pruneflow "
+        f"{record.versions.get('pruneflow', '')}: method `{record.method}`, pattern `{record.pattern}`, target "
+        f"sparsity {record.target_sparsity:g}. " + _what_was_removed(record), "",
         "## Method settings", "",
         *(_table(("setting", "value"), sorted(options.items())) if options else ["Defaults."]), "",
         *([f"Engine settings beyond the defaults: {engine}.", ""] if engine else []),
@@ -78,12 +139,9 @@ def model_card(record: PruneRecord) -> str:
         f"`{record.machine.float32_matmul_precision}`).", "",
         *_results(record), "",
         *_calibration(record), "",
-        "## Provenance", "",
-        f"Base model `{record.inputs.model}` (digest `{record.inputs.model_digest}`); pruning code digest "
-        f"`{record.inputs.code_digest}`; "
-        + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) + ".",
-        "The full record is `pruneflow.json` in this directory.", "",
+        *_provenance(record), "",
         "```python", "from transformers import AutoModelForCausalLM",
-        "model = AutoModelForCausalLM.from_pretrained('<this directory>')", "```", "",
+        "model = AutoModelForCausalLM.from_pretrained('<this folder>')", "```", "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard.from_template(card_data(record), template_str="---\n{{ card_data }}\n---\n\n{{ text }}",
+                                       text="\n".join(lines)))

