@@ -4,9 +4,9 @@ Makes a separate venv with transformers 4.57.x (torch 2.13.0 from the local file
 loads each model there and in this process (transformers 5), and compares, on the same token ids:
   - the tokenizers: the ids each version gives for the same text, its class, its model_max_length;
   - the logits of one window (max |Δ|) and the perplexity over several windows of 256 tokens.
-Three folders: the original (pruneflow's dequantized SmolLM2), the pruned model given, and that pruned model with
-the legacy keys taken out of config.json (`rope_theta`, `torch_dtype`), which is what pruneflow wrote before it
-wrote them: 4.57 reads it with the wrong rope theta, so that row shows what the keys are for.
+Four folders: the original (pruneflow's dequantized SmolLM2), the pruned model given, and each with the legacy
+keys taken out of config.json (`rope_theta`, `torch_dtype`), which is what pruneflow wrote before it wrote them:
+4.57 reads those with the wrong rope theta, so their rows show what the keys are for.
 
   .venv/bin/python bench/transformers4_compat.py --pruned runs/smollm2-135m/sparsegpt-unstructured-0.5
                                                                   -> bench/results/transformers4_compat.json
@@ -124,13 +124,15 @@ def main() -> None:
         (scratch / "measure.py").write_text(MEASURE)
         (scratch / "text.txt").write_text(text)
         save_file({"input_ids": windows.contiguous()}, str(scratch / "ids.safetensors"))
-        folders = {"original": original, "pruned": arguments.pruned.resolve(),
-                   "pruned_without_legacy_keys": without_legacy_keys(arguments.pruned.resolve(), scratch / "legacy")}
+        folders = {"original": original, "pruned": arguments.pruned.resolve()}
+        for name, folder in list(folders.items()):
+            folders[f"{name}_without_legacy_keys"] = without_legacy_keys(folder, scratch / f"{name}-legacy")
         for name, folder in folders.items():
             v5, logits5 = measure(sys.executable, folder, scratch, f"{name}-5")
             v4, logits4 = measure(python4, folder, scratch, f"{name}-4")
             models[name] = {
-                "folder": str(folder if name != "pruned_without_legacy_keys" else f"{arguments.pruned} (edited copy)"),
+                "folder": f"{folders[name.removesuffix('_without_legacy_keys')]}"
+                          + (" (a copy without the legacy keys)" if name.endswith("_without_legacy_keys") else ""),
                 "max_abs_logit_difference": float((logits5 - logits4).abs().max()),
                 "same_token_ids": v4.pop("token_ids") == v5.pop("token_ids"),
                 "perplexity_ratio_4_over_5": v4["perplexity"] / v5["perplexity"],

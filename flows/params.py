@@ -49,6 +49,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def known_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [method for method in methods if method not in METHOD_MODULES]
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
+    return methods
+
+
 class PruneGrid(_Strict):
     methods: tuple[str, ...] = Field(min_length=1)
     sparsity: float | tuple[float, ...] = 0.5
@@ -61,10 +68,7 @@ class PruneGrid(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods_are_known(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [method for method in methods if method not in METHOD_MODULES]
-        if unknown:
-            raise ConfigError(f"unknown method {', '.join(unknown)}; available: {', '.join(METHOD_MODULES)}")
-        return methods
+        return known_methods(methods)
 
     @field_validator("options", "engine")
     @classmethod
@@ -93,6 +97,8 @@ class ModelEntry(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: str
+    base_model: str | None = Field(None, description="hub id the source was made from (a GGUF's original), for the "
+                                                     "model card; hub sources and the default GGUF need none")
     allow_unpinned: bool = False
 
     @model_validator(mode="after")
@@ -134,9 +140,19 @@ class BenchConfig(SpeedSettings):
     `pruneflow sweep`."""
 
     in_sweep: bool = False
+    methods: tuple[str, ...] | None = Field(None, description="the methods whose models the sweep's bench measures "
+                                                              "(all when unset); the dense model always")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_are_known(cls, methods: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if methods is None else known_methods(methods)
 
     def settings(self) -> SpeedSettings:
-        return SpeedSettings.model_validate(self.model_dump(exclude={"in_sweep"}))
+        return SpeedSettings.model_validate(self.model_dump(exclude={"in_sweep", "methods"}))
+
+    def measures(self, method: str) -> bool:
+        return self.methods is None or method in self.methods
 
 
 class SweepParams(_Strict):
@@ -185,11 +201,15 @@ class SweepParams(_Strict):
                                  **({"sparsity": sparsity} if sparsity is not None else {})}
                 try:
                     jobs.append(PruneJob.model_validate({
-                        "model": model.source, "allow_unpinned": model.allow_unpinned,
+                        "model": model.source, "base_model": model.base_model,
+                        "allow_unpinned": model.allow_unpinned,
                         "method": method_fields, "calibration": self.calibration,
                         "evaluation": self.evaluation, "zero_shot": self.zero_shot,
                         "engine": {**self.engine.model_dump(), **self.prune.engine.get(method, {})},
                         "cache_dir": self.paths.cache, "artifacts_dir": self.paths.artifacts,
+                        # The dense numbers beside the pruned ones in each record and card: the baseline's own
+                        # evaluations, served from the store (keyed by the weights), not computed again.
+                        "evaluate_dense": self.dense_baseline,
                         "overwrite": True,  # the sweep owns its run folders
                         "output_dir": output_root / combination_slug(method_fields)}))
                 except ValidationError as error:

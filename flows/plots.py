@@ -84,14 +84,19 @@ def plot_block_errors_by_method(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_speedups(rows: list[Speedup], path: Path) -> Path:
-    """Grouped bars: speed-up over dense of every measured form, per prefill/decode case (1.0 = dense)."""
+    """Grouped bars: speed-up over dense of every measured form, per prefill/decode case (1.0 = dense), the
+    whiskers the quartiles over the paired rounds."""
     cases = sorted({case for row in rows for case in row.ratios})
     labels = [f"{row.method} {row.pattern} {row.target_sparsity:g} {row.form} ({row.device or 'cpu'})" for row in rows]
     figure, axes = plt.subplots(figsize=(max(6.5, 0.9 * len(rows) + 2), 4))
     width = 0.8 / max(len(cases), 1)
     for offset, case in enumerate(cases):
-        axes.bar([index + offset * width for index in range(len(rows))], [row.ratios.get(case, 0.0) for row in rows],
-                 width=width, label=case)
+        ratios = [row.ratios.get(case, 0.0) for row in rows]
+        spreads = [row.spread.get(case, (ratio, ratio)) for row, ratio in zip(rows, ratios, strict=True)]
+        error = [[ratio - low for ratio, (low, _) in zip(ratios, spreads, strict=True)],
+                 [high - ratio for ratio, (_, high) in zip(ratios, spreads, strict=True)]]
+        axes.bar([index + offset * width for index in range(len(rows))], ratios, width=width, label=case,
+                 yerr=error, capsize=2)
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks([index + 0.4 - width / 2 for index in range(len(rows))], labels, rotation=30, ha="right",
                     fontsize=7)

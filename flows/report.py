@@ -130,17 +130,24 @@ def load_speed(speed_dir: Path | None) -> list[Speedup]:
 
 
 def speed_summary(rows: list[Speedup], row: ReportRow) -> str:
-    """e.g. 'cpu structured: 1.30x / 1.25x' over the row's measured forms (prefill and decode at batch 1)."""
-    parts = []
+    """e.g. 'cpu structured: 1.30x (1.27-1.33) / 1.25x (1.20-1.28)' over the row's measured forms (prefill and
+    decode at batch 1, quartiles over the paired rounds in brackets). A sparse (not structured) model none of whose
+    forms is faster in all but a quarter of the rounds is labelled 'size/quality only'."""
+    parts, faster = [], False
     for speed in rows:
         if (speed.model, speed.method, speed.pattern, speed.target_sparsity) != (
                 row.model, row.method, row.pattern, row.target_sparsity) or speed.skipped:
             continue
-        prefill = next((value for key, value in speed.ratios.items() if key.startswith("prefill_1x")), None)
-        decode = speed.ratios.get("decode_batch1")
-        if prefill is not None and decode is not None:
-            parts.append(f"{speed.device} {speed.form}: {prefill:.2f}x / {decode:.2f}x")
-    return "; ".join(parts) or "-"
+        cases = [next((key for key in speed.ratios if key.startswith("prefill_1x")), None), "decode_batch1"]
+        if all(case in speed.ratios for case in cases):
+            parts.append(f"{speed.device} {speed.form}: " + " / ".join(
+                f"{speed.ratios[case]:.2f}x ({speed.spread[case][0]:.2f}-{speed.spread[case][1]:.2f})"
+                for case in cases if case is not None))
+            faster = faster or any(speed.spread[case][0] > 1.0 for case in cases if case is not None)
+    if not parts:
+        return "-"
+    sparse_only = row.method != "dense" and row.pattern != "structured" and not faster
+    return ("size/quality only: " if sparse_only else "") + "; ".join(parts)
 
 
 def results_markdown(rows: list[ReportRow], speed_rows: list[Speedup]) -> str:
@@ -176,7 +183,9 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup]) -> tuple[list[
                  "achieved share of decoder-linear weights removed. Perplexity: token-level, the protocol names "
                  "dataset, window length and window count. Params: parameters left (zeros not counted; tied "
                  "embeddings once). Engine s: the engine's forward + solve time. "
-                 + ("Speed-ups: dense time / form time from the bench stage (prefill at batch 1 / decode at batch 1)."
+                 + ("Speed-ups: dense time / form time, prefill at batch 1 / decode at batch 1, each case timed in "
+                    "alternation with the dense model in the same process (median over the rounds, quartiles in "
+                    "brackets); 'size/quality only': sparse weights that no measured kernel makes faster."
                     if any(not speed.skipped for speed in speed_rows) else "Speed: not measured in this run "
                     "(`pruneflow bench`, the DVC bench stages, or bench.in_sweep)."))
     return header, cells, notes
@@ -196,9 +205,11 @@ def write_report(rows: list[ReportRow], speed_rows: list[Speedup], output: Path)
     with atomic_directory(output) as staging:
         write_csv(staging / "perplexity.csv", perplexity_rows)
         write_csv(staging / "block_errors.csv", block_rows)
-        write_csv(staging / "speedups.csv", [{**speed.model_dump(exclude={"ratios", "skipped"}),
-                                              **{f"{case}_speedup": ratio for case, ratio in speed.ratios.items()}}
-                                             for speed in measured])
+        write_csv(staging / "speedups.csv", [
+            {**speed.model_dump(exclude={"ratios", "spread", "skipped"}),
+             **{f"{case}_speedup": ratio for case, ratio in speed.ratios.items()},
+             **{f"{case}_speedup_{end}": value for case, spread in speed.spread.items()
+                for end, value in zip(("low", "high"), spread, strict=True)}} for speed in measured])
         (staging / "results.md").write_text(results_markdown(rows, speed_rows))
         plot_perplexity_vs_sparsity(perplexity_rows, staging / PLOTS[0])
         plot_block_errors_by_method(block_rows, staging / PLOTS[1])

@@ -91,10 +91,11 @@ def evaluate(params: SweepParams, name: str, model_dir: Path, rows: Path, metric
         write_row(ReportRow.of_record(evaluated, name), directory.name, rows, metrics)
 
 
-def bench(params: SweepParams, model_dir: Path, output: Path) -> None:
+def bench(params: SweepParams, model_dir: Path, dense_dir: Path, output: Path) -> None:
     """Speed of one dense model folder, or of every pruned model folder under `model_dir`, in each form on each
-    device of params.bench.devices (an absent device is recorded as skipped, with the reason)."""
-    benchmark([model_dir], params.bench.settings(), output)
+    device of params.bench.devices (an absent device is recorded as skipped, with the reason), every case paired
+    with the dense model of `dense_dir` in this process."""
+    benchmark([model_dir], params.bench.settings(), output, dense_dir)
 
 
 def report(rows_dir: Path, speed_dir: Path | None, output: Path, experiment: str | None = None) -> None:

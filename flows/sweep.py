@@ -94,8 +94,10 @@ def sweep(params: SweepParams, label: str = "params.yaml") -> SweepResult:
         if params.bench.in_sweep:
             for model in params.models:
                 dense_dir = steps.fetch(model.source, params.paths.cache).path
-                pruned = [item.output_dir for item in combinations if item.model == model.source]
-                benchmark_task([dense_dir, *pruned], params.bench.settings(), speed_dir / f"{model.name}.json")
+                pruned = [item.output_dir for item in combinations
+                          if item.model == model.source and params.bench.measures(item.method)]
+                benchmark_task([dense_dir, *pruned], params.bench.settings(), speed_dir / f"{model.name}.json",
+                               dense_dir)
         rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)
                 for item in baselines]
         rows += [ReportRow.of_record(item.record(), params.model_name(item.model)) for item in combinations]

@@ -8,13 +8,20 @@ Forms of one model directory (what `pruneflow prune` wrote, or a dense model):
   structured       a structured model: physically smaller dense matrices
   merged / factored-dense / factored-csr   an OATS model: S + UV merged, or kept factored with S dense / CSR
 Cases: prefill latency (batch x tokens), greedy decode tokens/s (KV cache on; the 16-token prompt's prefill is
-included in the time), the largest linears' GEMM time over one prefill's tokens, peak memory. Every time is a
-torch.utils.benchmark median with its IQR after a warm-up call; the thread count is recorded. A form the
-device cannot run is reported with `skipped` and the reason, never estimated.
+included in the time), the largest linears' GEMM time over one prefill's tokens, peak memory.
+
+Speed-ups are measured, not divided across runs: the dense model stays loaded beside each form, and every prefill
+and decode case times the two in alternation, `rounds` times each, after a warm-up call of both, so that both see
+the same machine state (a busy core, a clock change). The speed-up is the median of the rounds' dense/form ratios,
+with their quartiles as its spread; the dense model paired with itself gives the noise floor. On a CPU the forms
+run in the dtype it multiplies fastest (bf16 with AVX512-BF16 or AMX, else fp32; `cpu_dtypes` adds others), CSR
+forms in fp32 (torch's CSR kernels); on CUDA in fp16. The CPU model and flags are recorded. A form the device cannot
+run is reported with `skipped` and the reason, never estimated.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,10 +36,12 @@ from torch.utils.benchmark import Timer
 
 from pruning.errors import ConfigError
 from pruning.io import write_json
-from pruning.machine import cpu_description
+from pruning.machine import cpu_description, cpu_has_native_bfloat16
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
 from pruning.record import RUN_RECORD_FILE, PruneRecord
+
+MIN_ROUNDS = 3  # paired rounds per case at least: quartiles need three
 
 
 class SpeedSettings(BaseModel):
@@ -50,6 +59,10 @@ class SpeedSettings(BaseModel):
     gemm_layers: PositiveInt = 3
     min_run_time: float = Field(default=5.0, gt=0)
     max_run_time: float = Field(default=20.0, gt=0)
+    rounds: int = Field(default=7, ge=MIN_ROUNDS, description="alternations of form and dense reference per case "
+                                                              "(fewer once max_run_time has passed)")
+    cpu_dtypes: tuple[Literal["fastest", "float32", "bfloat16"], ...] = Field(
+        default=("fastest",), min_length=1, description="fastest: bf16 where the CPU has it natively, else fp32")
 
     @model_validator(mode="after")
     def _longest_at_least_shortest(self) -> SpeedSettings:
@@ -130,12 +143,29 @@ def unsupported_reason(form: str, device: torch.device) -> str | None:
     return None
 
 
-def load_form(directory: Path, form: str, device: torch.device) -> nn.Module:
+CSR_FORMS = ("csr", "factored-csr")
+
+
+def cpu_dtype(name: str) -> torch.dtype:
+    """A `cpu_dtypes` entry as a torch dtype ('fastest': bf16 where the CPU multiplies it natively, else fp32)."""
+    if name == "fastest":
+        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def form_dtype(form: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """fp16 on CUDA (the semi-structured kernels need it, and it is how GPUs serve); on a CPU the pass's dtype, but
+    fp32 for the CSR forms (torch's CPU CSR matmuls)."""
+    if device.type == "cuda":
+        return torch.float16
+    return torch.float32 if form in CSR_FORMS else dtype
+
+
+def load_form(directory: Path, form: str, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
     from pruning.models.factored import SparseFormat
     from pruning.models.sources import load_model
 
-    # fp16 on CUDA (the semi-structured kernels need it, and it is how GPUs serve), fp32 on CPU.
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = form_dtype(form, device, dtype)
     if form.startswith("factored"):
         sparse_format: SparseFormat = "csr" if form == "factored-csr" else "dense"
         return load_compressed(directory, sparse_format).to(device=device, dtype=dtype).eval()
@@ -152,6 +182,37 @@ def _time(statement: str, variables: dict[str, Any], settings: SpeedSettings) ->
     timer.timeit(1)  # warm-up: first-call allocations, kernel selection
     measurement = timer.adaptive_autorange(min_run_time=settings.min_run_time, max_run_time=settings.max_run_time)
     return {"median_s": measurement.median, "iqr_s": measurement.iqr, "runs": len(measurement.times)}
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    low, middle, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, middle, high
+
+
+def _paired(statement: str, form: dict[str, Any], dense: dict[str, Any], settings: SpeedSettings) -> dict[str, Any]:
+    """The form and the dense reference timed in alternation, `rounds` times each (about min_run_time seconds in
+    all; fewer rounds, MIN_ROUNDS at least, where they pass max_run_time); speed-up = median over rounds of dense
+    time / form time, its spread the rounds' quartiles."""
+    timers = [Timer(stmt=statement, globals=variables, num_threads=torch.get_num_threads())
+              for variables in (form, dense)]
+    for timer in timers:
+        timer.timeit(1)  # warm-up: first-call allocations, kernel selection
+    one_call = max(timers[0].timeit(1).median + timers[1].timeit(1).median, 1e-6)
+    number = max(1, round(settings.min_run_time / settings.rounds / one_call))  # calls per timing
+    form_times: list[float] = []
+    dense_times: list[float] = []
+    started = time.perf_counter()
+    while len(form_times) < settings.rounds and (len(form_times) < MIN_ROUNDS
+                                                 or time.perf_counter() - started < settings.max_run_time):
+        form_times.append(timers[0].timeit(number).median)
+        dense_times.append(timers[1].timeit(number).median)
+    ratios = [reference / measured for reference, measured in zip(dense_times, form_times, strict=True)]
+    form_low, form_median, form_high = _quartiles(form_times)
+    ratio_low, ratio_median, ratio_high = _quartiles(ratios)
+    return {"median_s": form_median, "iqr_s": form_high - form_low, "rounds": len(form_times),
+            "runs": len(form_times) * number,
+            "dense_median_s": statistics.median(dense_times), "speedup": ratio_median,
+            "speedup_quartiles": [ratio_low, ratio_high]}
 
 
 @contextmanager
@@ -199,24 +260,29 @@ def largest_linears(model: nn.Module, count: int) -> dict[str, nn.Module]:
     return {name: modules[name] for name in sorted(size, key=size.__getitem__, reverse=True)[:count]}
 
 
-def measure_model(model: nn.Module, settings: SpeedSettings, device: torch.device) -> dict[str, Any]:
+def measure_model(model: nn.Module, reference: nn.Module, settings: SpeedSettings,
+                  device: torch.device) -> dict[str, Any]:
+    """Every case of `model`, its prefill and decode cases paired with the dense `reference` (see `_paired`)."""
     vocabulary = int(model.get_input_embeddings().num_embeddings)  # type: ignore[operator]
     generator = torch.Generator().manual_seed(0)
     results: dict[str, Any] = {"prefill": {}, "decode": {}, "gemm": {}}
+    sync = _synchronizer(device)
     with torch.inference_mode():
         for batch in settings.prefill_batches:
             ids = torch.randint(0, vocabulary, (batch, settings.prefill_tokens), generator=generator).to(device)
             with peak_memory(device) as memory:
-                timing = _time("model(input_ids=ids, use_cache=False); sync()",
-                               {"model": model, "ids": ids, "sync": _synchronizer(device)}, settings)
+                model(input_ids=ids, use_cache=False)
+                sync()
+            timing = _paired("model(input_ids=ids, use_cache=False); sync()",
+                             {"model": model, "ids": ids, "sync": sync}, {"model": reference, "ids": ids, "sync": sync},
+                             settings)
             results["prefill"][f"{batch}x{settings.prefill_tokens}"] = {**timing, **memory}
         for batch in settings.decode_batches:
             prompt = torch.randint(0, vocabulary, (batch, settings.decode_prompt_tokens), generator=generator)
             statement = (f"model.generate(prompt, attention_mask=mask, max_new_tokens={settings.decode_new_tokens}, "
                          f"min_new_tokens={settings.decode_new_tokens}, do_sample=False, pad_token_id=0); sync()")
-            timing = _time(statement, {"model": model, "prompt": prompt.to(device),
-                                       "mask": torch.ones_like(prompt).to(device), "sync": _synchronizer(device)},
-                           settings)
+            given = {"prompt": prompt.to(device), "mask": torch.ones_like(prompt).to(device), "sync": sync}
+            timing = _paired(statement, {"model": model, **given}, {"model": reference, **given}, settings)
             results["decode"][f"batch{batch}"] = {
                 **timing, "tokens_per_second": batch * settings.decode_new_tokens / timing["median_s"]}
         dtype = next(model.parameters()).dtype
@@ -234,18 +300,33 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def benchmark_directory(directory: Path, settings: SpeedSettings, device: torch.device,
-                        forms: list[str] | None = None) -> dict[str, Any]:
+class DenseReference:
+    """The dense model, loaded once per dtype and kept beside each form it is paired with."""
+
+    def __init__(self, directory: Path, device: torch.device) -> None:
+        self.directory, self.device = directory, device
+        self._loaded: dict[torch.dtype, nn.Module] = {}
+
+    def model(self, dtype: torch.dtype) -> nn.Module:
+        if dtype not in self._loaded:
+            self._loaded.clear()  # one at a time: a pass runs forms of one dtype, CSR ones in fp32 apart
+            self._loaded[dtype] = load_form(self.directory, "dense", self.device, dtype)
+        return self._loaded[dtype]
+
+
+def benchmark_directory(directory: Path, reference: DenseReference, settings: SpeedSettings, device: torch.device,
+                        dtype: torch.dtype) -> dict[str, Any]:
     """Every form of one model directory: {form: measurements or {"skipped": reason}}, plus what it is."""
     record = PruneRecord.read_if_present(directory)
     results: dict[str, Any] = {}
-    for form in forms or model_forms(directory):
+    for form in model_forms(directory):
         reason = unsupported_reason(form, device)
         if reason is not None:
             results[form] = {"skipped": reason}
             continue
-        model = load_form(directory, form, device)
-        results[form] = {**measure_model(model, settings, device),
+        model = load_form(directory, form, device, dtype)
+        results[form] = {**measure_model(model, reference.model(form_dtype(form, device, dtype)), settings, device),
+                         "dtype": str(form_dtype(form, device, dtype)).removeprefix("torch."),
                          "checkpoint_bytes": checkpoint_bytes(directory, form)}
         if form in DENSE_KERNEL_FORMS:
             results[form]["linear_flops_per_token"] = linear_flops_per_token(model)
@@ -280,7 +361,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 class Speedup(BaseModel):
     """Dense time over a form's time for every prefill and decode case of one model's form (`ratios`, e.g.
-    {"prefill_1x512": 1.52, "decode_batch1": 1.08}), or why the form was not measured (`skipped`)."""
+    {"prefill_1x512": 1.52, "decode_batch1": 1.08}, each the median over rounds paired with the dense model in the
+    same process; `spread`: the rounds' quartiles), or why the form was not measured (`skipped`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -292,39 +374,52 @@ class Speedup(BaseModel):
     form: str
     skipped: str | None = None
     ratios: dict[str, float] = {}
+    spread: dict[str, tuple[float, float]] = {}
 
 
 def speedups(results: list[dict[str, Any]]) -> list[Speedup]:
-    """Per model and form: dense time / form time for every prefill and decode case (dense = the first entry
-    whose method is 'dense')."""
-    dense = next((entry["forms"]["dense"] for entry in results if entry["method"] == "dense"), None)
+    """Per model and form: the paired speed-up of every prefill and decode case, with its spread."""
     rows = []
     for entry in results:
         for form, measured in entry["forms"].items():
             row = Speedup(method=entry["method"], pattern=entry["pattern"], target_sparsity=entry["target_sparsity"],
                           form=form)
-            if "skipped" in measured or dense is None:
-                rows.append(row.model_copy(update={"skipped": measured.get("skipped", "no dense entry")}))
+            if "skipped" in measured:
+                rows.append(row.model_copy(update={"skipped": measured["skipped"]}))
                 continue
-            ratios = {f"{kind}_{case}": dense[kind][case]["median_s"] / timing["median_s"]
-                      for kind in ("prefill", "decode") for case, timing in measured[kind].items()}
-            rows.append(row.model_copy(update={"ratios": ratios}))
+            cases = {f"{kind}_{case}": timing for kind in ("prefill", "decode")
+                     for case, timing in measured[kind].items()}
+            rows.append(row.model_copy(update={
+                "ratios": {name: timing["speedup"] for name, timing in cases.items()},
+                "spread": {name: tuple(timing["speedup_quartiles"]) for name, timing in cases.items()}}))
     return rows
 
 
-def benchmark_models(directories: list[Path], settings: SpeedSettings) -> dict[str, Any]:
-    """Every directory's forms on every device; a device torch cannot see is recorded as skipped with why.
-
-    The dense model should come first: speed-ups are taken against the entry whose method is 'dense'.
-    """
-    results: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "devices": {}}
+def device_passes(settings: SpeedSettings) -> list[tuple[str, torch.device, torch.dtype]]:
+    """(entry name, device, dtype) of every pass: 'cpu' in its first dtype ('cpu/float32' for another), 'cuda'."""
+    passes = []
     for name in settings.devices:
-        if name == "cuda" and not torch.cuda.is_available():
+        if name == "cuda":
+            passes.append(("cuda", torch.device("cuda"), torch.float16))
+            continue
+        dtypes = list(dict.fromkeys(cpu_dtype(item) for item in settings.cpu_dtypes))
+        passes += [("cpu" if index == 0 else f"cpu/{str(dtype).removeprefix('torch.')}", torch.device("cpu"), dtype)
+                   for index, dtype in enumerate(dtypes)]
+    return passes
+
+
+def benchmark_models(directories: list[Path], settings: SpeedSettings, dense: Path) -> dict[str, Any]:
+    """Every directory's forms on every device, each paired with the `dense` model's; a device torch cannot see is
+    recorded as skipped with why."""
+    results: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "dense": str(dense), "devices": {}}
+    for name, device, dtype in device_passes(settings):
+        if device.type == "cuda" and not torch.cuda.is_available():
             results["devices"][name] = {"skipped": "torch sees no CUDA device on this machine"}
             continue
-        device = torch.device(name)
-        models = [benchmark_directory(directory, settings, device) for directory in directories]
-        results["devices"][name] = {**environment(device), "models": models,
+        reference = DenseReference(dense, device)
+        models = [benchmark_directory(directory, reference, settings, device, dtype) for directory in directories]
+        results["devices"][name] = {**environment(device), "dtype": str(dtype).removeprefix("torch."),
+                                    "models": models,
                                     "speedups": [row.model_dump(mode="json") for row in speedups(models)]}
     return results
 
@@ -336,15 +431,16 @@ def model_directories(folder: Path) -> list[Path]:
     return sorted(path.parent for path in folder.glob(f"*/{RUN_RECORD_FILE}"))
 
 
-def benchmark(models: list[Path], settings: SpeedSettings, output: Path) -> Path:
+def benchmark(models: list[Path], settings: SpeedSettings, output: Path, dense: Path) -> Path:
     """The one benchmark every driver runs (`pruneflow bench`, the sweep's bench task, the DVC bench stages): each
-    model directory in turn (a folder of pruned models is expanded; put the dense model first, the speed-ups are
-    taken against it), written to `output` as JSON."""
+    model directory in turn (a folder of pruned models is expanded), every case paired with the `dense` model,
+    written to `output` as JSON. List `dense` among `models` to measure it too (paired with itself: the noise
+    floor)."""
     directories = []
     for path in models:
         found = model_directories(path)
         if not found:
             raise ConfigError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
         directories += found
-    write_json(output, benchmark_models(directories, settings))
+    write_json(output, benchmark_models(directories, settings, dense))
     return output

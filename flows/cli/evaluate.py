@@ -33,9 +33,14 @@ def add_commands(commands: Commands) -> None:
     bench.add_argument("--pruned", type=Path, action="append", default=[], metavar="DIR",
                        help="a pruned model directory, or a folder of them (repeatable)")
     bench.add_argument("--devices", default="cpu,cuda", help="comma-separated; an absent CUDA is reported skipped")
-    bench.add_argument("--min-run-time", type=float, default=5.0, help="seconds of timing per case (default 5)")
+    bench.add_argument("--min-run-time", type=float, default=5.0,
+                       help="seconds of timing per case, form and dense reference together (default 5)")
     bench.add_argument("--max-run-time", type=float, default=20.0,
-                       help="at most this many seconds per case while the IQR exceeds 10%% of the median")
+                       help="GEMM cases: at most this many seconds while the IQR exceeds 10%% of the median")
+    bench.add_argument("--rounds", type=int, default=7, help="alternations of form and dense model per case")
+    bench.add_argument("--cpu-dtypes", default="fastest",
+                       help="comma-separated: fastest (bf16 where the CPU has it natively, else fp32), float32, "
+                            "bfloat16")
     bench.add_argument("--output", type=Path, required=True, help="JSON file to write")
     add_store_options(bench)
     bench.set_defaults(handler=_bench)
@@ -82,14 +87,16 @@ def _bench(arguments: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
     try:
-        settings = SpeedSettings(devices=devices, min_run_time=arguments.min_run_time,  # type: ignore[arg-type]
-                                 max_run_time=arguments.max_run_time)
+        settings = SpeedSettings.model_validate({
+            "devices": devices, "min_run_time": arguments.min_run_time, "max_run_time": arguments.max_run_time,
+            "rounds": arguments.rounds, "cpu_dtypes": tuple(arguments.cpu_dtypes.split(","))})
     except ValidationError as error:
         field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else "max_run_time"
         raise ConfigError(f"--{str(field).replace('_', '-')}: {error.errors()[0]['msg']}") from None
     missing = [path for path in arguments.pruned if not path.exists()]
     if missing:
         raise ConfigError(f"--pruned: '{missing[0]}' is neither a pruned model directory nor a folder of them")
-    benchmark([fetch(arguments.model, arguments.cache_dir).path, *arguments.pruned], settings, arguments.output)
+    dense = fetch(arguments.model, arguments.cache_dir).path
+    benchmark([dense, *arguments.pruned], settings, arguments.output, dense)
     print(f"wrote {arguments.output}")
     return 0

@@ -17,14 +17,14 @@ _STAGES: dict[str, Callable[[Any, Any, argparse.Namespace], None]] = {
                                                         given.calibration_dir, given.output),
     "evaluate": lambda stages, params, given: stages.evaluate(params, given.model, given.model_dir, given.rows,
                                                               given.metrics),
-    "bench": lambda stages, params, given: stages.bench(params, given.model_dir, given.output),
+    "bench": lambda stages, params, given: stages.bench(params, given.model_dir, given.dense_dir, given.output),
     "report": lambda stages, params, given: stages.report(given.rows, given.speed, given.output,
                                                           params.tracking.experiment),
 }
 # The options each stage needs: a missing one is a one-line error, not a traceback deep in the stage.
 _REQUIRED = {"fetch": ("model", "output"), "calibrate": ("model_dir", "output"),
              "prune": ("model", "method", "model_dir", "calibration_dir", "output"),
-             "evaluate": ("model", "model_dir", "rows", "metrics"), "bench": ("model_dir", "output"),
+             "evaluate": ("model", "model_dir", "rows", "metrics"), "bench": ("model_dir", "dense_dir", "output"),
              "report": ("rows", "output")}
 
 
@@ -36,6 +36,7 @@ def add_commands(commands: Commands) -> None:
     stage.add_argument("--method")
     stage.add_argument("--model-dir", type=Path)
     stage.add_argument("--calibration-dir", type=Path)
+    stage.add_argument("--dense-dir", type=Path, help="the dense model each bench case is paired with (bench)")
     stage.add_argument("--rows", type=Path, help="report rows: the folder evaluate writes and report reads")
     stage.add_argument("--metrics", type=Path, help="flat DVC metrics folder (evaluate)")
     stage.add_argument("--speed", type=Path, help="folder of speed files (report)")

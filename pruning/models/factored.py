@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from pruning.errors import ConfigError
-from pruning.methods.base import SparseLowRank
 from pruning.io import write_json
+from pruning.methods.base import SparseLowRank
 from pruning.models.checkpoint import INDEX_FILE, CheckpointReader, ShardedWriter
 
 FACTORED_DIRECTORY = "factored"

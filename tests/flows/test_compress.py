@@ -135,15 +135,17 @@ def test_reused_steps_end_cached_in_prefect_and_the_same_weights_elsewhere_are_n
     assert sorted((tmp_path / "artifacts" / "evaluations").iterdir()) == evaluations, "the same weights in another " \
         "folder were evaluated again"
     this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    reused = ("calibrate", "tokenize evaluation text", "prune blocks", "assemble", "evaluate")
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:  # task run states reach the API as events, a moment later
         while True:
-            runs = client.read_task_runs(flow_run_filter=this_run)
-            if all(run.state and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+            states = {run.name.rsplit("-", 1)[0]: run.state
+                      for run in client.read_task_runs(flow_run_filter=this_run)}
+            arrived = all(step in states and states[step] and states[step].is_final() for step in (*reused, "export"))
+            if arrived or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-    states = {run.name.rsplit("-", 1)[0]: run.state for run in runs}
-    for step in ("calibrate", "tokenize evaluation text", "prune blocks", "assemble", "evaluate"):
+    for step in reused:
         assert states[step].name == "Cached", (step, states[step].name)
         assert "reused" in states[step].message
     assert states["export"].name == "Completed"

@@ -9,11 +9,12 @@ from tiny_models import random_ids, save_tiny_checkpoint
 
 from pruning.config import PruneJob
 from pruning.job import run_job
+from pruning.machine import cpu_has_native_bfloat16
 from pruning.models.sources import load_model
-from pruning.speed import SpeedSettings, benchmark_models, load_form, model_forms
+from pruning.speed import SpeedSettings, benchmark_models, device_passes, load_form, model_forms
 
 QUICK = SpeedSettings(prefill_batches=(1, 2), prefill_tokens=16, decode_batches=(1, 2), decode_new_tokens=4,
-                      gemm_layers=2, min_run_time=0.01, max_run_time=0.01)
+                      gemm_layers=2, min_run_time=0.01, max_run_time=0.01, rounds=3)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_each_form_computes_the_saved_model(pruned_models):
 
 def test_benchmark_reports_every_case_and_skips_what_the_device_cannot_run(pruned_models):
     dense, directories = pruned_models
-    results = benchmark_models([dense, *directories.values()], QUICK)
+    results = benchmark_models([dense, *directories.values()], QUICK, dense)
     json.dumps(results)  # the whole record is plain JSON
     if not torch.cuda.is_available():
         assert "no CUDA device" in results["devices"]["cuda"]["skipped"]
@@ -79,7 +80,24 @@ def test_benchmark_reports_every_case_and_skips_what_the_device_cannot_run(prune
     dense_shapes = {tuple(case["shape"]) for case in models["dense--"]["dense"]["gemm"].values()}
     structured_shapes = {tuple(case["shape"]) for case in models["osscar-structured"]["structured"]["gemm"].values()}
     assert max(a * b for a, b in structured_shapes) < max(a * b for a, b in dense_shapes)
+    # Every prefill and decode case is paired with the dense model in this process: a median ratio inside its spread.
     speedups = {(row["method"], row["form"]): row for row in cpu["speedups"]}
-    assert speedups[("dense", "dense")]["ratios"]["prefill_1x16"] == pytest.approx(1.0)
+    for row in speedups.values():
+        if row["skipped"] is None:
+            assert set(row["ratios"]) == {"prefill_1x16", "prefill_2x16", "decode_batch1", "decode_batch2"}
+            for case, ratio in row["ratios"].items():
+                low, high = row["spread"][case]
+                assert 0 < low <= ratio <= high, (row["form"], case)
     assert "needs CUDA" in speedups[("sparsegpt", "semi-structured")]["skipped"]
+    assert models["dense--"]["dense"]["prefill"]["1x16"]["dense_median_s"] > 0
+    assert cpu["dtype"] == ("bfloat16" if cpu_has_native_bfloat16() else "float32")
+    assert models["sparsegpt-2:4"]["csr"]["dtype"] == "float32"
     assert cpu["device"].startswith("cpu (") and isinstance(cpu["cpu_flags"], list)
+
+
+def test_cpu_passes_run_the_fastest_dtype_first_and_others_once():
+    names = [(name, dtype) for name, _, dtype in device_passes(SpeedSettings(devices=("cpu", "cuda"),
+                                                                             cpu_dtypes=("fastest", "bfloat16")))]
+    fastest = torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+    assert names[0] == ("cpu", fastest) and names[-1] == ("cuda", torch.float16)
+    assert names[1:-1] == ([] if fastest == torch.bfloat16 else [("cpu/bfloat16", torch.bfloat16)])
