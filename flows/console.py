@@ -221,7 +221,7 @@ def print_sweep_summary(terminal: Terminal, params: SweepParams, result: SweepRe
     rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)
             for item in result.baselines]
     rows += [ReportRow.of_record(item.record(), params.model_name(item.model)) for item in result.combinations]
-    header, cells, notes = table_cells(rows, load_speed(params.paths.runs / "speed"))
+    header, cells, notes = table_cells(rows, load_speed(params.paths.runs / "speed"), compact=True)
     table, protocols = console_results_table(header, cells, f"{len(result.combinations)} combinations in "
                                                             f"{seconds:.0f} s")
     out = terminal.out

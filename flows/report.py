@@ -129,25 +129,31 @@ def load_speed(speed_dir: Path | None) -> list[Speedup]:
             for (model, device), models in measured.items() for row in speedups(models)]  # type: ignore[arg-type]
 
 
-def speed_summary(rows: list[Speedup], row: ReportRow) -> str:
+SPARSE_KERNEL_FORMS = ("csr", "semi-structured", "factored-csr")  # forms whose matmuls skip the zeros
+
+
+def speed_summary(rows: list[Speedup], row: ReportRow, spread: bool = True) -> str:
     """e.g. 'cpu structured: 1.30x (1.27-1.33) / 1.25x (1.20-1.28)' over the row's measured forms (prefill and
-    decode at batch 1, quartiles over the paired rounds in brackets). A sparse (not structured) model none of whose
-    forms is faster in all but a quarter of the rounds is labelled 'size/quality only'."""
+    decode at batch 1; the quartiles over the paired rounds in brackets unless not `spread`). A sparse (not
+    structured) model is labelled 'size/quality only' unless a sparse-kernel form was faster in all but a quarter
+    of its rounds: `zeros` runs dense kernels, so its ratio is noise around 1x."""
     parts, faster = [], False
     for speed in rows:
         if (speed.model, speed.method, speed.pattern, speed.target_sparsity) != (
                 row.model, row.method, row.pattern, row.target_sparsity) or speed.skipped:
             continue
-        cases = [next((key for key in speed.ratios if key.startswith("prefill_1x")), None), "decode_batch1"]
-        if all(case in speed.ratios for case in cases):
+        prefill = next((key for key in speed.ratios if key.startswith("prefill_1x")), None)
+        cases = [case for case in (prefill, "decode_batch1") if case is not None and case in speed.ratios]
+        if len(cases) == 2:
             parts.append(f"{speed.device} {speed.form}: " + " / ".join(
-                f"{speed.ratios[case]:.2f}x ({speed.spread[case][0]:.2f}-{speed.spread[case][1]:.2f})"
-                for case in cases if case is not None))
-            faster = faster or any(speed.spread[case][0] > 1.0 for case in cases if case is not None)
+                f"{speed.ratios[case]:.2f}x" + (f" ({speed.spread[case][0]:.2f}-{speed.spread[case][1]:.2f})"
+                                                if spread else "") for case in cases))
+            faster = faster or (speed.form in SPARSE_KERNEL_FORMS and any(speed.spread[case][0] > 1.0
+                                                                          for case in cases))
     if not parts:
         return "-"
     sparse_only = row.method != "dense" and row.pattern != "structured" and not faster
-    return ("size/quality only: " if sparse_only else "") + "; ".join(parts)
+    return ("size/quality only; " if sparse_only else "") + "; ".join(parts)
 
 
 def results_markdown(rows: list[ReportRow], speed_rows: list[Speedup]) -> str:
@@ -158,8 +164,10 @@ def results_markdown(rows: list[ReportRow], speed_rows: list[Speedup]) -> str:
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
-def table_cells(rows: list[ReportRow], speed_rows: list[Speedup]) -> tuple[list[str], list[list[str]], list[str]]:
-    """The report table's header, rows of cells and protocol notes (one source for Markdown, HTML, console)."""
+def table_cells(rows: list[ReportRow], speed_rows: list[Speedup],
+                compact: bool = False) -> tuple[list[str], list[list[str]], list[str]]:
+    """The report table's header, rows of cells and protocol notes (one source for Markdown, HTML, console;
+    `compact`: speed-ups without their spread, for a terminal's width)."""
     protocols = sorted({protocol for row in rows for protocol in row.perplexity})
     header = (["model", "method", "pattern", "target", "sparsity", "params (M)"]
               + [f"ppl {protocol}" for protocol in protocols]
@@ -170,7 +178,8 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup]) -> tuple[list[
                 f"{row.parameters / 1e6:.1f}" if row.parameters else "-"]
         line += [f"{row.perplexity[protocol]:.2f}" if protocol in row.perplexity else "-" for protocol in protocols]
         line += [f"{row.zero_shot.average_accuracy:.4f}" if row.zero_shot else "-",
-                 f"{row.engine_seconds:.0f}" if row.engine_seconds else "-", speed_summary(speed_rows, row)]
+                 f"{row.engine_seconds:.0f}" if row.engine_seconds else "-",
+                 speed_summary(speed_rows, row, spread=not compact)]
         cells.append(line)
     notes = []
     with_zero_shot = [row.zero_shot for row in rows if row.zero_shot]
@@ -184,8 +193,9 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup]) -> tuple[list[
                  "dataset, window length and window count. Params: parameters left (zeros not counted; tied "
                  "embeddings once). Engine s: the engine's forward + solve time. "
                  + ("Speed-ups: dense time / form time, prefill at batch 1 / decode at batch 1, each case timed in "
-                    "alternation with the dense model in the same process (median over the rounds, quartiles in "
-                    "brackets); 'size/quality only': sparse weights that no measured kernel makes faster."
+                    "alternation with the dense model in the same process (median over the rounds"
+                    + ("" if compact else ", quartiles in brackets; results.md") + "); 'size/quality only': "
+                    "sparse weights that no sparse kernel measured here makes faster (zeros run dense kernels)."
                     if any(not speed.skipped for speed in speed_rows) else "Speed: not measured in this run "
                     "(`pruneflow bench`, the DVC bench stages, or bench.in_sweep)."))
     return header, cells, notes
