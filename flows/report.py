@@ -193,8 +193,9 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup],
                  "dataset, window length and window count. Params: parameters left (zeros not counted; tied "
                  "embeddings once). Engine s: the engine's forward + solve time. "
                  + ("Speed-ups: dense time / form time, prefill at batch 1 / decode at batch 1, each case timed in "
-                    "alternation with the dense model in the same process (median over the rounds"
-                    + ("" if compact else ", quartiles in brackets; results.md") + "); 'size/quality only': "
+                    "alternation with the dense model in the same process (median over the rounds; "
+                    + ("their quartiles are in results.md" if compact else "quartiles in brackets") + "); "
+                    "'size/quality only': "
                     "sparse weights that no sparse kernel measured here makes faster (zeros run dense kernels)."
                     if any(not speed.skipped for speed in speed_rows) else "Speed: not measured in this run "
                     "(`pruneflow bench`, the DVC bench stages, or bench.in_sweep)."))
