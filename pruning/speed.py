@@ -36,7 +36,7 @@ from torch.utils.benchmark import Timer
 
 from pruning.errors import ConfigError
 from pruning.io import write_json
-from pruning.machine import cpu_description, cpu_has_native_bfloat16
+from pruning.machine import cpu_description, resolve_forward_dtype
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
 from pruning.record import RUN_RECORD_FILE, PruneRecord
@@ -147,10 +147,14 @@ CSR_FORMS = ("csr", "factored-csr")
 
 
 def cpu_dtype(name: str) -> torch.dtype:
-    """A `cpu_dtypes` entry as a torch dtype ('fastest': bf16 where the CPU multiplies it natively, else fp32)."""
-    if name == "fastest":
-        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    """A `cpu_dtypes` entry as a torch dtype ('fastest' is the engine's 'auto' on a CPU: bf16 where the CPU
+    multiplies it natively, else fp32)."""
+    resolved = resolve_forward_dtype("auto" if name == "fastest" else name, torch.device("cpu"))
+    return torch.bfloat16 if resolved == "bfloat16" else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def form_dtype(form: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -324,8 +328,9 @@ def benchmark_directory(directory: Path, reference: DenseReference, settings: Sp
             results[form] = {"skipped": reason}
             continue
         model = load_form(directory, form, device, dtype)
-        results[form] = {**measure_model(model, reference.model(form_dtype(form, device, dtype)), settings, device),
-                         "dtype": str(form_dtype(form, device, dtype)).removeprefix("torch."),
+        measured_dtype = form_dtype(form, device, dtype)
+        results[form] = {**measure_model(model, reference.model(measured_dtype), settings, device),
+                         "dtype": dtype_name(measured_dtype),
                          "checkpoint_bytes": checkpoint_bytes(directory, form)}
         if form in DENSE_KERNEL_FORMS:
             results[form]["linear_flops_per_token"] = linear_flops_per_token(model)
@@ -402,7 +407,7 @@ def device_passes(settings: SpeedSettings) -> list[tuple[str, torch.device, torc
             passes.append(("cuda", torch.device("cuda"), torch.float16))
             continue
         dtypes = list(dict.fromkeys(cpu_dtype(item) for item in settings.cpu_dtypes))
-        passes += [("cpu" if index == 0 else f"cpu/{str(dtype).removeprefix('torch.')}", torch.device("cpu"), dtype)
+        passes += [("cpu" if index == 0 else f"cpu/{dtype_name(dtype)}", torch.device("cpu"), dtype)
                    for index, dtype in enumerate(dtypes)]
     return passes
 
@@ -417,7 +422,7 @@ def benchmark_models(directories: list[Path], settings: SpeedSettings, dense: Pa
             continue
         reference = DenseReference(dense, device)
         models = [benchmark_directory(directory, reference, settings, device, dtype) for directory in directories]
-        results["devices"][name] = {**environment(device), "dtype": str(dtype).removeprefix("torch."),
+        results["devices"][name] = {**environment(device), "dtype": dtype_name(dtype),
                                     "models": models,
                                     "speedups": [row.model_dump(mode="json") for row in speedups(models)]}
     return results

@@ -35,6 +35,11 @@ CONVERTER = "streamed-v2"  # v2: portable config and tokenizer files, the GGUF's
 GGUF_FACTS = ("general.name", "general.organization", "general.license", "general.languages", "general.file_type")
 
 
+def hub_repo_id(spec: str) -> str:
+    """`org/name` of a hub source `hf://org/name[@revision]`."""
+    return spec[len(HUB_PREFIX):].split("@")[0]
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A parsed model source string. Parsing reads no file (`check_exists` does), so a job that names a source
@@ -51,7 +56,7 @@ class ModelSource:
         """Classify `spec` by its form. A hub id must name its revision (a commit or tag) unless `allow_unpinned`:
         an unpinned id gives different weights over time."""
         if spec.startswith(HUB_PREFIX):
-            repo_id = spec[len(HUB_PREFIX):].split("@")[0]
+            repo_id = hub_repo_id(spec)
             if repo_id.count("/") != 1:
                 raise ConfigError(f"hub source '{spec}' must be hf://<org>/<name>[@<revision>]")
             if "@" not in spec and not allow_unpinned:
