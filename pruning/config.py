@@ -82,6 +82,10 @@ class EngineConfig(_Strict):
     memory_budget: ByteSize | None = Field(
         default=None, description="memory for calibration activations, e.g. 2GB or 512MiB; past it they go to "
                                   "disk (default: half of the memory available at the start, cgroup limits included)")
+    persist_activations: bool = Field(
+        default=True, description="keep each finished block's outputs in the block store, so that a killed run "
+                                  "resumes at the next block; false writes none (a resumed run replays the finished "
+                                  "blocks from the embeddings), saving one activation set of disk writes per block")
     targets: Literal["pruned", "dense"] = Field(
         default="pruned", description="what each linear is fitted to: its output on the pruned model's inputs "
                                       "(the methods' own objective), or the dense model's output")
@@ -108,7 +112,8 @@ class EngineConfig(_Strict):
     def result_fields(self) -> dict[str, object]:
         """The settings that change a pruning result (not where activations live: device and dtype come resolved,
         from `pruning.machine.Machine.result_fields`)."""
-        return self.model_dump(mode="json", exclude={"device", "forward_dtype", "memory_budget"})
+        return self.model_dump(mode="json", exclude={"device", "forward_dtype", "memory_budget",
+                                                        "persist_activations"})
 
 
 class PruneJob(_Strict):

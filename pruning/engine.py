@@ -79,7 +79,8 @@ class PruneEngine:
         self.pruner.reuse_outputs = self.memory.reuse_outputs
         self.report = EngineReport(activations_in_memory=self.memory.in_memory)
         self.factors: dict[str, SparseLowRank] = {}  # sparse + low-rank terms by full linear name, without a store
-        self.streams = {kind: ActivationStream(kind, store, self.memory, self) for kind in ("pruned", "dense")}
+        self.streams = {kind: ActivationStream(kind, store, self.memory, self, config.persist_activations)
+                        for kind in ("pruned", "dense")}
         self._calls: list[list[BlockCall]] | None = None
         self._block_sparsity: list[float] | None = None
 
@@ -139,7 +140,8 @@ class PruneEngine:
         started = time.perf_counter()
         prefix = block_prefix(self.adapter, index)
         if self.store is not None:
-            self.store.save(record, block_state(block, prefix), result.factors, outputs)
+            self.store.save(record, block_state(block, prefix), result.factors,
+                            outputs if self.config.persist_activations else None)
         else:
             self.factors.update({f"{prefix}.{name}": term for name, term in result.factors.items()})
         self.access.release_block(index)

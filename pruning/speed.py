@@ -220,7 +220,8 @@ def _paired(statement: str, form: dict[str, Any], dense: dict[str, Any], setting
 
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
-    """Peak memory during the block: CUDA allocator peak, or this process's peak RSS sampled every 2 ms."""
+    """Peak memory during the block: the CUDA allocator's peaks (allocated and reserved), or this process's peak
+    RSS sampled every 2 ms."""
     result: dict[str, float] = {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -228,6 +229,7 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         yield result
         torch.cuda.synchronize(device)
         result["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20  # the caching allocator's hold
         return
     page = 4096
     peak = [0]

@@ -36,8 +36,10 @@ class Replayer(Protocol):
 class ActivationStream:
     """The inputs of each block in turn for one of the two streams (see the module docstring)."""
 
-    def __init__(self, kind: StreamKind, store: BlockStore | None, plan: MemoryPlan, replayer: Replayer) -> None:
+    def __init__(self, kind: StreamKind, store: BlockStore | None, plan: MemoryPlan, replayer: Replayer,
+                 persist: bool = True) -> None:
         self.kind, self.store, self.plan, self.replayer = kind, store, plan, replayer
+        self.persist = persist  # finished blocks' outputs kept in the store (resume points)
         self.latest: tuple[int, ActivationSet] | None = None  # the last block's outputs this process made
 
     def inputs(self, index: int) -> ActivationSet:
@@ -58,8 +60,10 @@ class ActivationStream:
         return hidden
 
     def outputs_for(self, index: int, keep: bool) -> ActivationSet:
-        """An empty set for block `index`'s outputs: in the store when `keep` (what a resumed run starts from)."""
-        directory = self.store.stream_directory(index, self.kind) if keep and self.store is not None else None
+        """An empty set for block `index`'s outputs: in the store when `keep` and the stream persists (what a
+        resumed run starts from)."""
+        stored = keep and self.persist and self.store is not None
+        directory = self.store.stream_directory(index, self.kind) if stored and self.store is not None else None
         return self.plan.new_set(directory)
 
     def advance(self, index: int, inputs: ActivationSet, outputs: ActivationSet | None) -> None:

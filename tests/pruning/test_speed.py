@@ -101,3 +101,27 @@ def test_cpu_passes_run_the_fastest_dtype_first_and_others_once():
     fastest = torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
     assert names[0] == ("cpu", fastest) and names[-1] == ("cuda", torch.float16)
     assert names[1:-1] == ([] if fastest == torch.bfloat16 else [("cpu/bfloat16", torch.bfloat16)])
+
+
+def test_the_gpu_bench_script_runs_both_phases_in_its_dry_run_and_writes_results_under_out(tmp_path):
+    """bench/gpu_scale.py is prepared for a short device window: its dry run (tiny shapes, CPU) goes through both
+    phases and leaves under $OUT the per-block scale record and the speed bench of a 2:4 and a structured model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_scale.py"
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, str(script), "--dry-run", "--work", str(tmp_path / "work")],
+                              env={**os.environ, "OUT": str(out)}, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    scale = json.loads((out / "gpu_scale.json").read_text())
+    assert scale["complete"] and scale["pruned_checkpoint_complete"] and scale["blocks_done"] == 2
+    assert len(scale["block_seconds"]) == 2 and scale["block0_capture_seconds"] > 0
+    assert scale["persist_activations"] is False and "float32_matmul_precision" in scale["precision"]
+    speed = json.loads((out / "gpu_speed.json").read_text())["devices"]["cpu"]
+    forms = {(row["method"], row["form"]): row for row in speed["speedups"]}
+    assert forms[("structured-wanda", "structured")]["ratios"] and forms[("sparsegpt", "zeros")]["ratios"]
+    assert "needs CUDA" in forms[("sparsegpt", "semi-structured")]["skipped"]

@@ -189,6 +189,33 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
         assert [int(entry["block"]) for entry in report.reconstruction] == [0, 1, 2, 3], "reused blocks report too"
 
 
+def test_without_persisted_activations_no_block_outputs_reach_the_store_and_weights_are_unchanged(
+        tmp_path, corpus, tiny_tokenizer_dir):
+    """`persist_activations: false` (no resume wanted): no finished block's outputs are written to the store, the
+    weights equal a persisting run's, and a resumed run still finishes by replaying from the embeddings."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir, "llama")
+    ids = calibration_for(checkpoint, corpus, tmp_path).input_ids
+    method = method_config({"method": "sparsegpt", "sparsity": 0.5})
+    transient = FP32.model_copy(update={"persist_activations": False})
+
+    def engine(root, options):
+        return PruneEngine(StreamedModel(checkpoint), method, options, input_ids=ids, store=BlockStore(root / "run"))
+
+    with engine(tmp_path / "kept", FP32) as kept:
+        kept.run()
+    with engine(tmp_path / "transient", transient) as interrupted:
+        interrupted.prune_block(0)
+        assert not interrupted.store.stream_directory(0, "pruned").exists()
+    assert transient.result_fields() == FP32.result_fields(), "where activations live changes no result"
+    with engine(tmp_path / "transient", transient) as resumed:
+        report = resumed.run()
+    assert (report.blocks_reused, report.blocks_computed) == (1, resumed.num_blocks - 1)
+    for index in range(resumed.num_blocks):
+        assert not resumed.store.stream_directory(index, "pruned").exists()
+        expected, actual = (load_file(str(engine.store.weights_path(index))) for engine in (kept, resumed))
+        assert all(tensor.equal(expected[name]) for name, tensor in actual.items())
+
+
 def test_a_bfloat16_checkpoint_stays_bfloat16_on_disk(tmp_path, corpus, tiny_tokenizer_dir):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
