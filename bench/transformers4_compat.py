@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from venvs import REPO, VENVS, make_venv
+
 TRANSFORMERS_4 = "transformers==4.57.6"
 WINDOWS, SEQLEN, DOCUMENTS = 8, 256, 400
 
@@ -59,16 +60,6 @@ print(json.dumps({"transformers": transformers.__version__, "perplexity": math.e
 '''
 
 
-def make_venv(directory: Path) -> Path:
-    python = directory / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([*pip, TRANSFORMERS_4, "safetensors", "sentencepiece"], check=True)
-    return python
-
-
 def measure(python: str, folder: Path, scratch: Path, name: str) -> tuple[dict[str, Any], Any]:
     from safetensors.torch import load_file
 
@@ -96,7 +87,7 @@ def without_legacy_keys(pruned: Path, target: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pruned", type=Path, required=True, help="a pruned SmolLM2 folder (pruneflow output)")
-    parser.add_argument("--venv", type=Path, default=REPO / ".pruneflow" / "venvs" / "transformers-4.57")
+    parser.add_argument("--venv", type=Path, default=VENVS / "transformers-4.57")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "transformers4_compat.json")
     arguments = parser.parse_args()
 
@@ -111,7 +102,7 @@ def main() -> None:
     from pruning.steps import fetch
 
     original = fetch(DEFAULT_MODEL, REPO / ".pruneflow" / "cache").path
-    python4 = str(make_venv(arguments.venv))
+    python4 = str(make_venv(arguments.venv, [TRANSFORMERS_4, "safetensors", "sentencepiece"]))
     corpus = load_corpus("wiki-summaries", "evaluation", REPO / ".pruneflow" / "cache", None)
     text = "\n\n".join(corpus.documents[:DOCUMENTS])
     ids = torch.tensor(load_tokenizer(original)(text, add_special_tokens=False, verbose=False)["input_ids"])
