@@ -41,7 +41,7 @@ WARNING_LINE = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 def _progress(console: Console, transient: bool = False) -> Progress:
     return Progress(TextColumn("{task.fields[model]}", style="cyan"), TextColumn("{task.description}", style="bold"),
                     TextColumn("{task.fields[stage]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                    TextColumn("blocks"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                     console=console, refresh_per_second=2, redirect_stdout=False, redirect_stderr=False,
                     transient=transient)
 
@@ -66,6 +66,12 @@ class CombinationRow:
     def block_done(self, index: int) -> None:
         self.progress.update(self.task, completed=index + 1)
 
+    def model_measured(self, done: int, total: int) -> None:
+        """The speed stage: `done` of `total` models timed."""
+        if not self.progress.tasks[self.task].started:
+            self.progress.start_task(self.task)
+        self.progress.update(self.task, stage="speed", unit="models", total=total, completed=done)
+
     def done(self, result: str) -> None:
         task = self.progress.tasks[self.task]
         self.progress.update(self.task, stage=f"done  {result}", completed=task.total or 1, total=task.total or 1)
@@ -85,7 +91,7 @@ class SweepView:
         self.rows: dict[str, CombinationRow] = {}
 
     def add(self, key: str, model: str, label: str) -> None:
-        task = self.progress.add_task(label, total=None, start=False, model=model, stage="waiting")
+        task = self.progress.add_task(label, total=None, start=False, model=model, stage="waiting", unit="blocks")
         self.rows[key] = CombinationRow(self.progress, task, label)
 
     @contextlib.contextmanager

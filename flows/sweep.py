@@ -96,8 +96,10 @@ def sweep(params: SweepParams, label: str = "params.yaml") -> SweepResult:
                 dense_dir = steps.fetch(model.source, params.paths.cache).path
                 pruned = [item.output_dir for item in combinations
                           if item.model == model.source and params.bench.measures(item.method)]
-                benchmark_task([dense_dir, *pruned], params.bench.settings(), speed_dir / f"{model.name}.json",
-                               dense_dir)
+                with combination_row(speed_key(model.source), model.name, "speed") as row:
+                    output = benchmark_task([dense_dir, *pruned], params.bench.settings(),
+                                            speed_dir / f"{model.name}.json", dense_dir, row.model_measured)
+                    row.done(output.name)
         rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)
                 for item in baselines]
         rows += [ReportRow.of_record(item.record(), params.model_name(item.model)) for item in combinations]
@@ -117,6 +119,11 @@ def scheduled_sweep(params_path: str = "params.yaml") -> SweepResult:
 def dense_key(source: str) -> str:
     """The console row of a model's dense baseline (combinations are keyed by their output folder)."""
     return f"dense:{source}"
+
+
+def speed_key(source: str) -> str:
+    """The console row of a model's speed stage."""
+    return f"speed:{source}"
 
 
 def run_combinations(params: SweepParams) -> Iterator[CombinationResult]:

@@ -414,16 +414,25 @@ def device_passes(settings: SpeedSettings) -> list[tuple[str, torch.device, torc
     return passes
 
 
-def benchmark_models(directories: list[Path], settings: SpeedSettings, dense: Path) -> dict[str, Any]:
+def benchmark_models(directories: list[Path], settings: SpeedSettings, dense: Path,
+                     on_model: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Every directory's forms on every device, each paired with the `dense` model's; a device torch cannot see is
-    recorded as skipped with why."""
+    recorded as skipped with why. `on_model(done, total)` is called after each model on each device."""
     results: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "dense": str(dense), "devices": {}}
+    passes = [(name, device, dtype) for name, device, dtype in device_passes(settings)
+              if device.type != "cuda" or torch.cuda.is_available()]
+    total, done = len(passes) * len(directories), 0
     for name, device, dtype in device_passes(settings):
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if (name, device, dtype) not in passes:
             results["devices"][name] = {"skipped": "torch sees no CUDA device on this machine"}
             continue
         reference = DenseReference(dense, device)
-        models = [benchmark_directory(directory, reference, settings, device, dtype) for directory in directories]
+        models = []
+        for directory in directories:
+            models.append(benchmark_directory(directory, reference, settings, device, dtype))
+            done += 1
+            if on_model is not None:
+                on_model(done, total)
         results["devices"][name] = {**environment(device), "dtype": dtype_name(dtype),
                                     "models": models,
                                     "speedups": [row.model_dump(mode="json") for row in speedups(models)]}
@@ -437,16 +446,17 @@ def model_directories(folder: Path) -> list[Path]:
     return sorted(path.parent for path in folder.glob(f"*/{RUN_RECORD_FILE}"))
 
 
-def benchmark(models: list[Path], settings: SpeedSettings, output: Path, dense: Path) -> Path:
+def benchmark(models: list[Path], settings: SpeedSettings, output: Path, dense: Path,
+              on_model: Callable[[int, int], None] | None = None) -> Path:
     """The one benchmark every driver runs (`pruneflow bench`, the sweep's bench task, the DVC bench stages): each
     model directory in turn (a folder of pruned models is expanded), every case paired with the `dense` model,
     written to `output` as JSON. List `dense` among `models` to measure it too (paired with itself: the noise
-    floor)."""
+    floor). `on_model(done, total)` follows the progress, model by model."""
     directories = []
     for path in models:
         found = model_directories(path)
         if not found:
             raise ConfigError(f"--pruned: '{path}' is neither a pruned model directory nor a folder of them")
         directories += found
-    write_json(output, benchmark_models(directories, settings, dense))
+    write_json(output, benchmark_models(directories, settings, dense, on_model))
     return output

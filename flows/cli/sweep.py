@@ -29,7 +29,7 @@ def _sweep(arguments: argparse.Namespace) -> int:
     from flows.compress import combination_label
     from flows.console import SweepView, output_to_log, print_sweep_summary
     from flows.params import check_sweep, load_params
-    from flows.sweep import dense_key, sweep_with_task_runner
+    from flows.sweep import dense_key, speed_key, sweep_with_task_runner
     from pruning.preflight import check_model
     from pruning.steps import fetch
 
@@ -46,6 +46,9 @@ def _sweep(arguments: argparse.Namespace) -> int:
                 view.add(dense_key(model.source), model.name, "dense")
         for job in params.jobs:
             view.add(str(job.output_dir), params.model_name(job.model), combination_label(job))
+        if params.bench.in_sweep:
+            for model in params.models:
+                view.add(speed_key(model.source), model.name, "speed")
         with view.live():
             result = sweep_with_task_runner(params, arguments.params.name)
     print_sweep_summary(terminal, params, result, time.perf_counter() - started)

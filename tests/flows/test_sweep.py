@@ -71,8 +71,10 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
                         "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "max_run_time": 0.05,
                         "in_sweep": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed_row(printed, "wanda", "unstructured", "0.5") and printed_row(printed, "dense", "-", "0")
+    assert "tiny  speed  done  tiny.json" in captured.err, "the speed stage has a live row of its own"
     assert f"Report: {directory / 'runs' / 'report' / 'index.html'}" in printed
     # Output below Python (here git's complaint that the project is no repository, from the MLflow tags) went to the
     # run's log, not the terminal. (Python logging handlers write to pytest's capture in this in-process test.)

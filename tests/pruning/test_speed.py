@@ -57,8 +57,13 @@ def test_each_form_computes_the_saved_model(pruned_models):
 
 def test_benchmark_reports_every_case_and_skips_what_the_device_cannot_run(pruned_models):
     dense, directories = pruned_models
-    results = benchmark_models([dense, *directories.values()], QUICK, dense)
+    progress = []
+    results = benchmark_models([dense, *directories.values()], QUICK, dense,
+                               on_model=lambda done, total: progress.append((done, total)))
     json.dumps(results)  # the whole record is plain JSON
+    models = len(directories) + 1  # one pass per device torch can see: the CPU here, CUDA where there is one
+    passes = len(results["devices"]) - sum("skipped" in entry for entry in results["devices"].values())
+    assert progress == [(done, passes * models) for done in range(1, passes * models + 1)]
     if not torch.cuda.is_available():
         assert "no CUDA device" in results["devices"]["cuda"]["skipped"]
     cpu = results["devices"]["cpu"]
