@@ -63,7 +63,7 @@ def post(url, payload):
         return json.loads(response.read())
 
 
-def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capsys, shared_data):
+def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(project, capfd, shared_data):
     directory, params = project
     params = {**params, "tracking": {"experiment": "sweep-test", "register_models": True},
               "zero_shot": {"tasks": ["piqa", "winogrande"], "data_dir": str(shared_data), "limit": 4},
@@ -71,7 +71,7 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
                         "decode_new_tokens": 2, "gemm_layers": 1, "min_run_time": 0.01, "max_run_time": 0.05,
                         "in_sweep": True}}
     assert main(["sweep", "--params", str(write_params(directory, params))]) == 0
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # file-descriptor level: the live rows go to the original fd 2, not sys.stderr
     printed = captured.out
     assert printed_row(printed, "wanda", "unstructured", "0.5") and printed_row(printed, "dense", "-", "0")
     assert "tiny  speed  done  tiny.json" in captured.err, "the speed stage has a live row of its own"
