@@ -110,12 +110,19 @@ def precision() -> dict[str, Any]:
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
+def engine_options(device: torch.device) -> Any:
+    """Forwards in bf16 (statistics and solves stay fp32); no block outputs persisted: no resume is wanted here."""
+    from pruning.config import EngineConfig
+
+    return EngineConfig(device=device.type, forward_dtype="bfloat16", batch_size=8, persist_activations=False)
+
+
 def prune_folder(model_dir: Path, method: dict[str, Any], input_ids: torch.Tensor, work: Path,
                  device: torch.device) -> Path:
     """`model_dir` pruned by `method` into `work/<method>`, with the run record the benchmark reads."""
     from pruning.assemble import write_pruned_checkpoint
     from pruning.blocks.store import BlockStore
-    from pruning.config import EngineConfig, PruneJob
+    from pruning.config import PruneJob
     from pruning.engine import PruneEngine
     from pruning.machine import Machine
     from pruning.methods.registry import is_structured, method_config
@@ -125,7 +132,7 @@ def prune_folder(model_dir: Path, method: dict[str, Any], input_ids: torch.Tenso
 
     config = method_config(method)
     output = work / f"{config.method}-{config.pattern.replace(':', 'of')}"
-    options = EngineConfig(device=device.type, forward_dtype="bfloat16", batch_size=8, persist_activations=False)
+    options = engine_options(device)
     machine = Machine.resolve(options.device, options.forward_dtype)
     model = StreamedModel(model_dir)
     started = time.perf_counter()
@@ -165,7 +172,6 @@ def speed_phase(arguments: argparse.Namespace, device: torch.device) -> None:
 def scale_phase(arguments: argparse.Namespace, device: torch.device) -> None:
     from pruning.assemble import write_pruned_checkpoint
     from pruning.blocks.store import BlockStore
-    from pruning.config import EngineConfig
     from pruning.engine import PruneEngine
     from pruning.io import write_json
     from pruning.machine import Machine
@@ -188,7 +194,7 @@ def scale_phase(arguments: argparse.Namespace, device: torch.device) -> None:
 
     started = time.perf_counter()
     model = StreamedModel(model_dir)
-    options = EngineConfig(device=device.type, forward_dtype="bfloat16", batch_size=8, persist_activations=False)
+    options = engine_options(device)
     machine = Machine.resolve(options.device, options.forward_dtype)
     engine = PruneEngine(model, method_config({"method": "sparsegpt", "sparsity": 0.5}), options, machine,
                          random_calibration(arguments.samples, arguments.seqlen, arguments.shapes["vocabulary"]),

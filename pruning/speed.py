@@ -419,11 +419,11 @@ def benchmark_models(directories: list[Path], settings: SpeedSettings, dense: Pa
     """Every directory's forms on every device, each paired with the `dense` model's; a device torch cannot see is
     recorded as skipped with why. `on_model(done, total)` is called after each model on each device."""
     results: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "dense": str(dense), "devices": {}}
-    passes = [(name, device, dtype) for name, device, dtype in device_passes(settings)
-              if device.type != "cuda" or torch.cuda.is_available()]
-    total, done = len(passes) * len(directories), 0
-    for name, device, dtype in device_passes(settings):
-        if (name, device, dtype) not in passes:
+    passes = device_passes(settings)
+    visible = [device.type != "cuda" or torch.cuda.is_available() for _, device, _ in passes]
+    total, done = sum(visible) * len(directories), 0
+    for (name, device, dtype), seen in zip(passes, visible, strict=True):
+        if not seen:
             results["devices"][name] = {"skipped": "torch sees no CUDA device on this machine"}
             continue
         reference = DenseReference(dense, device)

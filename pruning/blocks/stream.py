@@ -8,7 +8,7 @@ run resumes at any block after a kill, for both streams alike.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from pruning.blocks.activations import ActivationSet
 from pruning.blocks.memory import MemoryPlan
@@ -63,7 +63,7 @@ class ActivationStream:
         """An empty set for block `index`'s outputs: in the store when `keep` and the stream persists (what a
         resumed run starts from)."""
         stored = keep and self.persist and self.store is not None
-        directory = self.store.stream_directory(index, self.kind) if stored and self.store is not None else None
+        directory = cast(BlockStore, self.store).stream_directory(index, self.kind) if stored else None
         return self.plan.new_set(directory)
 
     def advance(self, index: int, inputs: ActivationSet, outputs: ActivationSet | None) -> None:
