@@ -2,8 +2,8 @@
 
 For row w, damped Hessian H and pruned set P (the "multiple removal problem"):
   min_δ ½ δ H δᵀ  s.t. (w + δ)_P = 0   ⇒   δ* = −w_P [(H⁻¹)_PP]⁻¹ (H⁻¹)_P,:,   ΔL = ½ w_P [(H⁻¹)_PP]⁻¹ w_Pᵀ
-which equals the least-squares refit of w on its kept support. All rows are solved at once: per row a
-|P|×|P| system, batched and padded to the largest |P| (identity on padding), chunked over rows.
+which equals the least-squares refit of w on its kept support. Rows are solved in batches: per row a |P|×|P|
+system, the rows taken in order of |P| and each batch padded to its own largest |P| (identity on padding).
 
 Mask selection:
   blockwise  per block of B columns, left to right: pick the block's mask by w_j²/[(H_rest)⁻¹]_jj over the whole
@@ -30,7 +30,7 @@ from pruning.methods.hessian import damped_hessian, spd_inverse
 from pruning.methods.masks import NMPattern, check_nm_divisible, matrix_mask, nm_mask, row_mask
 from pruning.methods.sparsity import SparsityConfig
 
-SOLVE_CHUNK_ELEMENTS = 2**24  # rows per batched solve chosen so that rows·|P|² stays below this (128 MiB in fp64)
+SOLVE_CHUNK_ROWS = 64  # rows per batched solve: at most 64·|S|² systems in memory (|S| ≤ the block width)
 
 
 class APTConfig(SparsityConfig):
@@ -56,33 +56,41 @@ def joint_removal(weight: torch.Tensor, pruned: torch.Tensor, inverse: torch.Ten
 
     weight (rows × d), pruned mask (rows × d), inverse = H⁻¹ (d × d) of the free columns, all one dtype.
     """
-    rows, columns = weight.shape
-    counts = pruned.sum(dim=1)
-    most = int(counts.max()) if rows else 0
-    if most == 0:
+    support = pruned.any(dim=0).nonzero().squeeze(1)  # S: the columns some row prunes
+    if support.numel() == 0:
         return torch.zeros_like(weight), 0.0
-    # Each row's pruned columns first (stable order); padding slot k points at an extra index d + k where an
-    # identity block is appended to H⁻¹, so padded systems are block-diagonal with 1s and solve to 0.
-    order = torch.argsort((~pruned).to(torch.int8), dim=1, stable=True)[:, :most]  # (rows, |P|max)
-    padding = columns + torch.arange(most, device=weight.device)  # (|P|max,)
-    slots = torch.arange(most, device=weight.device)
-    index = torch.where(slots < counts.unsqueeze(1), order, padding)  # (rows, |P|max): pruned columns, then padding
-    extended = torch.block_diag(inverse, torch.eye(most, dtype=inverse.dtype, device=inverse.device))  # (d+|P|, d+|P|)
-    padded_weight = torch.cat([weight, weight.new_zeros(rows, most)], dim=1)  # (rows, d + |P|max)
-    coefficients = torch.zeros(rows, most, dtype=weight.dtype, device=weight.device)  # x per row, (rows, |P|max)
-    chunk = max(1, SOLVE_CHUNK_ELEMENTS // (most * most))
-    for start in range(0, rows, chunk):
-        rows_index = index[start:start + chunk]  # (c, |P|)
-        # x = R⁻¹ w_P with R = (H⁻¹)_PP per row (SPD: Cholesky).
-        system = extended[rows_index.unsqueeze(2), rows_index.unsqueeze(1)]  # (c, |P|, |P|) = (H⁻¹)_PP per row
-        values = torch.gather(padded_weight[start:start + chunk], 1, rows_index)  # (c, |P|) = w_P per row
-        coefficients[start:start + chunk] = torch.cholesky_solve(values.unsqueeze(2),
-                                                                 torch.linalg.cholesky(system)).squeeze(2)
-    loss = 0.5 * float((coefficients * torch.gather(padded_weight, 1, index)).sum())  # Σ_rows ½ x·w_P
+    # Everything below works on S only: P ⊂ S for every row, so each system is a principal submatrix of (H⁻¹)_SS.
+    pruned_s, weight_s = pruned[:, support], weight[:, support]  # (rows, |S|)
+    width = support.numel()
+    counts = pruned_s.sum(dim=1)
+    most = int(counts.max())
+    # Each row's pruned columns first (stable order); padding slot k points at an extra index |S| + k where an
+    # identity block is appended to (H⁻¹)_SS, so padded systems are block-diagonal with 1s and solve to 0.
+    order = torch.argsort((~pruned_s).to(torch.int8), dim=1, stable=True)[:, :most]  # (rows, |P|max)
+    extended = torch.block_diag(inverse[support][:, support],
+                                torch.eye(most, dtype=inverse.dtype, device=inverse.device))  # (|S|+|P|, |S|+|P|)
+    padded_weight = torch.cat([weight_s, weight_s.new_zeros(weight_s.shape[0], most)], dim=1)  # (rows, |S|+|P|max)
+    coefficients = torch.zeros_like(padded_weight)  # x of each row at its pruned columns of S, 0 elsewhere
+    # Rows in order of |P|, chunked, each chunk padded only to its own largest |P| (unstructured masks give rows
+    # very different counts: padding all to the overall largest cost 3-6x the work on real layers).
+    by_count = torch.argsort(counts, stable=True)
+    for start in range(0, len(by_count), SOLVE_CHUNK_ROWS):
+        rows_chunk = by_count[start:start + SOLVE_CHUNK_ROWS]
+        chunk_most = int(counts[rows_chunk[-1]])
+        if chunk_most == 0:
+            continue
+        slots = torch.arange(chunk_most, device=weight.device)
+        index = torch.where(slots < counts[rows_chunk].unsqueeze(1), order[rows_chunk, :chunk_most],
+                            width + slots)  # (c, |P|): pruned columns, then padding
+        # x = R⁻¹ w_P with R = (H⁻¹)_PP per row (SPD; LU with pivoting: as stable here, and faster batched).
+        system = torch.take(extended, index.unsqueeze(2) * extended.shape[1] + index.unsqueeze(1))  # (H⁻¹)_PP per row
+        values = torch.gather(padded_weight[rows_chunk], 1, index)  # (c, |P|) = w_P per row
+        solved = torch.linalg.solve(system, values.unsqueeze(2)).squeeze(2)
+        coefficients[rows_chunk] = coefficients[rows_chunk].scatter_(1, index, solved)
+    coefficients = coefficients[:, :width]  # (rows, |S|)
+    loss = 0.5 * float((coefficients * weight_s).sum())  # Σ_rows ½ x·w_P
     # δ_i = −x_i (H⁻¹)_P,:  =  −(x_i scattered to its columns) · H⁻¹, over the columns any row prunes.
-    scattered = torch.zeros_like(padded_weight).scatter_(1, index, coefficients)[:, :columns]  # (rows, d)
-    support = pruned.any(dim=0)  # (d,): columns some row prunes
-    return -(scattered[:, support] @ inverse[support]), loss  # (rows, |S|) @ (|S|, d) -> (rows, d)
+    return -(coefficients @ inverse[support]), loss  # (rows, |S|) @ (|S|, d) -> (rows, d)
 
 
 def _saliency(weight: torch.Tensor, inverse_diagonal: torch.Tensor) -> torch.Tensor:

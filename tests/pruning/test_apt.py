@@ -14,19 +14,24 @@ from pruning.methods.hessian import damped_hessian
 from pruning.methods.masks import NMPattern, satisfies_nm
 
 
-def test_joint_removal_on_a_fixed_mask_is_the_least_squares_refit_and_its_loss_the_error():
-    weight, statistics, inputs = correlated_layer()
-    mask = torch.rand(weight.shape, generator=torch.Generator().manual_seed(1)) < 0.45  # rows keep different counts
+@pytest.mark.parametrize("rows", [48, 160])  # one batch of rows, and three of them (SOLVE_CHUNK_ROWS = 64)
+def test_joint_removal_on_a_fixed_mask_is_the_least_squares_refit_and_its_loss_the_error(rows):
+    weight, statistics, _ = correlated_layer(rows=rows)
+    # Rows prune from none to most of their columns (batches pad to different sizes); column 5 is never pruned.
+    keep_share = torch.linspace(1.0, 0.1, rows).unsqueeze(1)
+    mask = torch.rand(weight.shape, generator=torch.Generator().manual_seed(1)) < keep_share
+    mask[:, 5] = True
+    mask = mask[torch.randperm(rows, generator=torch.Generator().manual_seed(2))]  # counts not in row order
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(statistics.hessian.double()))
     delta, loss = joint_removal(weight.double(), ~mask, inverse)
     refit = (weight.double() + delta) * mask
     assert float(delta[~mask].add(weight.double()[~mask]).abs().max()) < 1e-9  # pruned weights land on zero
+    hessian = statistics.hessian.double()
     for row in range(weight.shape[0]):
         kept = mask[row]
-        target = inputs.double() @ weight[row].double()
-        solution = torch.linalg.lstsq(inputs.double()[:, kept], target).solution
-        # The Hessian comes from an fp32 gram: agreement to fp32 precision, relative to the row.
-        assert float(torch.linalg.norm(refit[row, kept] - solution) / torch.linalg.norm(solution)) < 1e-5
+        # The least-squares refit on the kept support: w_K = H_KK⁻¹ (H w)_K (the normal equations of ‖(w − ŵ)X‖²).
+        solution = torch.linalg.solve(hessian[kept][:, kept], (hessian @ weight[row].double())[kept])
+        assert float(torch.linalg.norm(refit[row, kept] - solution) / torch.linalg.norm(solution)) < 1e-8
     # ½ δHδᵀ with H = (2/n)·Σxxᵀ is (1/n)·‖(W − Ŵ)X‖².
     error = reconstruction_error(weight, refit.float(), statistics)
     assert loss * statistics.num_sequences == pytest.approx(error, rel=1e-4)
