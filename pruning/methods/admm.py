@@ -8,8 +8,9 @@ the projection keeping the largest |Ŵ + U| at sparsity s_k = s·(1 − (1 − (
 mask tightens over the first K rounds; later rounds re-select it at s, so weights can still swap). The final mask
 is Z's; the kept weights are then refit to the least-squares optimum on that support, each row solving
   H̃_KK ŵ_K = (H̃ w̃)_K   (K: the row's kept columns)
-by conjugate gradients, batched over rows and started from Z (the exact solution of APT's joint removal, found
-iteratively: O(iterations·d_out·d_in²) instead of a |P|×|P| factorisation per row).
+by conjugate gradients preconditioned with (H̃⁻¹)_KK, batched over rows and started from Z (the exact solution of
+APT's joint removal, found iteratively: O(steps·d_out·d_in²) instead of a |P|×|P| factorisation per row); the layer
+record says whether every row reached the tolerance (`refit_converged`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ADMMConfig(SparsityConfig):
     rho: float = Field(1.0, gt=0.0, description="ADMM penalty on the normalised problem (diag H̃ = 1)")
     damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I, as SparseGPT")
     refit_iterations: int = Field(REFIT_STEPS, ge=0,
-                                  description="conjugate-gradient steps at most for the final refit")
+                                  description="preconditioned conjugate-gradient steps at most for the final refit")
     refit_tolerance: float = Field(REFIT_TOLERANCE, gt=0.0,
                                    description="stop the refit once every row's residual is below this fraction of "
                                                "its right-hand side")
@@ -80,9 +81,11 @@ def prune_layer(weight: torch.Tensor, statistics: InputStatistics, config: ADMMC
         dual += current - sparse
         current = (fitted + config.rho * (sparse - dual)) @ penalised_inverse
     # The least-squares refit of the kept weights on the final mask (normalised problem, started from Z).
-    refit, steps = refit_on_mask(target, normalised, mask, sparse, config.refit_iterations, config.refit_tolerance)
-    result = (refit / scale).to(weight.dtype)
-    return LayerResult.measure(weight, result, mask, statistics, details={"refit_steps": float(steps)})
+    refit = refit_on_mask(target, normalised, spd_inverse(normalised), mask, sparse, config.refit_iterations,
+                          config.refit_tolerance)
+    result = (refit.solution / scale).to(weight.dtype)
+    return LayerResult.measure(weight, result, mask, statistics,
+                               details={"refit_steps": float(refit.steps), "refit_converged": float(refit.converged)})
 
 
 CONFIG = ADMMConfig  # the registry reads the method name and options from here

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -27,30 +29,43 @@ def inverse_cholesky_upper(hessian: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(spd_inverse(hessian), upper=True)
 
 
-# CG stops once every row's residual is below this share of its right-hand side: on SmolLM2's layers 1e-4 takes half
-# the steps of 1e-7 and changes the layer error by under 1e-6 of itself (bench layers of blocks 0 and 15).
+# PCG stops once every row's residual is below this share of its right-hand side: on four SmolLM2 layers (blocks 1
+# and 15) 1e-4 gives the layer error of a 1e-9 solve to within 1e-7 of itself.
 REFIT_TOLERANCE = 1e-4
 REFIT_STEPS = 200
 
 
-def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
-                  iterations: int, tolerance: float) -> tuple[torch.Tensor, int]:
-    """argmin over Ŵ with Ŵ ⊙ ¬mask = 0 of tr((Ŵ − T) H (Ŵ − T)ᵀ): per row, CG on H_KK ŵ_K = (H tᵀ)_K, all rows at
-    once (H symmetric positive definite). Returns the solution and the steps taken."""
+class Refit(NamedTuple):
+    solution: torch.Tensor
+    steps: int
+    converged: bool  # every row's residual reached the tolerance within the steps allowed
+
+
+def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, inverse: torch.Tensor, mask: torch.Tensor,
+                  start: torch.Tensor, iterations: int, tolerance: float) -> Refit:
+    """argmin over Ŵ with Ŵ ⊙ ¬mask = 0 of tr((Ŵ − T) H (Ŵ − T)ᵀ): per row, preconditioned CG on
+    H_KK ŵ_K = (H tᵀ)_K, all rows at once (H symmetric positive definite, `inverse` = H⁻¹).
+
+    The preconditioner is (H⁻¹)_KK, which differs from (H_KK)⁻¹ = (H⁻¹)_KK − (H⁻¹)_KP [(H⁻¹)_PP]⁻¹ (H⁻¹)_PK only by
+    a positive semidefinite term: on SmolLM2's o_proj plain CG needed 208 steps, this 27 (1.2-3x fewer elsewhere).
+    """
     solution = start * mask
     right = (target @ hessian) * mask
     residual = right - (solution @ hessian) * mask
-    direction = residual.clone()
-    squared = residual.square().sum(dim=1, keepdim=True)
+    preconditioned = (residual @ inverse) * mask  # z = (H⁻¹)_KK r
+    direction = preconditioned.clone()
+    inner = (residual * preconditioned).sum(dim=1, keepdim=True)  # rᵀz per row
     limit = tolerance**2 * right.square().sum(dim=1, keepdim=True)
+    tiny = torch.finfo(target.dtype).tiny
     for step in range(iterations):
-        if bool((squared <= limit).all()):
-            return solution, step
+        if bool((residual.square().sum(dim=1, keepdim=True) <= limit).all()):
+            return Refit(solution, step, True)
         product = (direction @ hessian) * mask
-        size = squared / (direction * product).sum(dim=1, keepdim=True).clamp_min(torch.finfo(target.dtype).tiny)
+        size = inner / (direction * product).sum(dim=1, keepdim=True).clamp_min(tiny)
         solution += size * direction
         residual -= size * product
-        updated = residual.square().sum(dim=1, keepdim=True)
-        direction = residual + (updated / squared.clamp_min(torch.finfo(target.dtype).tiny)) * direction
-        squared = updated
-    return solution, iterations
+        preconditioned = (residual @ inverse) * mask
+        updated = (residual * preconditioned).sum(dim=1, keepdim=True)
+        direction = preconditioned + (updated / inner.clamp_min(tiny)) * direction
+        inner = updated
+    return Refit(solution, iterations, bool((residual.square().sum(dim=1, keepdim=True) <= limit).all()))

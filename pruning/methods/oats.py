@@ -105,18 +105,20 @@ def hessian_refit(weight: torch.Tensor, mask: torch.Tensor, up: torch.Tensor, do
     scale = torch.diagonal(hessian).sqrt()
     normalised = hessian / scale.unsqueeze(0) / scale.unsqueeze(1)
     factor = torch.linalg.cholesky(normalised)  # H̃ = C Cᵀ, C lower triangular
+    inverse = torch.cholesky_inverse(factor)
     target = weight.to(torch.float32) * scale
     rank = up.shape[1]
     low_rank = (up @ down).to(torch.float32) * scale
     sparse = (target - low_rank) * mask
     for _ in range(config.hessian_refit):
-        sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, REFIT_STEPS, REFIT_TOLERANCE)
+        sparse = refit_on_mask(target - low_rank, normalised, inverse, mask, sparse, REFIT_STEPS,
+                               REFIT_TOLERANCE).solution
         whitened = full_truncated_svd((target - sparse) @ factor, rank)
         up = whitened.left * whitened.values
         # V = V_rᵀ C⁻¹: solve X C = V_rᵀ through Cᵀ Xᵀ = V_r (upper triangular).
         down = torch.linalg.solve_triangular(factor.t(), whitened.right.t(), upper=True).t()
         low_rank = up @ down
-    sparse, _ = refit_on_mask(target - low_rank, normalised, mask, sparse, REFIT_STEPS, REFIT_TOLERANCE)
+    sparse = refit_on_mask(target - low_rank, normalised, inverse, mask, sparse, REFIT_STEPS, REFIT_TOLERANCE).solution
     return (sparse / scale).to(weight.dtype), up.to(weight.dtype), (down / scale).to(weight.dtype)
 
 

@@ -68,3 +68,10 @@ def test_the_schedule_rises_cubically_to_the_target_and_stays():
 def test_a_schedule_longer_than_the_rounds_is_refused_naming_both():
     with pytest.raises(ValidationError, match="mask_iterations 40 exceeds iterations 30"):
         ADMMConfig(sparsity=0.5, iterations=30, mask_iterations=40)
+
+
+def test_the_refit_reports_whether_it_converged():
+    weight, statistics, _ = correlated_layer()
+    assert prune_layer(weight, statistics, ADMMConfig(sparsity=0.5)).details["refit_converged"] == 1.0
+    cut_short = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5, refit_iterations=1))
+    assert cut_short.details == {"refit_steps": 1.0, "refit_converged": 0.0}
