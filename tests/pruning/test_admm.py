@@ -1,14 +1,16 @@
 """ADMM with a gradual mask on single layers: lower error than SparseGPT, the pattern exactly, the exact refit."""
 
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning.methods.admm import ADMMConfig, prune_layer, scheduled_sparsity
+from pruning.methods.admm import ADMMConfig, round_mask, prune_layer, scheduled_sparsity
 from pruning.methods.apt import joint_removal
 from pruning.methods.hessian import damped_hessian, spd_inverse
-from pruning.methods.masks import satisfies_nm
+from pruning.methods.masks import nm_mask, satisfies_nm
 from pruning.methods.sparsegpt import SparseGPTConfig
 from pruning.methods.sparsegpt import prune_layer as sparsegpt_layer
 
@@ -75,3 +77,50 @@ def test_the_refit_reports_whether_it_converged():
     assert prune_layer(weight, statistics, ADMMConfig(sparsity=0.5)).details["refit_converged"] == 1.0
     cut_short = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5, refit_iterations=1))
     assert cut_short.details == {"refit_steps": 1.0, "refit_converged": 0.0}
+
+
+@pytest.mark.parametrize("fields", [{"mask_scope": "matrix"}, {"mask_scope": "matrix", "row_floor": 0.5},
+                                    {"mask_scope": "matrix", "row_floor": 1.0}])
+@pytest.mark.parametrize("sparsity", [0.5, 0.7, 0.37])
+def test_a_matrix_mask_removes_exactly_its_share_and_keeps_each_rows_floor(fields, sparsity):
+    weight, statistics, _ = correlated_layer()
+    config = ADMMConfig(sparsity=sparsity, **fields)
+    result = prune_layer(weight, statistics, config)
+    assert int((~result.mask).sum()) == math.floor(weight.numel() * sparsity)
+    assert torch.equal(result.weight != 0, result.mask)
+    kept_total = weight.numel() - math.floor(weight.numel() * sparsity)
+    floor_count = math.floor(config.row_floor * kept_total / weight.shape[0])
+    assert int(result.mask.sum(dim=1).min()) >= floor_count
+
+
+def test_a_matrix_mask_gives_rows_uneven_shares_and_fits_the_layer_no_worse_than_per_row():
+    weight, statistics, _ = correlated_layer()
+    row = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5))
+    matrix = prune_layer(weight, statistics, ADMMConfig(sparsity=0.5, mask_scope="matrix"))
+    assert len(set(row.mask.sum(dim=1).tolist())) == 1
+    assert len(set(matrix.mask.sum(dim=1).tolist())) > 1
+    assert matrix.reconstruction_error < row.reconstruction_error
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sparsity": 0.5, "row_floor": 0.5}, "row_floor 0.5 applies to mask_scope matrix only"),
+    ({"pattern": "2:4", "mask_scope": "matrix"}, "mask_scope matrix is for unstructured sparsity"),
+    ({"sparsity": 0.5, "mask_scope": "matrix", "row_floor": 1.5}, "row_floor"),
+])
+def test_contradictory_mask_options_are_refused_naming_the_field(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        ADMMConfig(**fields)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+def test_the_gradual_nm_schedule_ends_exactly_nm_and_prunes_gradually_before(pattern):
+    weight, statistics, _ = correlated_layer()
+    config = ADMMConfig(pattern=pattern)
+    result = prune_layer(weight, statistics, config)
+    assert satisfies_nm(result.weight, config.nm)
+    assert int(result.mask.sum()) == weight.numel() * config.nm.n // config.nm.m
+    # An early round keeps each group's top N and more: a share s_k of the matrix, never a group's top N.
+    values = torch.randn(weight.shape, generator=torch.Generator().manual_seed(3))
+    early = round_mask(values, config, 0.1)
+    assert int((~early).sum()) == math.floor(values.numel() * 0.1)
+    assert bool(early[nm_mask(values.abs(), config.nm)].all())
