@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 from tiny_models import correlated_layer
 
-from pruning.methods.admm import ADMMConfig, round_mask, prune_layer, scheduled_sparsity
+from pruning.methods.admm import ADMMConfig, prune_layer, round_mask, scheduled_sparsity
 from pruning.methods.apt import joint_removal
 from pruning.methods.hessian import damped_hessian, spd_inverse
 from pruning.methods.masks import nm_mask, satisfies_nm
