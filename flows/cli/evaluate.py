@@ -32,15 +32,19 @@ def add_commands(commands: Commands) -> None:
     add_model_option(bench, "the dense model, measured first")
     bench.add_argument("--pruned", type=Path, action="append", default=[], metavar="DIR",
                        help="a pruned model directory, or a folder of them (repeatable)")
-    bench.add_argument("--devices", default="cpu,cuda", help="comma-separated; an absent CUDA is reported skipped")
-    bench.add_argument("--min-run-time", type=float, default=5.0,
+    bench.add_argument("--params", type=Path,
+                       help="take the settings from this params file's bench section (shapes, rounds, run times, "
+                            "dtypes: what `pruneflow sweep` and `dvc repro` measure); the options below override it")
+    bench.add_argument("--devices", help="comma-separated (default cpu,cuda); an absent CUDA is reported skipped")
+    bench.add_argument("--min-run-time", type=float,
                        help="seconds of timing per case, form and dense reference together (default 5)")
-    bench.add_argument("--max-run-time", type=float, default=20.0,
-                       help="GEMM cases: at most this many seconds while the IQR exceeds 10%% of the median")
-    bench.add_argument("--rounds", type=int, default=7, help="alternations of form and dense model per case")
-    bench.add_argument("--cpu-dtypes", default="fastest",
-                       help="comma-separated: fastest (bf16 where the CPU has it natively, else fp32), float32, "
-                            "bfloat16")
+    bench.add_argument("--max-run-time", type=float,
+                       help="GEMM cases: at most this many seconds while the IQR exceeds 10%% of the median "
+                            "(default 20)")
+    bench.add_argument("--rounds", type=int, help="alternations of form and dense model per case (default 7)")
+    bench.add_argument("--cpu-dtypes",
+                       help="comma-separated: fastest (bf16 where the CPU has it natively, else fp32; the default), "
+                            "float32, bfloat16")
     bench.add_argument("--output", type=Path, required=True, help="JSON file to write")
     add_store_options(bench)
     bench.set_defaults(handler=_bench)
@@ -77,19 +81,25 @@ def _bench(arguments: argparse.Namespace) -> int:
     """Benchmark the dense model, then every pruned directory given (or found one level under a folder)."""
     from pydantic import ValidationError
 
+    from flows.params import load_params
     from pruning.io import check_output_path
     from pruning.speed import SpeedSettings, benchmark
     from pruning.steps import fetch
 
     check_output_path(arguments.output, "--output", directory=False)
-    devices = tuple(arguments.devices.split(","))
-    unknown = [device for device in devices if device not in ("cpu", "cuda")]
-    if unknown:
-        raise ConfigError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
+    given = {"min_run_time": arguments.min_run_time, "max_run_time": arguments.max_run_time,
+             "rounds": arguments.rounds}
+    if arguments.devices is not None:
+        given["devices"] = tuple(arguments.devices.split(","))
+        unknown = [device for device in given["devices"] if device not in ("cpu", "cuda")]
+        if unknown:
+            raise ConfigError(f"--devices: unknown {', '.join(unknown)}; use cpu, cuda or cpu,cuda")
+    if arguments.cpu_dtypes is not None:
+        given["cpu_dtypes"] = tuple(arguments.cpu_dtypes.split(","))
+    base = load_params(arguments.params).bench.settings().model_dump() if arguments.params is not None else {}
     try:
-        settings = SpeedSettings.model_validate({
-            "devices": devices, "min_run_time": arguments.min_run_time, "max_run_time": arguments.max_run_time,
-            "rounds": arguments.rounds, "cpu_dtypes": tuple(arguments.cpu_dtypes.split(","))})
+        settings = SpeedSettings.model_validate(
+            {**base, **{field: value for field, value in given.items() if value is not None}})
     except ValidationError as error:
         field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else "max_run_time"
         raise ConfigError(f"--{str(field).replace('_', '-')}: {error.errors()[0]['msg']}") from None

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from flows.cli import main
@@ -154,6 +155,21 @@ def test_prune_writes_a_loadable_model_and_its_record(tiny_checkpoint, corpus_fi
     assert list(forms[0]) == ["dense"]
     assert set(forms[1]) == {"zeros", "csr", "semi-structured"}
     assert forms[1]["zeros"]["decode"]["batch16"]["tokens_per_second"] > 0
+
+    # The sweep's settings from a params file, an option overriding one of them.
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "models": [{"name": "tiny", "source": str(tiny_checkpoint)}], "prune": {"methods": ["wanda"], "sparsity": 0.5},
+        "bench": {"devices": ["cpu"], "prefill_batches": [2], "prefill_tokens": 8, "decode_batches": [3],
+                  "decode_new_tokens": 2, "gemm_layers": 1, "rounds": 3, "min_run_time": 0.01, "max_run_time": 0.05}}))
+    status, _, _ = run_cli(["bench", "--model", str(tiny_checkpoint), "--pruned", str(output), "--params", str(params),
+                            "--max-run-time", "0.02", "--output", str(speed)], capsys)
+    assert status == 0
+    measured = json.loads(speed.read_text())
+    assert measured["settings"]["prefill_tokens"] == 8 and measured["settings"]["max_run_time"] == 0.02
+    assert set(measured["devices"]) == {"cpu"}
+    zeros = measured["devices"]["cpu"]["models"][1]["forms"]["zeros"]
+    assert set(zeros["prefill"]) == {"2x8"} and set(zeros["decode"]) == {"batch3"}
 
 
 def test_oats_from_the_command_line_with_options_prints_where_the_factored_checkpoint_is(
