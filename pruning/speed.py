@@ -193,22 +193,28 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return low, middle, high
 
 
-def _paired(statement: str, form: dict[str, Any], dense: dict[str, Any], settings: SpeedSettings) -> dict[str, Any]:
+def _seconds_per_call(call: Callable[[], object], number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        call()
+    return (time.perf_counter() - started) / number
+
+
+def _paired(form: Callable[[], object], dense: Callable[[], object], settings: SpeedSettings) -> dict[str, Any]:
     """The form and the dense reference timed in alternation, `rounds` times each (about min_run_time seconds in
     all; fewer rounds, MIN_ROUNDS at least, where they pass max_run_time); speed-up = median over rounds of dense
-    time / form time, its spread the rounds' quartiles."""
-    timers = [Timer(stmt=statement, globals=variables, num_threads=torch.get_num_threads())
-              for variables in (form, dense)]
+    time / form time, its spread the rounds' quartiles. Each round times `number` calls of one, then of the other,
+    and nothing else (torch's Timer.timeit adds two warm-up calls to every round: 3x the time for the same data)."""
     # Warm-up (first-call allocations, kernel selection); its time, an overestimate, sizes the calls per timing.
-    one_call = max(sum(timer.timeit(1).median for timer in timers), 1e-6)
+    one_call = max(_seconds_per_call(form, 1) + _seconds_per_call(dense, 1), 1e-6)
     number = max(1, round(settings.min_run_time / settings.rounds / one_call))
     form_times: list[float] = []
     dense_times: list[float] = []
     started = time.perf_counter()
     while len(form_times) < settings.rounds and (len(form_times) < MIN_ROUNDS
                                                  or time.perf_counter() - started < settings.max_run_time):
-        form_times.append(timers[0].timeit(number).median)
-        dense_times.append(timers[1].timeit(number).median)
+        form_times.append(_seconds_per_call(form, number))
+        dense_times.append(_seconds_per_call(dense, number))
     ratios = [reference / measured for reference, measured in zip(dense_times, form_times, strict=True)]
     form_low, form_median, form_high = _quartiles(form_times)
     ratio_low, ratio_median, ratio_high = _quartiles(ratios)
@@ -278,16 +284,23 @@ def measure_model(model: nn.Module, reference: nn.Module, settings: SpeedSetting
             with peak_memory(device) as memory:
                 model(input_ids=ids, use_cache=False)
                 sync()
-            timing = _paired("model(input_ids=ids, use_cache=False); sync()",
-                             {"model": model, "ids": ids, "sync": sync}, {"model": reference, "ids": ids, "sync": sync},
-                             settings)
+
+            def prefill(timed: nn.Module, ids: torch.Tensor = ids) -> None:
+                timed(input_ids=ids, use_cache=False)
+                sync()
+            timing = _paired(lambda: prefill(model), lambda: prefill(reference), settings)
             results["prefill"][f"{batch}x{settings.prefill_tokens}"] = {**timing, **memory}
         for batch in settings.decode_batches:
             prompt = torch.randint(0, vocabulary, (batch, settings.decode_prompt_tokens), generator=generator)
-            statement = (f"model.generate(prompt, attention_mask=mask, max_new_tokens={settings.decode_new_tokens}, "
-                         f"min_new_tokens={settings.decode_new_tokens}, do_sample=False, pad_token_id=0); sync()")
-            given = {"prompt": prompt.to(device), "mask": torch.ones_like(prompt).to(device), "sync": sync}
-            timing = _paired(statement, {"model": model, **given}, {"model": reference, **given}, settings)
+            prompt = prompt.to(device)
+            mask = torch.ones_like(prompt)
+
+            def decode(timed: nn.Module, prompt: torch.Tensor = prompt, mask: torch.Tensor = mask) -> None:
+                cast(Any, timed).generate(prompt, attention_mask=mask,
+                                          max_new_tokens=settings.decode_new_tokens,
+                                          min_new_tokens=settings.decode_new_tokens, do_sample=False, pad_token_id=0)
+                sync()
+            timing = _paired(lambda: decode(model), lambda: decode(reference), settings)
             results["decode"][f"batch{batch}"] = {
                 **timing, "tokens_per_second": batch * settings.decode_new_tokens / timing["median_s"]}
         dtype = next(model.parameters()).dtype
