@@ -13,7 +13,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from pruning.blocks.activations import ActivationSet, release_free_memory
+from pruning.blocks.activations import ActivationSet
 from pruning.blocks.calls import BlockCall, move, on_device, run_block
 from pruning.blocks.dense_targets import dense_target_weight
 from pruning.blocks.finished_submodules import finished_children, recording, reusing
@@ -138,12 +138,10 @@ class BlockPruner:
                         cast(tuple[nn.Module, ActivationSet] | None, paired)))
                 reused.update(recorded)
                 result.forward_seconds += time.perf_counter() - started
-                release_free_memory()
             for group in stage:
                 for name in group:
                     self._solve_linear(block, working, block_index, name, statistics[group], result,
                                        method or self.method)
-            release_free_memory()
         if hidden is not None and dense is not None and self.reconstruction is not None:
             reused.clear()  # the finished children's recorded outputs predate the new weights
             self._reconstruct(block, working, prefix, hidden, device_calls, dense.outputs, result)
