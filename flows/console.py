@@ -126,6 +126,15 @@ class Terminal:
     log_path: Path | None
 
 
+PIPE_WIDTH = 160  # columns for a console that is not a terminal (rich's 80 wraps the results table)
+
+
+def _console(stream: IO[Any]) -> Console:
+    """A console on `stream`: a terminal's own width, else $COLUMNS or PIPE_WIDTH (`make run | tee run.log`)."""
+    width = None if stream.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
+    return Console(file=stream, width=width)
+
+
 @contextlib.contextmanager
 def output_to_log(log_path: Path, verbose: bool) -> Iterator[Terminal]:
     """Point file descriptors 1 and 2 at `log_path` (appending) and yield rich consoles on the original ones; with
@@ -142,7 +151,7 @@ def output_to_log(log_path: Path, verbose: bool) -> Iterator[Terminal]:
     with open(log_path, "a", buffering=1) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        terminal = Terminal(Console(file=streams[0]), Console(file=streams[1]), log_path)
+        terminal = Terminal(_console(streams[0]), _console(streams[1]), log_path)
         try:
             yield terminal
         finally:
