@@ -7,6 +7,8 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
   apt         APT at 50%, 60%, 70% and 2:4, SparseGPT/Wanda at 70%
   osscar      OSSCAR and the structured baselines (Wanda-sp with/without refit, magnitude with/without refit) at
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
+  admm        ADMM's mask scope (row, matrix, matrix with a row floor) at 50% and its N:M schedule (gradual, fixed)
+              at 2:4, against SparseGPT, calibration seeds 0-2
   engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
               per block; every method at 50% once (seed 0); dense
   quality     beyond SparseGPT (issue "Beyond SparseGPT"), acceptance first: SparseGPT and ADMM at 50%, ADMM + block
@@ -95,6 +97,14 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                 *({"method": "apt", "pattern": "2:4", "seed": seed} for seed in (1, 2)),
                 *({"method": "admm", "pattern": "2:4", "reconstruction": {"epochs": 4}, "seed": seed}
                   for seed in (0, 1, 2))],
+    # Issue "Quality, round three": ADMM's mask scope and N:M schedule against SparseGPT, seed 0 of every case
+    # first, then seeds 1 and 2 (a run cut short still compares every case once).
+    "admm": [{**case, "seed": seed} for seed in (0, 1, 2) for case in (
+        {"method": "sparsegpt", "sparsity": 0.5}, {"method": "admm", "sparsity": 0.5},
+        {"method": "admm", "sparsity": 0.5, "mask_scope": "matrix"},
+        {"method": "admm", "sparsity": 0.5, "mask_scope": "matrix", "row_floor": 0.5},
+        {"method": "sparsegpt", "pattern": "2:4"}, {"method": "admm", "pattern": "2:4"},
+        {"method": "admm", "pattern": "2:4", "nm_schedule": "fixed"})],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
