@@ -153,6 +153,8 @@ def test_sweep_logs_parent_and_child_runs_that_a_real_mlflow_server_serves(proje
         assert any(key.startswith("ppl.token.") and "seqlen32" in key for key in metrics)
         assert "block_relative_error" in metrics and "seconds.prune" in metrics
         assert metrics["layer_sparsity"] == pytest.approx(0.5)  # the last layer's, a history over all layers
+        history = mlflow.MlflowClient().get_metric_history(child["info"]["run_id"], "layer_sparsity")
+        assert len(history) > 1 and sorted(metric.step for metric in history) == list(range(len(history)))
         contexts = {item["tags"][0]["value"] if item.get("tags") else None
                     for item in child["inputs"]["dataset_inputs"]}
         assert {"calibration", "evaluation"} <= contexts
