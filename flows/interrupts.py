@@ -12,7 +12,6 @@ Cancelled, and the command exits 130 (SIGINT) or 143 (SIGTERM). Rerunning the sa
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,9 +20,10 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
+from pruning.io import die_with_parent
+
 SUPERVISED_ENVIRONMENT = "PRUNEFLOW_SUPERVISED"  # set in the child, so that it runs the command itself
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Stopped(KeyboardInterrupt):
@@ -76,7 +76,7 @@ def run_supervised(argv: Sequence[str]) -> int:
     """Run `pruneflow <argv>` in a child in its own session; forward SIGINT/SIGTERM to it; return its status."""
     child = subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], start_new_session=True,
                              env={**os.environ, SUPERVISED_ENVIRONMENT: "1"},
-                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                             preexec_fn=die_with_parent)
 
     received: list[int] = []
 
@@ -92,12 +92,6 @@ def run_supervised(argv: Sequence[str]) -> int:
     if received and returncode in (Stopped(signal.SIGINT).exit_status, -signal.SIGINT):
         return Stopped(received[0]).exit_status
     return 128 - returncode if returncode < 0 else returncode  # killed by signal N: the shell's 128 + N
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGKILL when the supervisor dies, so `kill -9` of `pruneflow` (or an OOM
-    kill) stops the run too instead of leaving it running detached."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def needs_supervisor(argv: Sequence[str]) -> bool:

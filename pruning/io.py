@@ -14,12 +14,16 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pruning.errors import ConfigError
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -45,6 +49,13 @@ def code_digest() -> str:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def die_with_parent() -> None:
+    """In a child process (Linux; elsewhere nothing): SIGKILL when its parent dies, so that a `kill -9` (or an OOM
+    kill) of the parent stops the child too instead of leaving it running detached."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def process_is_alive(pid: int) -> bool:

@@ -21,6 +21,8 @@ run is reported with `skipped` and the reason, never estimated.
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import statistics
 import threading
 import time
@@ -35,7 +37,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from pruning.errors import ConfigError
-from pruning.io import write_json
+from pruning.io import die_with_parent, write_json
 from pruning.machine import cpu_description, resolve_forward_dtype
 from pruning.models.architectures import adapter_for
 from pruning.models.factored import FACTORED_DIRECTORY, csr_times, load_compressed, to_csr
@@ -473,3 +475,50 @@ def benchmark(models: list[Path], settings: SpeedSettings, output: Path, dense: 
         directories += found
     write_json(output, benchmark_models(directories, settings, dense, on_model))
     return output
+
+
+def benchmark_in_fresh_process(models: list[Path], settings: SpeedSettings, output: Path, dense: Path,
+                               on_model: Callable[[int, int], None] | None = None) -> Path:
+    """`benchmark` in a process of its own (spawned), its progress followed here: what a long run did before (a
+    sweep's heap after eight prunes, its server and logging threads) does not reach the timings, which then match
+    `pruneflow bench --params` on the same models. A stop (Ctrl-C) here terminates the child."""
+    context = multiprocessing.get_context("spawn")
+    progress = context.Queue()
+    child = context.Process(target=_benchmark_child, args=(models, settings.model_dump(mode="json"), output, dense,
+                                                           progress), daemon=True)
+    child.start()
+    try:
+        while True:
+            try:
+                kind, *payload = progress.get(timeout=1.0)
+            except queue.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f"the benchmark process ended without a result (exit code "
+                                       f"{child.exitcode})") from None
+                continue
+            if kind == "model" and on_model is not None:
+                on_model(*payload)
+            elif kind == "error":
+                configuration, message = payload
+                if configuration:
+                    raise ConfigError(message)
+                raise RuntimeError(f"the benchmark process failed: {message}")
+            elif kind == "done":
+                return Path(payload[0])
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+
+
+def _benchmark_child(models: list[Path], settings: dict[str, Any], output: Path, dense: Path,
+                     progress: Any) -> None:
+    die_with_parent()
+    try:
+        written = benchmark(models, SpeedSettings.model_validate(settings), output, dense,
+                            lambda done, total: progress.put(("model", done, total)))
+    except Exception as error:  # reported to the parent, which raises it
+        progress.put(("error", isinstance(error, ConfigError), str(error) if isinstance(error, ConfigError)
+                      else f"{type(error).__name__}: {error}"))
+        return
+    progress.put(("done", str(written)))

@@ -42,8 +42,9 @@ STEP_TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
         (steps.assemble, "assemble"), (steps.evaluate, "evaluate"), (steps.evaluate_zero_shot, "zero-shot"),
         (steps.export, "export"))}
 
-# Timings are measurements of this machine now: never served from a cache.
-benchmark_task = task(name="benchmark", cache_policy=NO_CACHE, persist_result=False)(speed.benchmark)
+# Timings are measurements of this machine now: never served from a cache; taken in a fresh process, as
+# `pruneflow bench` takes them, not in the flow's own after a whole sweep.
+benchmark_task = task(name="benchmark", cache_policy=NO_CACHE, persist_result=False)(speed.benchmark_in_fresh_process)
 
 
 class PrefectRunner(StepRunner):

@@ -8,10 +8,18 @@ import torch
 from tiny_models import random_ids, save_tiny_checkpoint
 
 from pruning.config import PruneJob
+from pruning.errors import ConfigError
 from pruning.job import run_job
 from pruning.machine import cpu_has_native_bfloat16
 from pruning.models.sources import load_model
-from pruning.speed import SpeedSettings, benchmark_models, device_passes, load_form, model_forms
+from pruning.speed import (
+    SpeedSettings,
+    benchmark_in_fresh_process,
+    benchmark_models,
+    device_passes,
+    load_form,
+    model_forms,
+)
 
 QUICK = SpeedSettings(prefill_batches=(1, 2), prefill_tokens=16, decode_batches=(1, 2), decode_new_tokens=4,
                       gemm_layers=2, min_run_time=0.01, max_run_time=0.01, rounds=3)
@@ -130,3 +138,23 @@ def test_the_gpu_bench_script_runs_both_phases_in_its_dry_run_and_writes_results
     forms = {(row["method"], row["form"]): row for row in speed["speedups"]}
     assert forms[("structured-wanda", "structured")]["ratios"] and forms[("sparsegpt", "zeros")]["ratios"]
     assert "needs CUDA" in forms[("sparsegpt", "semi-structured")]["skipped"]
+
+
+def test_the_fresh_process_benchmark_writes_what_benchmark_writes_and_reports_its_progress(pruned_models, tmp_path):
+    dense, directories = pruned_models
+    settings = QUICK.model_copy(update={"devices": ("cpu",), "prefill_batches": (1,), "decode_batches": (1,)})
+    progress = []
+    output = benchmark_in_fresh_process([dense, directories["structured"]], settings, tmp_path / "speed.json", dense,
+                                        lambda done, total: progress.append((done, total)))
+    assert progress == [(1, 2), (2, 2)]
+    written = json.loads(output.read_text())
+    assert written["settings"] == settings.model_dump(mode="json")
+    assert [list(model["forms"]) for model in written["devices"]["cpu"]["models"]] == [["dense"], ["structured"]]
+    assert written["devices"]["cpu"]["models"][1]["forms"]["structured"]["prefill"]["1x16"]["speedup"] > 0
+
+
+def test_a_failure_in_the_benchmark_process_is_raised_here_and_writes_nothing(pruned_models, tmp_path):
+    dense, _ = pruned_models
+    with pytest.raises(ConfigError, match="is neither a pruned model directory nor a folder of them"):
+        benchmark_in_fresh_process([tmp_path / "empty"], QUICK, tmp_path / "speed.json", dense)
+    assert not (tmp_path / "speed.json").exists()
