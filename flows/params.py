@@ -137,7 +137,8 @@ class DaskConfig(_Strict):
 
 class BenchConfig(SpeedSettings):
     """The bench stage: speed of every form on each device (`pruning.speed`); `in_sweep` also runs it at the end of
-    `pruneflow sweep`."""
+    `pruneflow sweep`, for the models of `methods` in the `forms` given (the DVC bench stages measure every model in
+    every form)."""
 
     in_sweep: bool = False
     methods: tuple[str, ...] | None = Field(None, description="the methods whose models the sweep's bench measures "
@@ -149,6 +150,11 @@ class BenchConfig(SpeedSettings):
         return None if methods is None else known_methods(methods)
 
     def settings(self) -> SpeedSettings:
+        """Every form: what the DVC bench stages and `pruneflow bench --params` measure."""
+        return SpeedSettings.model_validate(self.model_dump(exclude={"in_sweep", "methods", "forms"}))
+
+    def sweep_settings(self) -> SpeedSettings:
+        """The sweep's speed stage: only `forms` where given."""
         return SpeedSettings.model_validate(self.model_dump(exclude={"in_sweep", "methods"}))
 
     def measures(self, method: str) -> bool:

@@ -97,7 +97,7 @@ def sweep(params: SweepParams, label: str = "params.yaml") -> SweepResult:
                 pruned = [item.output_dir for item in combinations
                           if item.model == model.source and params.bench.measures(item.method)]
                 with combination_row(speed_key(model.source), model.name, "speed") as row:
-                    output = benchmark_task([dense_dir, *pruned], params.bench.settings(),
+                    output = benchmark_task([dense_dir, *pruned], params.bench.sweep_settings(),
                                             speed_dir / f"{model.name}.json", dense_dir, row.model_measured)
                     row.done(output.name)
         rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)

@@ -46,6 +46,9 @@ from pruning.record import RUN_RECORD_FILE, PruneRecord
 MIN_ROUNDS = 3  # paired rounds per case at least: quartiles need three
 
 
+Form = Literal["dense", "zeros", "csr", "semi-structured", "structured", "merged", "factored-dense", "factored-csr"]
+
+
 class SpeedSettings(BaseModel):
     """What to measure, where, and for how long: `min_run_time` seconds of timing per case at least, and at most
     `max_run_time` while the IQR is still above 10% of the median (adaptive_autorange's rule)."""
@@ -65,6 +68,8 @@ class SpeedSettings(BaseModel):
                                                               "(fewer once max_run_time has passed)")
     cpu_dtypes: tuple[Literal["fastest", "float32", "bfloat16"], ...] = Field(
         default=("fastest",), min_length=1, description="fastest: bf16 where the CPU has it natively, else fp32")
+    forms: tuple[Form, ...] | None = Field(None, min_length=1, description="measure only these forms of each "
+                                           "model (a model without one of them is measured in none); all when unset")
 
     @model_validator(mode="after")
     def _longest_at_least_shortest(self) -> SpeedSettings:
@@ -340,6 +345,8 @@ def benchmark_directory(directory: Path, reference: DenseReference, settings: Sp
     record = PruneRecord.read_if_present(directory)
     results: dict[str, Any] = {}
     for form in model_forms(directory):
+        if settings.forms is not None and form not in settings.forms:
+            continue
         reason = unsupported_reason(form, device)
         if reason is not None:
             results[form] = {"skipped": reason}

@@ -158,3 +158,15 @@ def test_a_failure_in_the_benchmark_process_is_raised_here_and_writes_nothing(pr
     with pytest.raises(ConfigError, match="is neither a pruned model directory nor a folder of them"):
         benchmark_in_fresh_process([tmp_path / "empty"], QUICK, tmp_path / "speed.json", dense)
     assert not (tmp_path / "speed.json").exists()
+
+
+def test_forms_limits_what_is_measured(pruned_models):
+    dense, directories = pruned_models
+    settings = QUICK.model_copy(update={"devices": ("cpu",), "forms": ("dense", "zeros")})
+    measured = benchmark_models([dense, directories["two-four"], directories["structured"]], settings, dense)
+    assert [list(model["forms"]) for model in measured["devices"]["cpu"]["models"]] == [["dense"], ["zeros"], []]
+
+
+def test_an_unknown_form_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="forms"):
+        SpeedSettings(forms=("sparse-magic",))
