@@ -83,7 +83,7 @@ def round_mask(values: torch.Tensor, config: ADMMConfig, sparsity: float) -> tor
         return matrix_mask(scores.masked_fill(nm_mask(scores, config.nm), torch.inf), sparsity)
     if config.mask_scope == "row":
         return row_mask(scores, sparsity)  # exactly floor(s·numel) removed, the per-row counts one apart
-    rows, columns = scores.shape
+    rows = scores.shape[0]
     kept_total = scores.numel() - math.floor(scores.numel() * sparsity)
     floor_count = math.floor(config.row_floor * kept_total / rows) if rows else 0
     if floor_count:

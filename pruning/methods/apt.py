@@ -86,7 +86,7 @@ def joint_removal(weight: torch.Tensor, pruned: torch.Tensor, inverse: torch.Ten
         system = torch.take(extended, index.unsqueeze(2) * extended.shape[1] + index.unsqueeze(1))  # (H⁻¹)_PP per row
         values = torch.gather(padded_weight[rows_chunk], 1, index)  # (c, |P|) = w_P per row
         solved = torch.linalg.solve(system, values.unsqueeze(2)).squeeze(2)
-        coefficients[rows_chunk] = coefficients[rows_chunk].scatter_(1, index, solved)
+        coefficients[rows_chunk] = padded_weight.new_zeros(len(rows_chunk), width + most).scatter_(1, index, solved)
     coefficients = coefficients[:, :width]  # (rows, |S|)
     loss = 0.5 * float((coefficients * weight_s).sum())  # Σ_rows ½ x·w_P
     # δ_i = −x_i (H⁻¹)_P,:  =  −(x_i scattered to its columns) · H⁻¹, over the columns any row prunes.

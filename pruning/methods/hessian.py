@@ -57,8 +57,12 @@ def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, inverse: torch.Te
     inner = (residual * preconditioned).sum(dim=1, keepdim=True)  # rᵀz per row
     limit = tolerance**2 * right.square().sum(dim=1, keepdim=True)
     tiny = torch.finfo(target.dtype).tiny
+
+    def converged() -> bool:
+        return bool((residual.square().sum(dim=1, keepdim=True) <= limit).all())
+
     for step in range(iterations):
-        if bool((residual.square().sum(dim=1, keepdim=True) <= limit).all()):
+        if converged():
             return Refit(solution, step, True)
         product = (direction @ hessian) * mask
         size = inner / (direction * product).sum(dim=1, keepdim=True).clamp_min(tiny)
@@ -68,4 +72,4 @@ def refit_on_mask(target: torch.Tensor, hessian: torch.Tensor, inverse: torch.Te
         updated = (residual * preconditioned).sum(dim=1, keepdim=True)
         direction = preconditioned + (updated / inner.clamp_min(tiny)) * direction
         inner = updated
-    return Refit(solution, iterations, bool((residual.square().sum(dim=1, keepdim=True) <= limit).all()))
+    return Refit(solution, iterations, converged())
