@@ -274,8 +274,10 @@ def summary_table(result: dict[str, Any]) -> str:
     for entry in result["cases"]:
         rows.setdefault(seedless(entry["case"]), []).append(entry)
     reference = {(entry["pattern"], entry.get("target")): entry["prune_seconds"] for entry in result["cases"]
-                 if entry["case"].keys() <= {"method", "sparsity", "pattern"} and entry["method"] == "sparsegpt"}
-    lines = ["| case | perplexity by seed | mean (spread) | prune s | / SparseGPT |", "|---|---|---|---|---|"]
+                 if entry["case"].keys() <= {"method", "sparsity", "pattern", "seed"}
+                 and entry["case"].get("seed", 0) == 0 and entry["method"] == "sparsegpt"}
+    lines = ["| case | perplexity by seed | mean (spread) | prune s | / SparseGPT | / dense forward |",
+             "|---|---|---|---|---|---|"]
     for label, entries in rows.items():
         by_seed = {entry["case"].get("seed", 0): entry for entry in entries}
         values = [by_seed[seed]["perplexity"] for seed in sorted(by_seed)]
@@ -283,8 +285,9 @@ def summary_table(result: dict[str, Any]) -> str:
         base = reference.get((first["pattern"], first.get("target")))
         seeds = " / ".join(f"{seed}: {by_seed[seed]['perplexity']:.2f}" for seed in sorted(by_seed))
         ratio = f"{first['prune_seconds'] / base:.2f}" if base else "-"
+        forward = f"{first['prune_ratio']:.2f}" if "prune_ratio" in first else "-"
         lines.append(f"| {label} | {seeds} | {sum(values) / len(values):.2f} ({max(values) - min(values):.2f}) | "
-                     f"{first['prune_seconds']:.0f} | {ratio} |")
+                     f"{first['prune_seconds']:.0f} | {ratio} | {forward} |")
     return "\n".join(lines)
 
 
