@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import glob
 import hashlib
@@ -17,7 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -194,20 +195,35 @@ def write_json(path: Path, payload: Any) -> None:
         handle.write("\n")
 
 
-def check_output_path(path: Path, field: str, directory: bool, overwrite: bool = False) -> None:
+def check_output_path(path: Path, field: str, directory: bool, overwrite: bool = False,
+                      inputs: Mapping[str, Path | str | None] | None = None, replaced: bool | None = None) -> None:
     """Refuse, before any work, an output that cannot be written or would destroy something.
 
     `directory`: the output is a folder (a model, a report) that must not already hold files unless `overwrite`;
-    else a file, which may be replaced but must not be a folder. The nearest existing ancestor must be a writable
-    folder. Raises ValueError naming `field` (no name where the caller's validation adds it).
+    else a file, which may be replaced but must not be a folder. A symbolic link is refused (the atomic swap would
+    replace the link by a folder), and so is an output equal to, inside or around one of `inputs` (field -> path:
+    the model, the calibration, the cache, the artifact store); "around" counts only where the output is `replaced`
+    (default: a folder with `overwrite`; a cache is written into, never replaced). The nearest existing ancestor
+    must be a folder in which a probe file can be created and removed (this refuses /proc, read-only mounts and
+    missing permissions).
+    Raises ConfigError naming `field`.
     """
     prefix = f"{field}: " if field else ""
     if str(path).strip() == "":
         raise ConfigError(f"{prefix}empty path; give the {'folder' if directory else 'file'} to write")
     path = Path(path).expanduser()
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "a dangling symbolic link" if not path.exists() else "a symbolic link"
+        raise ConfigError(f"{prefix}'{path}' is {state} (to '{target}'); give the real path"
+                          f"{'' if not path.exists() else f' {path.resolve()}'} or remove the link")
     resolved = path.resolve()
     if directory and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents):
         raise ConfigError(f"{prefix}'{path}' is the working folder or one of its parents; give a new folder")
+    for input_field, input_path in (inputs or {}).items():
+        if input_path is not None and str(input_path).strip():
+            _refuse_overlap(path, resolved, prefix, input_field, Path(input_path).expanduser().resolve(),
+                            directory and overwrite if replaced is None else replaced)
     if path.exists():
         if directory and not path.is_dir():
             raise ConfigError(f"{prefix}'{path}' exists and is a file; give a folder path")
@@ -223,3 +239,87 @@ def check_output_path(path: Path, field: str, directory: bool, overwrite: bool =
         raise ConfigError(f"{prefix}'{path}' cannot be created: '{ancestor}' is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"{prefix}'{path}' cannot be created: no write permission in '{ancestor}'")
+    _probe_writable(ancestor, path, prefix)
+
+
+def _refuse_overlap(path: Path, resolved: Path, prefix: str, input_field: str, input_path: Path,
+                    replaced: bool) -> None:
+    """An output must not be an input, lie inside one (a pruned model in the model's folder or the cache), or hold
+    one (--overwrite of a folder around the model would delete it)."""
+    if resolved == input_path:
+        raise ConfigError(f"{prefix}'{path}' is the {input_field} ('{input_path}'); write to another folder")
+    if input_path in resolved.parents:
+        raise ConfigError(f"{prefix}'{path}' lies inside the {input_field} ('{input_path}'); write outside it")
+    if replaced and resolved in input_path.parents:
+        raise ConfigError(f"{prefix}'{path}' holds the {input_field} ('{input_path}'), which replacing it would "
+                          "delete; write to another folder")
+
+
+def _probe_writable(folder: Path, path: Path, prefix: str) -> None:
+    """Create and remove an empty file in `folder`: what permission bits cannot tell (a read-only mount, /proc,
+    a full inode table) fails here, before the work, instead of at the final write."""
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".pruneflow-probe-", dir=folder)
+    except OSError as error:
+        raise ConfigError(f"{prefix}'{path}' cannot be written: creating a file in '{folder}' fails "
+                          f"({error.strerror}); give a folder on a writable file system") from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
+def check_free_space(path: Path, needed_bytes: int, field: str, what: str) -> None:
+    """Refuse before the work when the file system that will hold `path` has less than `needed_bytes` free."""
+    ancestor = Path(path).expanduser().resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    free = shutil.disk_usage(ancestor).free
+    if free < needed_bytes:
+        raise ConfigError(f"{field}: {what} needs about {needed_bytes / 2**20:,.1f} MiB but '{ancestor}' has "
+                          f"{free / 2**20:,.1f} MiB free; free some space or give a folder on a larger disk")
+
+
+_HELD_OUTPUTS: set[Path] = set()  # the outputs this process holds the lock of
+
+
+@contextlib.contextmanager
+def exclusive_output(path: Path, field: str,
+                     advice: str = "wait for it to finish, or write to another folder") -> Iterator[None]:
+    """Hold an exclusive lock on output `path` (a `.<name>.lock` file beside it) while a run writes it: a second
+    writer of the same output fails at once, naming the first one's process. The lock file is removed on release.
+
+    flock(2) on the lock file; after locking, the file is checked to still be the one at the path (a releasing
+    writer may have just removed it), else locking starts again."""
+    path = Path(path).expanduser().resolve()
+    if path in _HELD_OUTPUTS:  # this process holds it already (a driver locks before Prefect, the job again inside)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    while True:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held open across the yield: the lock lives with it)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"{field}: '{path}' is being written by another pruneflow run (process {holder}); "
+                              f"{advice}") from None
+        try:
+            same_file = os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        handle.close()
+    _HELD_OUTPUTS.add(path)
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        _HELD_OUTPUTS.discard(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        handle.close()

@@ -24,6 +24,7 @@ from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
+from pruning.io import exclusive_output
 from pruning.machine import Machine
 from pruning.methods.registry import is_structured
 from pruning.preflight import check_context_length, check_job, check_model
@@ -93,14 +94,34 @@ def _evaluations(run: StepRunner, model: steps.ModelRef, texts: list[steps.Evalu
     return ModelEvaluation(model=model, perplexity=perplexity, zero_shot=accuracies)
 
 
+def prepare_inputs(job: PruneJob) -> None:
+    """A job's first steps, in this process: fetch the model and check it, build the calibration windows and the
+    evaluation texts (each into the artifact store). A driver that hands the job to Prefect runs this first, so that
+    a corpus too small for num_samples or an unreadable text fails before Prefect or MLflow start; the flow's tasks
+    then reuse what the store holds."""
+    store = ArtifactStore(job.artifacts_dir)
+    model = steps.fetch(job.model, job.cache_dir)
+    check_model(job, model.path)
+    if job.method.needs_calibration:
+        steps.calibrate(model, job.calibration, store, job.cache_dir)
+    for item in job.evaluation:
+        steps.prepare_evaluation_text(model, item, store, job.cache_dir)
+
+
 def run_job(job: PruneJob, run: StepRunner | None = None, progress: JobProgress | None = None,
             calibration: steps.CalibrationRef | None = None) -> PruneRecord:
     """Prune, evaluate and export `job`; return the record written to `<output_dir>/pruneflow.json`.
 
     `calibration`, when given (the DVC calibrate stage's output), is used instead of sampling windows; it must
     match the job's calibration settings."""
-    run, progress = run or StepRunner(), progress or Silent()
     check_job(job)
+    with exclusive_output(job.output_dir, "output_dir"):
+        check_job(job)  # again under the lock: a run that held it may have filled the folder meanwhile
+        return _run_job(job, run or StepRunner(), progress or Silent(), calibration)
+
+
+def _run_job(job: PruneJob, run: StepRunner, progress: JobProgress,
+             calibration: steps.CalibrationRef | None) -> PruneRecord:
     store, machine = ArtifactStore(job.artifacts_dir), Machine.resolve(job.engine.device, job.engine.forward_dtype)
     progress.stage("fetch")
     model = run(steps.fetch, job.model, job.cache_dir)

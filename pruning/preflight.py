@@ -23,10 +23,10 @@ from pruning.config import (
     PruneJob,
     ZeroShotConfig,
 )
-from pruning.data.corpora import check_text_source
+from pruning.data.corpora import check_text_readable, check_text_source
 from pruning.errors import ConfigError
 from pruning.evaluation.zero_shot import check_zero_shot_tasks
-from pruning.io import check_output_path
+from pruning.io import check_free_space, check_output_path
 from pruning.machine import resolve_device
 from pruning.methods.structured import StructuredBudget
 from pruning.models.architectures import adapter_for_model_type
@@ -62,33 +62,45 @@ def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) ->
         problems += _problem("model", check_model_exists, model, bool(given(fields, "allow_unpinned", False)))
     source = given(given(fields, "calibration", {}), "source", CalibrationConfig().source)
     if needs_calibration and isinstance(source, str):
-        problems += _problem("calibration.source", check_text_source, source)
+        problems += _problem("calibration.source", check_text_source, source) or \
+            _problem("", check_text_readable, source, given(given(fields, "calibration", {}), "text_field", None),
+                     "calibration.source")
     evaluations = given(fields, "evaluation", [EvaluationConfig()])
     for index, evaluation in enumerate(evaluations if isinstance(evaluations, list | tuple) else []):
-        dataset = given(evaluation.model_dump() if isinstance(evaluation, EvaluationConfig) else evaluation,
-                        "dataset", EvaluationConfig().dataset)
+        settings = evaluation.model_dump() if isinstance(evaluation, EvaluationConfig) else evaluation
+        dataset = given(settings, "dataset", EvaluationConfig().dataset)
         if isinstance(dataset, str):
-            problems += _problem(f"evaluation.{index}.dataset", check_text_source, dataset)
+            problems += _problem(f"evaluation.{index}.dataset", check_text_source, dataset) or \
+                _problem("", check_text_readable, dataset, given(settings, "text_field", None),
+                         f"evaluation.{index}.dataset")
     zero_shot = given(fields, "zero_shot", None)
     tasks = given(zero_shot, "tasks", ZeroShotConfig().tasks) if zero_shot is not None else None
-    if isinstance(tasks, list | tuple) and all(isinstance(task, str) for task in tasks):
+    if isinstance(tasks, list | tuple) and all(isinstance(task, str) and task.strip() for task in tasks):
         data_dir = given(zero_shot, "data_dir", None)
         problems += _problem("", check_zero_shot_tasks, tuple(tasks), Path(data_dir) if data_dir else None)
     device = given(given(fields, "engine", {}), "device", "auto")
     if isinstance(device, str):
         problems += _problem("", resolve_device, device)
+    inputs = {"model": _local_path(model), "calibration.source": _local_path(source) if needs_calibration else None}
+    folders = {field: given(fields, field, default)
+               for field, default in (("cache_dir", DEFAULT_CACHE_DIR), ("artifacts_dir", DEFAULT_ARTIFACTS_DIR))}
     output = given(fields, "output_dir", None)
     if isinstance(output, str | Path):
         problems += _problem("", check_output_path, Path(output), "output_dir", True,
-                             bool(given(fields, "overwrite", False)))
-        if isinstance(model, str) and Path(model).expanduser().is_dir() and \
-                Path(model).expanduser().resolve() == Path(output).expanduser().resolve():
-            problems.append(f"output_dir: '{output}' is the model being pruned; write the pruned copy elsewhere")
-    for field, default in (("cache_dir", DEFAULT_CACHE_DIR), ("artifacts_dir", DEFAULT_ARTIFACTS_DIR)):
-        folder = given(fields, field, default)
+                             bool(given(fields, "overwrite", False)), {**inputs, **folders})
+    for field, folder in folders.items():
         if isinstance(folder, str | Path):
-            problems += _problem("", check_output_path, Path(folder), field, True, True)
+            problems += _problem("", check_output_path, Path(folder), field, True, True, {"model": inputs["model"]},
+                                 False)
     return problems
+
+
+def _local_path(source: object) -> Path | None:
+    """A model or text source that names a local file or folder (not hf://, pypi:// or a named corpus)."""
+    if not isinstance(source, str) or "://" in source:
+        return None
+    path = Path(source).expanduser()
+    return path if path.exists() else None
 
 
 def check_model_exists(spec: str, allow_unpinned: bool) -> None:
@@ -116,6 +128,58 @@ def check_model(job: PruneJob, model_dir: Path) -> None:
     check_architecture(model_dir, job.method)
     check_context_length(model_dir, job.calibration.seqlen if job.method.needs_calibration else None,
                          [evaluation.seqlen for evaluation in job.evaluation])
+    check_skip_layers(model_dir, job.engine.skip_layers)
+    check_disk_space(job, model_dir)
+
+
+def check_disk_space(job: PruneJob, model_dir: Path) -> None:
+    """The artifact store holds the pruned blocks and the assembled model (x2 the weights, x3 with OATS' factored
+    form); the output is hard-linked from it, or copied where it lies on another file system."""
+    weights = sum(path.stat().st_size for path in model_dir.glob("*.safetensors"))
+    forms = 2 if job.method.method == "oats" else 1
+    check_free_space(job.artifacts_dir, weights * (1 + forms), "artifacts_dir", "the pruned blocks and model")
+    if _device_of(job.output_dir) != _device_of(job.artifacts_dir):
+        check_free_space(job.output_dir, weights * forms, "output_dir", "the pruned model")
+
+
+def _device_of(path: Path) -> int:
+    ancestor = Path(path).expanduser().resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    return ancestor.stat().st_dev
+
+
+def linear_names(model_dir: Path) -> list[str]:
+    """The full names of every prunable linear (`model.layers.3.mlp.up_proj`), from config.json alone."""
+    config = json.loads((model_dir / "config.json").read_text())
+    adapter = adapter_for_model_type(str(config.get("model_type", "unknown")))
+    blocks = int(config.get("num_hidden_layers", config.get("n_layer", 0)) or 0)
+    return [f"{adapter.blocks_path}.{index}.{name}" for index in range(blocks) for name in adapter.linear_names]
+
+
+def check_skip_layers(model_dir: Path, patterns: tuple[str, ...]) -> None:
+    """Each --skip-layer pattern must match a linear of the model (a misspelled one would silently prune it)."""
+    if not patterns:
+        return
+    from fnmatch import fnmatch
+
+    names = linear_names(model_dir)
+    unmatched = [pattern for pattern in patterns if not any(fnmatch(name, pattern) for name in names)]
+    if unmatched:
+        raise ConfigError(f"engine.skip_layers: {', '.join(repr(p) for p in unmatched)} matches no linear of the "
+                          f"model; its linears are named like {names[0]}, ..., {names[-1]}")
+
+
+def check_local_architecture(spec: str, field: str = "model") -> None:
+    """`check_architecture` for a model source that is a local folder, before any weights load (a GGUF or hub
+    source is checked once fetched); the error names `field`."""
+    path = Path(spec).expanduser()
+    if "://" in spec or not path.is_dir():
+        return
+    try:
+        check_architecture(path)
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {str(error).removeprefix('model: ')}") from None
 
 
 def check_architecture(model_dir: Path, method: object = None) -> None:
@@ -125,7 +189,14 @@ def check_architecture(model_dir: Path, method: object = None) -> None:
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"model: '{model_dir / 'config.json'}' is not readable JSON ({error}); re-save or "
                           "re-download the model") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"model: '{model_dir / 'config.json'}' holds {type(config).__name__}, not a mapping of "
+                          "settings; re-save or re-download the model")
     adapter = adapter_for_model_type(str(config.get("model_type", "unknown")))
+    blocks = config.get("num_hidden_layers", config.get("n_layer"))
+    if blocks is not None and (not isinstance(blocks, int) or blocks < 1):
+        raise ConfigError(f"model: '{model_dir / 'config.json'}' says num_hidden_layers: {blocks}; a model needs at "
+                          "least one block (a damaged or hand-edited config?)")
     if isinstance(method, StructuredBudget):
         from transformers import AutoConfig
 

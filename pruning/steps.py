@@ -42,7 +42,7 @@ from pruning.engine import PruneEngine
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import PerplexityResult, perplexity
 from pruning.evaluation.zero_shot import ZeroShotResult, zero_shot, zero_shot_fingerprint
-from pruning.io import atomic_directory, link_or_copy, write_json
+from pruning.io import atomic_directory, exclusive_output, link_or_copy, write_json
 from pruning.machine import Machine
 from pruning.methods.registry import MethodConfig
 from pruning.models.access import StreamedModel
@@ -156,7 +156,7 @@ def calibrate(model: ModelRef, calibration: CalibrationConfig, store: ArtifactSt
                                                          source_fingerprint(calibration.source)))
     reused = (directory / MANIFEST_FILE).is_file()
     if not reused:
-        corpus = load_corpus(calibration.source, "calibration", cache_dir, calibration.text_field)
+        corpus = load_corpus(calibration.source, "calibration", cache_dir, calibration.text_field, "calibration.source")
         save_calibration_set(build_calibration_set(corpus, load_tokenizer(model.path), calibration.num_samples,
                                                    calibration.seqlen, calibration.seed), directory)
     return CalibrationRef(directory=directory, manifest=load_calibration_manifest(directory), reused=reused)
@@ -171,7 +171,7 @@ def prepare_evaluation_text(model: ModelRef, evaluation: EvaluationConfig, store
     record = directory / "text.json"
     reused = record.is_file()
     if not reused:
-        corpus = load_corpus(evaluation.dataset, "evaluation", cache_dir, evaluation.text_field)
+        corpus = load_corpus(evaluation.dataset, "evaluation", cache_dir, evaluation.text_field, "evaluation.dataset")
         with atomic_directory(directory) as staging:
             save_file({"input_ids": tokenize_corpus(corpus, load_tokenizer(model.path))}, str(staging / TOKENS_FILE))
             write_json(staging / "text.json", corpus.provenance.model_dump(mode="json"))
@@ -204,7 +204,9 @@ def prune(model: ModelRef, calibration: CalibrationRef | None, method: MethodCon
     key = store.key("blocks", parts)
     access = StreamedModel(model.path, trust_remote_code)  # config.json and tensor headers; no weights yet
     input_ids = load_calibration_set(calibration.directory).input_ids if calibration is not None else None
-    with PruneEngine(access, method, engine, machine, input_ids, store.blocks(key, parts)) as pruning:
+    with exclusive_output(store.directory("blocks", key), "artifacts_dir",
+                          "wait for it; a rerun then reuses its blocks"), \
+            PruneEngine(access, method, engine, machine, input_ids, store.blocks(key, parts)) as pruning:
         report = pruning.run(on_block)
     return PrunedBlocks(key=key, directory=store.directory("blocks", key), report=report,
                         model_parameters=access.parameter_count(), reused=report.blocks_computed == 0)

@@ -18,6 +18,7 @@ from torch import nn
 
 from pruning.blocks.activations import ActivationSet
 from pruning.blocks.calls import BlockCall, move, run_block
+from pruning.methods.base import MAX_ROUNDS, MAX_SEED
 
 Batches = ActivationSet | Sequence[torch.Tensor]
 
@@ -28,11 +29,11 @@ class ReconstructionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: PositiveInt = 4
+    epochs: int = Field(default=4, gt=0, le=MAX_ROUNDS)
     learning_rate: float = Field(default=1e-4, gt=0)
     holdout: float = Field(default=0.125, gt=0, lt=1)
     micro_batch: PositiveInt = 2
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 def _loss(block: nn.Module, inputs: torch.Tensor, call: BlockCall, targets: torch.Tensor) -> torch.Tensor:

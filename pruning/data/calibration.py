@@ -103,6 +103,10 @@ def save_calibration_set(calibration: CalibrationSet, directory: Path) -> None:
 
 
 def load_calibration_manifest(directory: Path) -> CalibrationManifest:
+    """The manifest of a calibration set folder (what the calibrate step wrote); a folder without one is refused."""
+    if not (directory / MANIFEST_FILE).is_file() or not (directory / TOKENS_FILE).is_file():
+        raise ConfigError(f"calibration: '{directory}' holds no calibration set ({MANIFEST_FILE} and {TOKENS_FILE}); "
+                          "give the folder the calibrate stage wrote")
     return CalibrationManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
 
 

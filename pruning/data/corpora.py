@@ -11,6 +11,7 @@ by `datasets.save_to_disk`. Their text field is `text_field` or the first of tex
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,40 @@ def check_text_source(source: str) -> None:
                      "nor an existing file or folder")
 
 
-def load_corpus(source: str, split: Split, cache_dir: Path, text_field: str | None = None) -> TextCorpus:
-    """The documents of `source` for the given role."""
+TEXT_FILE_SUFFIXES = (".txt", ".json", ".jsonl")  # parsed in full by the preflight: read whole anyway, and cheap
+
+
+def check_text_readable(source: str, text_field: str | None, field: str) -> None:
+    """A local text file parses: UTF-8, valid JSON records with a string text field (parquet files and saved
+    datasets are read only when loaded). Raises ConfigError under `field` (or its section's text_field)."""
+    path = Path(source).expanduser()
+    if source in NAMED_SOURCES or not path.is_file() or path.suffix not in TEXT_FILE_SUFFIXES:
+        return
+    stat = path.resolve().stat()
+    _check_text_file(source, text_field, field, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_text_file(source: str, text_field: str | None, field: str, _size: int, _mtime_ns: int) -> None:
+    load_corpus(source, "calibration", Path(), text_field, field)
+
+
+def load_corpus(source: str, split: Split, cache_dir: Path, text_field: str | None = None,
+                field: str | None = None) -> TextCorpus:
+    """The documents of `source` for the given role; a file that cannot be read as text is refused under `field`
+    (e.g. calibration.source; its section's text_field where that is what is wrong)."""
+    try:
+        return _load_corpus(source, split, cache_dir, text_field)
+    except ConfigError as error:
+        if field is None:
+            raise
+        section = field.rpartition(".")[0]
+        message = str(error)
+        raise ConfigError(f"{section}.{message}" if message.startswith("text_field: ") else f"{field}: {message}") \
+            from None
+
+
+def _load_corpus(source: str, split: Split, cache_dir: Path, text_field: str | None) -> TextCorpus:
     if source == "wiki-summaries":
         return _wiki_summaries(split, cache_dir)
     if source == "wikitext2":
@@ -136,21 +169,61 @@ def _local(path: Path, text_field: str | None) -> TextCorpus:
         return TextCorpus(table.column(column).to_pylist(), TextProvenance(source=str(path), sha256=digest,
                                                                            field=column))
     provenance = TextProvenance(source=str(path), sha256=sha256_file(path))
-    if path.suffix == ".txt":
-        return TextCorpus([path.read_text(encoding="utf-8")], provenance)
     if path.suffix == ".parquet":
         import pyarrow.parquet as parquet
 
         table = parquet.read_table(path)
         column = _pick_text_field(table.column_names, text_field, path)
         return TextCorpus(table.column(column).to_pylist(), provenance.model_copy(update={"field": column}))
-    text = path.read_text(encoding="utf-8")
-    records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
-               else json.loads(text))
+    text = _read_utf8(path)
+    if path.suffix == ".txt":
+        return TextCorpus([text], provenance)
+    records = _json_records(text, path)
+    column = _pick_text_field(sorted({key for record in records for key in record}), text_field, path)
+    documents: list[str] = []
+    for number, record in enumerate(records, start=1):
+        document = record.get(column)
+        if not isinstance(document, str):
+            raise ConfigError(f"'{path}' record {number}: field '{column}' is {type(document).__name__} "
+                              f"({str(document)[:40]}), not text; give every record a string '{column}'")
+        documents.append(document)
+    return TextCorpus(documents, provenance.model_copy(update={"field": column}))
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"'{path}' is not UTF-8 text (byte {error.start}: {error.reason}); re-encode it, e.g. "
+                          f"`iconv -f latin1 -t utf-8 {path.name}`") from None
+
+
+def _json_records(text: str, path: Path) -> list[dict[str, Any]]:
+    """The records of a .jsonl (one JSON object per line) or .json (a list of objects, or an object of them)."""
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    try:
+        records = ([json.loads(line) for _, line in lines] if path.suffix == ".jsonl" else json.loads(text))
+    except json.JSONDecodeError as error:
+        where = (f"line {next(n for n, line in lines if _invalid_json(line))}" if path.suffix == ".jsonl"
+                 else f"line {error.lineno} column {error.colno}")
+        raise ConfigError(f"'{path}' is not valid JSON at {where} ({error.msg}); fix or remove that line") from None
     if isinstance(records, dict):
         records = list(records.values())
-    column = _pick_text_field(list(records[0]) if records else [], text_field, path)
-    return TextCorpus([record[column] for record in records], provenance.model_copy(update={"field": column}))
+    if not isinstance(records, list) or not records:
+        raise ConfigError(f"'{path}' holds no records; give a list of objects with a text field")
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise ConfigError(f"'{path}' record {number} is {type(record).__name__} ({str(record)[:40]}), not an "
+                              "object; give one object with a text field per record")
+    return records
+
+
+def _invalid_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return True
+    return False
 
 
 def _saved_dataset(path: Path) -> Any:
@@ -175,6 +248,8 @@ def _pick_text_field(columns: list[str], requested: str | None, path: Path) -> s
     for candidate in TEXT_FIELDS:
         if candidate in columns:
             return candidate
+    if not columns:
+        raise ConfigError(f"'{path}' has no columns or fields; give records with a text field")
     raise ConfigError(f"text_field: {path} has no field named {', '.join(TEXT_FIELDS)}; "
                      f"name one of {', '.join(columns)} with text_field")
 

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from pruning.errors import ConfigError
-from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.base import MAX_ROUNDS, InputStatistics, LayerResult
 from pruning.methods.hessian import REFIT_STEPS, REFIT_TOLERANCE, damped_hessian, refit_on_mask, spd_inverse
 from pruning.methods.masks import check_nm_divisible, matrix_mask, nm_mask, row_count_mask, row_mask
 from pruning.methods.sparsity import SparsityConfig
@@ -34,9 +34,10 @@ from pruning.methods.sparsity import SparsityConfig
 
 class ADMMConfig(SparsityConfig):
     method: Literal["admm"] = "admm"
-    iterations: int = Field(30, gt=0, description="ADMM rounds in all; the mask is re-selected in every one")
-    mask_iterations: int = Field(20, gt=0, description="rounds over which the sparsity rises to its target "
-                                                       "(cubic schedule)")
+    iterations: int = Field(30, gt=0, le=MAX_ROUNDS,
+                            description="ADMM rounds in all; the mask is re-selected in every one")
+    mask_iterations: int = Field(20, gt=0, le=MAX_ROUNDS,
+                                 description="rounds over which the sparsity rises to its target (cubic schedule)")
     rho: float = Field(1.0, gt=0.0, description="ADMM penalty on the normalised problem (diag H̃ = 1)")
     mask_scope: Literal["row", "matrix"] = Field(
         "row", description="unstructured: keep the largest |Ŵ + U| per row (every row its share) or over the "
@@ -47,7 +48,7 @@ class ADMMConfig(SparsityConfig):
         "gradual", description="N:M: the cubic schedule (each round's share pruned among the weights outside "
                                "their group's top N, reaching exact N:M at mask_iterations) or N:M from round one")
     damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I, as SparseGPT")
-    refit_iterations: int = Field(REFIT_STEPS, ge=0,
+    refit_iterations: int = Field(REFIT_STEPS, ge=0, le=MAX_ROUNDS,
                                   description="preconditioned conjugate-gradient steps at most for the final refit")
     refit_tolerance: float = Field(REFIT_TOLERANCE, gt=0.0,
                                    description="stop the refit once every row's residual is below this fraction of "

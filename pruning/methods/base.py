@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Upper bound of every iteration-count option: far past each paper's setting (OATS 80 rounds, ADMM 30, a CG refit
+# 200 steps, OSSCAR 20 swaps), so that a slip such as 10^12 is refused instead of running without end.
+MAX_ROUNDS = 10_000
+MAX_SEED = 2**63 - 1
+
 
 class InputStatistics:
     """Running Σ x xᵀ over the calibration tokens that enter one group of linears."""

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.methods.base import InputStatistics, LayerResult, SparseLowRank
+from pruning.methods.base import MAX_ROUNDS, MAX_SEED, InputStatistics, LayerResult, SparseLowRank
 from pruning.methods.hessian import REFIT_STEPS, REFIT_TOLERANCE, damped_hessian, refit_on_mask
 from pruning.methods.low_rank import TruncatedSVD, full_truncated_svd, warm_truncated_svd
 from pruning.methods.masks import NMPattern, check_nm_divisible, nm_mask, row_count_mask
@@ -39,16 +39,17 @@ class OATSConfig(SparsityConfig):
 
     method: Literal["oats"] = "oats"
     rank_ratio: float = Field(0.3, ge=0.0, lt=1.0, description="κ: share of the kept parameters in the low-rank term")
-    iterations: int = Field(80, gt=0, description="T: alternating-thresholding rounds")
+    iterations: int = Field(80, gt=0, le=MAX_ROUNDS, description="T: alternating-thresholding rounds")
     svd: Literal["subspace", "full"] = Field("subspace", description="after a full first SVD, warm-started subspace "
                                                                     "iteration; or a full SVD every round")
-    power_iterations: int = Field(1, ge=0, description="power steps per warm-started subspace SVD")
+    power_iterations: int = Field(1, ge=0, le=MAX_ROUNDS, description="power steps per warm-started subspace SVD")
     oversampling: int = Field(8, ge=0, description="extra random columns in the subspace SVD")
     tolerance: float | None = Field(None, gt=0.0, description="stop once the residual's relative change is below "
                                                               "this (off by default: always T rounds)")
-    seed: int = 0
-    hessian_refit: int = Field(0, ge=0, description="rounds of refitting S (on its support) and L (whitened SVD) to "
-                                                    "the full-Hessian objective after alternating thresholding")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    hessian_refit: int = Field(0, ge=0, le=MAX_ROUNDS,
+                               description="rounds of refitting S (on its support) and L (whitened SVD) to the "
+                                           "full-Hessian objective after alternating thresholding")
     damping: float = Field(0.01, ge=0.0, description="λ in H + λ·mean(diag H)·I for the Hessian refit")
 
 

