@@ -56,6 +56,14 @@ def known_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
     return methods
 
 
+def once_each(values: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    """A list of the grid must not repeat a value: the combination would run twice into the same folder."""
+    repeated = sorted({str(value) for value in values if values.count(value) > 1})
+    if repeated:
+        raise ConfigError(f"{what} {', '.join(repeated)} appears more than once; list each once")
+    return values
+
+
 class PruneGrid(_Strict):
     methods: tuple[str, ...] = Field(min_length=1)
     sparsity: float | tuple[float, ...] = 0.5
@@ -68,7 +76,12 @@ class PruneGrid(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods_are_known(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        return known_methods(methods)
+        return once_each(known_methods(methods), "method")
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_once(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return once_each(patterns, "pattern")
 
     @field_validator("options", "engine")
     @classmethod
@@ -85,7 +98,7 @@ class PruneGrid(_Strict):
         for value in sparsity if isinstance(sparsity, tuple) else (sparsity,):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"sparsity {value} is outside [0, 1) (fraction of weights removed)")
-        return sparsity
+        return once_each(sparsity, "sparsity") if isinstance(sparsity, tuple) else sparsity
 
     @property
     def sparsities(self) -> tuple[float, ...]:
@@ -225,6 +238,28 @@ class SweepParams(_Strict):
         return jobs
 
 
+# A floor on one combination's time on 2 cores (measured: tiny models ~10 s of Prefect subflow, MLflow run and
+# evaluation; SmolLM2-135M's SparseGPT ~1.5 s per million weights): seconds = 10 + 1.0 x weights / 10^6.
+COMBINATION_FLOOR_SECONDS = 10.0
+SECONDS_PER_MILLION_WEIGHTS = 1.0
+LONG_SWEEP_SECONDS = 24 * 3600.0
+
+
+def check_sweep_length(params: SweepParams, allowed: bool) -> None:
+    """Refuse, unless `allowed`, a grid whose floor estimate is more than a day (a params file with thousands of
+    combinations is more likely a slip than a plan); local models' weights are counted from their headers."""
+    from pruning.models.sources import stored_parameters
+
+    weights = {model.source: stored_parameters(Path(model.source)) for model in params.models
+               if ModelSource.parse(model.source, model.allow_unpinned).kind == "local"}
+    seconds = sum(COMBINATION_FLOOR_SECONDS + SECONDS_PER_MILLION_WEIGHTS * weights.get(job.model, 0) / 1e6
+                  for job in params.jobs)
+    if seconds > LONG_SWEEP_SECONDS and not allowed:
+        raise ConfigError(f"prune: {len(params.jobs):,} combinations ({len(params.models)} models x methods x "
+                          f"patterns x sparsities) need at least {seconds / 3600:,.0f} hours here; trim "
+                          "prune.methods / prune.sparsity / models, or start it anyway with --allow-long")
+
+
 def params_path(problem: str, method: str, model_index: int) -> str:
     """A job's problem under the params path the user wrote: method.rank_ratio -> prune.options.oats.rank_ratio."""
     field, _, message = problem.partition(": ")
@@ -266,9 +301,12 @@ def check_sweep(params: SweepParams) -> None:
     """The sweep's preflight: its folders can be written, and every job passes `pruning.preflight.job_problems`;
     all problems are raised together, each under the params path the user wrote (e.g. models.0.source)."""
     problems = []
+    models = {f"model '{model.name}'": Path(model.source) for model in params.models
+              if ModelSource.parse(model.source, model.allow_unpinned).kind == "local"}
     for field in ("runs", "cache", "artifacts"):
-        try:
-            check_output_path(getattr(params.paths, field), f"paths.{field}", directory=True, overwrite=True)
+        try:  # written into, never replaced as a whole: only an output equal to or inside a model is refused
+            check_output_path(getattr(params.paths, field), f"paths.{field}", directory=True, overwrite=True,
+                              inputs=models, replaced=False)
         except ConfigError as error:
             problems.append(str(error))
     for job in params.jobs:

@@ -16,7 +16,9 @@ DVC caches and versions what these write.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from flows.params import ModelEntry, SweepParams
@@ -24,7 +26,7 @@ from flows.report import ReportRow, write_row
 from pruning import steps
 from pruning.data.calibration import load_calibration_manifest
 from pruning.errors import ConfigError
-from pruning.io import atomic_directory, check_output_path
+from pruning.io import atomic_directory, check_output_path, exclusive_output
 from pruning.job import check_calibration_matches, evaluate_model, run_job
 from pruning.machine import Machine
 from pruning.preflight import check_architecture
@@ -40,31 +42,44 @@ def model_entry(params: SweepParams, name: str) -> ModelEntry:
     raise ConfigError(f"models: no model named '{name}'; params.yaml names {', '.join(m.name for m in params.models)}")
 
 
-def _new_output(output: Path) -> None:
-    """DVC removes a stage's outputs before it runs: a folder that is there and not empty is not DVC's to replace."""
-    check_output_path(output, "--output", directory=True)
+@contextlib.contextmanager
+def _new_output(output: Path, params: SweepParams, **inputs: Path) -> Iterator[None]:
+    """DVC removes a stage's outputs before it runs: a folder that is there and not empty is not DVC's to replace.
+    Nor may the output be, or lie inside, an input of the stage or the params' cache and artifact store; it is
+    locked while the stage writes it (a second run of the stage fails at once)."""
+    folders = {**{f"--{name.replace('_', '-')}": path for name, path in inputs.items()},
+               "paths.cache": params.paths.cache, "paths.artifacts": params.paths.artifacts}
+    check_output_path(output, "--output", directory=True, inputs=folders)
+    with exclusive_output(output, "--output"):
+        check_output_path(output, "--output", directory=True, inputs=folders)  # again, now that it is ours
+        yield
 
 
 def fetch(params: SweepParams, name: str, output: Path) -> None:
-    _new_output(output)
-    model = steps.fetch(model_entry(params, name).source, params.paths.cache)
-    check_architecture(model.path)
-    with atomic_directory(output) as staging:
-        shutil.copytree(model.path, staging, dirs_exist_ok=True)
+    source = model_entry(params, name).source
+    with _new_output(output, params, **({"model": Path(source)} if "://" not in source else {})):
+        model = steps.fetch(source, params.paths.cache)
+        check_architecture(model.path)
+        with atomic_directory(output) as staging:
+            shutil.copytree(model.path, staging, dirs_exist_ok=True)
 
 
 def calibrate(params: SweepParams, model_dir: Path, output: Path) -> None:
-    _new_output(output)
-    model = steps.fetch(str(model_dir), params.paths.cache)
-    calibration = steps.calibrate(model, params.calibration, ArtifactStore(params.paths.artifacts), params.paths.cache)
-    with atomic_directory(output) as staging:
-        shutil.copytree(calibration.directory, staging, dirs_exist_ok=True)
+    with _new_output(output, params, model_dir=model_dir):
+        model = steps.fetch(str(model_dir), params.paths.cache)
+        calibration = steps.calibrate(model, params.calibration, ArtifactStore(params.paths.artifacts),
+                                      params.paths.cache)
+        with atomic_directory(output) as staging:
+            shutil.copytree(calibration.directory, staging, dirs_exist_ok=True)
 
 
 def prune(params: SweepParams, name: str, method: str, model_dir: Path, calibration_dir: Path, output: Path) -> None:
     """Every combination of `method` on the DVC model folder, from the calibrate stage's windows."""
-    _new_output(output)
-    model = ModelEntry(name=name, source=str(model_dir))
+    with _new_output(output, params, model_dir=model_dir, calibration_dir=calibration_dir):
+        _prune(params, ModelEntry(name=name, source=str(model_dir)), method, calibration_dir, output)
+
+
+def _prune(params: SweepParams, model: ModelEntry, method: str, calibration_dir: Path, output: Path) -> None:
     calibration = steps.CalibrationRef(directory=calibration_dir, manifest=load_calibration_manifest(calibration_dir))
     with atomic_directory(output) as staging:
         for job in params.method_jobs(model, method, staging):

@@ -14,18 +14,21 @@
   pruneflow methods                    every method, what it is, its options and their defaults
 
 Every option is validated before any model is loaded; a bad value prints one line per problem, naming the field,
-and exits with status 2. Each command's parser and handler live in a module of this package.
+and exits with status 2; a fault during the work (a disk error, a file that turns out unreadable) is one line and
+status 1. `--debug`, anywhere on the line, shows the traceback instead. Each command's parser and handler live in a
+module of this package.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from pydantic import ValidationError
 
 from flows.cli import evaluate, job, stage, sweep, tools
-from flows.cli.common import USAGE_ERROR, Parser
+from flows.cli.common import FAULT, USAGE_ERROR, Parser
 from flows.environment import configure_environment
 from flows.interrupts import (
     Stopped,
@@ -55,10 +58,16 @@ def fail(problems: list[str]) -> int:
     return USAGE_ERROR
 
 
+DEBUG_FLAG = "--debug"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command in this process; a user error is one line and status 2, a stop signal 130 or 143."""
+    """Run one command in this process; a user error is one line and status 2, a fault during the work one line and
+    status 1, a stop signal 130 or 143. With --debug the error keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
     try:
-        arguments = build_parser().parse_args(argv)
+        arguments = build_parser().parse_args([argument for argument in argv if argument != DEBUG_FLAG])
     except SystemExit as parsed:  # --help, or a bad option (printed as one `pruneflow: error:` line)
         return int(parsed.code or 0)
     try:
@@ -67,14 +76,45 @@ def main(argv: list[str] | None = None) -> int:
             status: int = arguments.handler(arguments)
             raise_if_stopped()
             return status
-    except ValidationError as error:
-        return fail(describe_validation_error(error))
-    except ConfigError as error:  # a user's mistake; anything else is ours and keeps its traceback
-        return fail([str(error)])
     except Stopped as stop:
         print("pruneflow: stopped; finished blocks stay in the artifact store, so the same command resumes",
               file=sys.stderr)
         return stop.exit_status
+    except Exception as error:
+        failure = describe_failure(error)
+        if debug or failure is None:
+            raise
+        status, problems = failure
+        fail(problems)
+        return status
+
+
+def describe_failure(error: Exception) -> tuple[int, list[str]] | None:
+    """The exit status and lines for an expected failure; None for a bug of ours (it keeps its traceback).
+
+    A `ConfigError` or pydantic's `ValidationError` already names its field. The rest are a user's input that a
+    check upstream did not foresee (an unreadable file, a library's load error): one line with what failed, and the
+    hint that --debug shows where."""
+    hint = f"(run again with {DEBUG_FLAG} for the traceback)"
+    if isinstance(error, ValidationError):
+        return USAGE_ERROR, describe_validation_error(error)
+    if isinstance(error, ConfigError):
+        return USAGE_ERROR, [str(error)]
+    if isinstance(error, OSError):  # a disk, permission or hub fault met during the work
+        where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+        return FAULT, [f"{where}{error.strerror or error}; {hint}".replace("\n", " ")]
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError) or _is_yaml_error(error):
+        return USAGE_ERROR, [f"an input file is unreadable: {type(error).__name__}: {error}; {hint}"]
+    if isinstance(error, ValueError):  # e.g. transformers' or gguf's refusal of a file they cannot read
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return USAGE_ERROR, [f"{type(error).__name__}: {first}; {hint}"]
+    return None
+
+
+def _is_yaml_error(error: Exception) -> bool:
+    import yaml
+
+    return isinstance(error, yaml.YAMLError)
 
 
 def entry_point() -> None:

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from pruning.config import DEFAULT_ARTIFACTS_DIR, DEFAULT_CACHE_DIR, DEFAULT_MODEL
 
-USAGE_ERROR = 2
+USAGE_ERROR = 2  # a user's mistake, found before the work
+FAULT = 1  # a fault during the work
 UNPINNED_HELP = "accept hf://<org>/<name> without @<revision> (its weights can change between runs)"
 
 

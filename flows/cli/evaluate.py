@@ -51,22 +51,31 @@ def add_commands(commands: Commands) -> None:
 
 
 def _evaluate(arguments: argparse.Namespace) -> int:
-    from pruning.data.corpora import check_text_source
+    from pydantic import ValidationError
+
+    from pruning.data.corpora import check_text_readable, check_text_source
     from pruning.evaluation.zero_shot import check_zero_shot_tasks
     from pruning.job import evaluate_model
     from pruning.machine import Machine
     from pruning.models.sources import check_model_source
+    from pruning.preflight import check_local_architecture
     from pruning.store import ArtifactStore
 
     check_model_source(arguments.model, "model", arguments.allow_unpinned)
-    evaluations = TypeAdapter(tuple[EvaluationConfig, ...]).validate_python(
-        [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
-          "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
-    for index, evaluation in enumerate(evaluations):
+    check_local_architecture(arguments.model)
+    try:
+        evaluations = TypeAdapter(tuple[EvaluationConfig, ...]).validate_python(
+            [{"dataset": dataset, "seqlen": arguments.seqlen, "max_windows": arguments.max_windows,
+              "batch_size": arguments.batch_size} for dataset in (arguments.dataset or ["wiki-summaries"])])
+    except ValidationError as error:  # the options' names: --seqlen, --max-windows, --batch-size
+        first = error.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
+    for evaluation in evaluations:
         try:
             check_text_source(evaluation.dataset)
         except ConfigError as error:
-            raise ConfigError(f"{index}.dataset: {error}") from None
+            raise ConfigError(f"--dataset: {error}") from None
+        check_text_readable(evaluation.dataset, evaluation.text_field, "--dataset")
     zero_shot = (ZeroShotConfig(tasks=tuple(arguments.tasks.split(",")), data_dir=arguments.data_dir,
                                 limit=arguments.limit) if arguments.tasks else None)
     if zero_shot is not None:
@@ -83,7 +92,9 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     from flows.params import load_params
     from pruning.io import check_output_path
-    from pruning.speed import SpeedSettings, benchmark
+    from pruning.models.sources import check_model_source
+    from pruning.preflight import check_local_architecture
+    from pruning.speed import SpeedSettings, benchmark, model_directories
     from pruning.steps import fetch
 
     check_output_path(arguments.output, "--output", directory=False)
@@ -106,6 +117,11 @@ def _bench(arguments: argparse.Namespace) -> int:
     missing = [path for path in arguments.pruned if not path.exists()]
     if missing:
         raise ConfigError(f"--pruned: '{missing[0]}' is neither a pruned model directory nor a folder of them")
+    check_model_source(arguments.model, "model", arguments.allow_unpinned)
+    check_local_architecture(arguments.model)
+    for folder in arguments.pruned:
+        for directory in model_directories(folder):
+            check_local_architecture(str(directory), "--pruned")
     dense = fetch(arguments.model, arguments.cache_dir).path
     benchmark([dense, *arguments.pruned], settings, arguments.output, dense)
     print(f"wrote {arguments.output}")

@@ -141,12 +141,14 @@ def job_from_arguments(arguments: argparse.Namespace) -> PruneJob:
 def _prune(arguments: argparse.Namespace) -> int:
     from flows.compress import combination_label, model_label
     from flows.console import combination_row, print_job_result
+    from pruning.io import exclusive_output
     from pruning.job import run_job
     from pruning.preflight import check_job
 
     job = job_from_arguments(arguments)
     check_job(job)
-    with combination_row(str(job.output_dir), model_label(job.model), combination_label(job)) as row:
+    with exclusive_output(job.output_dir, "output_dir"), \
+            combination_row(str(job.output_dir), model_label(job.model), combination_label(job)) as row:
         record = run_job(job, progress=row)
         row.done(f"ppl {record.perplexity[0].perplexity:.2f}" if record.perplexity else "")
     print_job_result(record)
@@ -156,11 +158,14 @@ def _prune(arguments: argparse.Namespace) -> int:
 def _compress(arguments: argparse.Namespace) -> int:
     from flows.compress import compress
     from flows.console import print_job_result
-    from pruning.preflight import check_job, check_model
-    from pruning.steps import fetch
+    from pruning.io import exclusive_output
+    from pruning.job import prepare_inputs
+    from pruning.preflight import check_job
 
     job = job_from_arguments(arguments)
     check_job(job)
-    check_model(job, fetch(job.model, job.cache_dir).path)  # before Prefect starts, as `prune` would
-    print_job_result(compress(job).record())
+    with exclusive_output(job.output_dir, "output_dir"):  # a second writer fails here, before Prefect starts
+        check_job(job)
+        prepare_inputs(job)  # the model, calibration windows and texts checked before Prefect starts
+        print_job_result(compress(job).record())
     return 0

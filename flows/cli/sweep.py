@@ -15,6 +15,8 @@ def add_commands(commands: Commands) -> None:
     sweep.add_argument("--params", type=Path, default=Path("params.yaml"))
     sweep.add_argument("--verbose", action="store_true",
                        help="show every library's output on the terminal (default: <paths.runs>/logs/sweep-*.log)")
+    sweep.add_argument("--allow-long", action="store_true",
+                       help="start a grid estimated at more than a day (refused without it)")
     sweep.set_defaults(handler=_sweep)
 
     serve = commands.add_parser("serve", help="register the sweep as a scheduled Prefect deployment and serve it")
@@ -28,15 +30,15 @@ def _sweep(arguments: argparse.Namespace) -> int:
     """The sweep behind a live view: a row per combination on the terminal, the rest in <runs>/logs/."""
     from flows.compress import combination_label
     from flows.console import SweepView, output_to_log, print_sweep_summary
-    from flows.params import check_sweep, load_params
+    from flows.params import check_sweep, check_sweep_length, load_params
     from flows.sweep import dense_key, speed_key, sweep_with_task_runner
-    from pruning.preflight import check_model
-    from pruning.steps import fetch
+    from pruning.job import prepare_inputs
 
     params = load_params(arguments.params)
+    check_sweep_length(params, arguments.allow_long)
     check_sweep(params)
-    for job in params.jobs:  # every problem is reported before Prefect or a model starts (each model fetched once)
-        check_model(job, fetch(job.model, job.cache_dir).path)
+    for job in params.jobs:  # every problem is reported before Prefect or MLflow start (the store keeps the rest)
+        prepare_inputs(job)
     log_path = params.paths.runs / "logs" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
     with output_to_log(log_path, arguments.verbose) as terminal:
