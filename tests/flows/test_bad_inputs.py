@@ -472,6 +472,10 @@ CASES = [
     ("bench: zero rounds", [*BENCH, "--model", "{model}", "--rounds", "0"], None, "--rounds: "),
     ("bench: unknown CPU dtype", [*BENCH, "--model", "{model}", "--cpu-dtypes", "float16"], None, "--cpu-dtypes"),
     ("bench: params file missing", [*BENCH, "--model", "{model}", "--params", "{tmp}/none.yaml"], None, "params: "),
+    ("bench: longest run below the shortest", [*BENCH, "--model", "{model}", "--min-run-time", "10",
+                                               "--max-run-time", "5"], None, "--max-run-time: "),
+    ("bench: pruned folder holding no model", [*BENCH, "--model", "{model}", "--pruned", "{tmp}/none"],
+     file_at("none/notes.txt", "x"), "--pruned: "),
     ("bench: output in /proc", ["bench", "--model", "{model}", "--output", "/proc/speed.json"], None, "--output: "),
     # the sweep: checked before Prefect and MLflow start
     ("params: a method twice", SWEEP, params_file({"prune": {"methods": ["wanda", "wanda"], "sparsity": 0.5}}),
