@@ -4,6 +4,7 @@ in this process (`prune`) or as the Prefect flow `compress` (each step a task); 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,9 @@ def add_commands(commands: Commands) -> None:
     prune.set_defaults(handler=_prune)
     compress = commands.add_parser("compress", parents=[shared], add_help=False,
                                    help="the same job as a Prefect flow: each step a task, cached and resumable")
+    compress.add_argument("--verbose", action="store_true",
+                          help="show Prefect's and every library's output on the terminal (default: "
+                               "<artifacts>/logs/compress-*.log)")
     compress.set_defaults(handler=_compress)
 
 
@@ -156,16 +160,24 @@ def _prune(arguments: argparse.Namespace) -> int:
 
 
 def _compress(arguments: argparse.Namespace) -> int:
-    from flows.compress import compress
-    from flows.console import print_job_result
+    from flows.compress import combination_label, compress, model_label
+    from flows.console import SweepView, output_to_log, print_job_result
     from pruning.io import exclusive_output
     from pruning.job import prepare_inputs
     from pruning.preflight import check_job
 
     job = job_from_arguments(arguments)
     check_job(job)
+    log_path = job.artifacts_dir / "logs" / f"compress-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with exclusive_output(job.output_dir, "output_dir"):  # a second writer fails here, before Prefect starts
         check_job(job)
         prepare_inputs(job)  # the model, calibration windows and texts checked before Prefect starts
-        print_job_result(compress(job).record())
+        # Prefect's own log (a failed task's traceback included) goes to the log file; the terminal shows the
+        # job's row, then its result or one error line.
+        with output_to_log(log_path, arguments.verbose) as terminal:
+            view = SweepView(terminal.err, transient=True)
+            view.add(str(job.output_dir), model_label(job.model), combination_label(job))
+            with view.live():
+                result = compress(job)
+        print_job_result(result.record())
     return 0
