@@ -1,6 +1,8 @@
 """What a person sees while `pruneflow sweep` (or `compress`) runs: one live row per combination (model, method,
-stage, blocks done, elapsed, ETA), rendered with rich; everything else (Prefect, MLflow, lm-eval, transformers,
-warnings, C-level prints) goes to a log file under the run folder, and the warnings in it are summarised at the end.
+stage, blocks done, elapsed, ETA), rendered with rich, at most `SHOWN_ROWS` of them at a time (a grid of thousands
+shows the rows around the running ones and one row counting the rest); everything else (Prefect, MLflow, lm-eval,
+transformers, warnings, C-level prints) goes to a log file under the run folder, and the warnings in it are summarised
+at the end.
 
 Rows are keyed by the combination's output folder, so that the `compress` flow finds the row the sweep made for it;
 run on its own (or in a Dask worker, where no sweep view exists) it shows a row of its own.
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from pruning.record import PruneRecord
 
 WARNING_LINE = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
+# A larger grid shows a window of rows: rendering every row of a 10,000-combination grid took rich 12 s at each stop
+SHOWN_ROWS = 24
+SHOWN_DONE = 4  # finished rows kept above the first unfinished one
 
 
 def _progress(console: Console, transient: bool = False) -> Progress:
@@ -53,11 +58,17 @@ class CombinationRow:
     progress: Progress
     task: TaskID
     label: str
+    view: SweepView | None = None  # told when the row starts or ends, to move its window
 
     def stage(self, name: str) -> None:
         if not self.progress.tasks[self.task].started:
             self.progress.start_task(self.task)
+            self._moved()
         self.progress.update(self.task, stage=name)
+
+    def _moved(self) -> None:
+        if self.view is not None:
+            self.view.show_window()
 
     def blocks(self, total: int) -> None:
         self.stage("prune")
@@ -70,12 +81,14 @@ class CombinationRow:
         """The speed stage: `done` of `total` models timed."""
         if not self.progress.tasks[self.task].started:
             self.progress.start_task(self.task)
+            self._moved()
         self.progress.update(self.task, stage="speed", unit="models", total=total, completed=done)
 
     def done(self, result: str) -> None:
         task = self.progress.tasks[self.task]
         self.progress.update(self.task, stage=f"done  {result}", completed=task.total or 1, total=task.total or 1)
         self.progress.stop_task(self.task)
+        self._moved()
         if not self.progress.console.is_terminal:  # a log or a pipe: one line per finished combination
             self.progress.console.print(f"{task.fields['model']}  {self.label}  done  {result}  "
                                         f"{task.elapsed or 0:.0f} s")
@@ -89,14 +102,39 @@ class SweepView:
     def __init__(self, console: Console, transient: bool = False) -> None:
         self.progress = _progress(console, transient)
         self.rows: dict[str, CombinationRow] = {}
+        self.hidden_summary: TaskID | None = None  # the row that counts the rows outside the window
 
     def add(self, key: str, model: str, label: str) -> None:
-        task = self.progress.add_task(label, total=None, start=False, model=model, stage="waiting", unit="blocks")
-        self.rows[key] = CombinationRow(self.progress, task, label)
+        task = self.progress.add_task(label, total=None, start=False, model=model, stage="waiting", unit="blocks",
+                                      visible=len(self.rows) < SHOWN_ROWS)
+        self.rows[key] = CombinationRow(self.progress, task, label, self)
+
+    def show_window(self) -> None:
+        """Show `SHOWN_ROWS` rows in the order they run, from `SHOWN_DONE` finished ones above the first unfinished
+        row on; a last row counts the finished and waiting rows above and below the window."""
+        if len(self.rows) <= SHOWN_ROWS:
+            return
+        by_id = {task.id: task for task in self.progress.tasks}  # (rich copies its task list at every access)
+        tasks = [by_id[row.task] for row in self.rows.values()]
+        unfinished = next((index for index, task in enumerate(tasks) if not task.finished), len(tasks))
+        start = max(0, min(unfinished - SHOWN_DONE, len(tasks) - SHOWN_ROWS))
+        for index, task in enumerate(tasks):
+            visible = start <= index < start + SHOWN_ROWS
+            if task.visible != visible:
+                self.progress.update(task.id, visible=visible)
+        outside = tasks[:start] + tasks[start + SHOWN_ROWS:]
+        finished = sum(task.finished for task in outside)
+        summary = f"{len(outside):,} more: {finished:,} done, {len(outside) - finished:,} waiting"
+        if self.hidden_summary is None:
+            self.hidden_summary = self.progress.add_task("...", total=None, start=False, model="", stage=summary,
+                                                         unit="")
+        else:
+            self.progress.update(self.hidden_summary, stage=summary)
 
     @contextlib.contextmanager
     def live(self) -> Iterator[SweepView]:
         SweepView.active = self
+        self.show_window()
         try:
             with self.progress:
                 yield self

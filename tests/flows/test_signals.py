@@ -115,3 +115,34 @@ def test_sigterm_stops_prune_between_blocks_with_143_and_no_output(tmp_path, tin
     assert error.strip().splitlines()[-1].startswith("pruneflow: stopped") and "Traceback" not in error
     assert not (tmp_path / "pruned").exists() and not staging_folders(tmp_path)
     assert len(list(artifacts.glob("blocks/*/block-*/block.json"))) >= 2  # kept for the next run
+
+
+def test_sigterm_stops_a_ten_thousand_combination_sweep_within_seconds(tmp_path, tiny_tokenizer_dir):
+    """A grid of 10,000 combinations (5 methods x 2,000 sparsities, started with --allow-long) stops as fast as a
+    small one: nothing is planned per combination before the first one runs."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 600)
+    runs = tmp_path / "runs"
+    sparsities = [round(0.1 + step * 0.0002, 4) for step in range(2000)]
+    params = {
+        "models": [{"name": "tiny", "source": str(checkpoint)}],
+        "prune": {"methods": ["magnitude", "wanda", "sparsegpt", "admm", "apt"], "sparsity": sparsities},
+        "calibration": {"source": str(corpus), "num_samples": 16, "seqlen": 64},
+        "evaluation": [{"dataset": str(corpus), "seqlen": 64, "max_windows": 2}],
+        "engine": {"device": "cpu"},
+        "paths": {"runs": str(runs), "cache": str(tmp_path / "cache"), "artifacts": str(tmp_path / "artifacts")},
+        "tracking": {"experiment": "grid"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+                   "PYTHONPATH": str(REPO)}
+
+    process = start(["sweep", "--params", "params.yaml", "--allow-long"], tmp_path, environment)
+    wait_for((runs / "tiny" / "magnitude-unstructured-0.1").is_dir, process)
+    status, error, seconds = stop(process, signal.SIGTERM)
+
+    assert status == 143 and seconds < STOP_SECONDS, (status, seconds, error)
+    assert "pruneflow: stopped" in error and "Traceback" not in error
+    assert not staging_folders(tmp_path)
+    assert len(list((runs / "tiny").iterdir())) < 10_000
