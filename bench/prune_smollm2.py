@@ -9,6 +9,9 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
   admm        ADMM's mask scope (row, matrix, matrix with a row floor) at 50% and its N:M schedule (gradual, fixed)
               at 2:4, against SparseGPT, calibration seeds 0-2
+  calibration how quality grows with calibration tokens: SparseGPT and ADMM at 50% with 64, 128 and 256 windows
+              of --seqlen tokens (32k, 65k, 131k at 512; the WikiText-2 validation pages hold about 470 such
+              windows, so 262k needs another corpus), smallest first, so a stopped run keeps a curve
   engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
               per block; every method at 50% once (seed 0); dense
   quality     beyond SparseGPT (issue "Beyond SparseGPT"), acceptance first: SparseGPT and ADMM at 50%, ADMM + block
@@ -106,6 +109,8 @@ SUITES: dict[str, list[dict[str, Any]]] = {
         ({"method": "sparsegpt", "pattern": "2:4"}, {"method": "admm", "pattern": "2:4"},
          {"method": "admm", "pattern": "2:4", "nm_schedule": "fixed"}))
         for seed in (0, 1, 2) for case in group],
+    "calibration": [{"method": method, "sparsity": 0.5, "num_samples": windows}
+                    for windows in (64, 128, 256) for method in ("sparsegpt", "admm")],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
@@ -114,7 +119,7 @@ SUITES: dict[str, list[dict[str, Any]]] = {
 }
 ERROR_BLOCKS = (0, 15, 29)
 ENGINE_SETTINGS = ("true_sequential", "targets", "reconstruction", "budget")
-CASE_SETTINGS = ("seed", *ENGINE_SETTINGS)  # case fields that are not method options
+CASE_SETTINGS = ("seed", "num_samples", *ENGINE_SETTINGS)  # case fields that are not method options
 
 
 def case_name(case: dict[str, Any]) -> str:
@@ -128,7 +133,8 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
     return {
         "model": MODEL,
         "method": method,
-        "calibration": {"source": str(DATA / "validation"), "num_samples": arguments.num_samples,
+        "calibration": {"source": str(DATA / "validation"),
+                        "num_samples": case.get("num_samples", arguments.num_samples),
                         "seqlen": arguments.seqlen, "seed": case.get("seed", 0)},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
         "engine": {"device": "cpu", "forward_dtype": "float32", **engine},  # the protocol is fp32 on every CPU
@@ -165,7 +171,8 @@ def run_case(case: dict[str, Any], arguments: argparse.Namespace) -> dict[str, A
         result = json.loads(printed)["perplexity"][0]
         return {"method": "dense", "pattern": "-", "perplexity": result["perplexity"], "protocol": result["protocol"],
                 "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak}
-    output = arguments.cache_dir / "bench-models" / case_name(case)
+    # Beside the cache, not in it: pruneflow refuses an output inside one of its inputs.
+    output = arguments.cache_dir.parent / "bench-models" / case_name(case)
     job = arguments.cache_dir / "bench-jobs" / f"{case_name(case)}.yaml"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(yaml.safe_dump(job_fields(case, arguments, output)))
@@ -269,12 +276,15 @@ def seedless(case: dict[str, Any]) -> str:
 
 def summary_table(result: dict[str, Any]) -> str:
     """Markdown: one row per case over its seeds (perplexity per seed, mean, spread) and its prune time over
-    SparseGPT's at the same pattern and sparsity, seed 0, in the same file."""
+    SparseGPT's at the same pattern, sparsity and calibration size, seed 0, in the same file."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for entry in result["cases"]:
         rows.setdefault(seedless(entry["case"]), []).append(entry)
-    reference = {(entry["pattern"], entry.get("target")): entry["prune_seconds"] for entry in result["cases"]
-                 if entry["case"].keys() <= {"method", "sparsity", "pattern", "seed"}
+    def reference_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+        return entry["pattern"], entry.get("target"), entry["case"].get("num_samples")
+
+    reference = {reference_key(entry): entry["prune_seconds"] for entry in result["cases"]
+                 if entry["case"].keys() <= {"method", "sparsity", "pattern", "seed", "num_samples"}
                  and entry["case"].get("seed", 0) == 0 and entry["method"] == "sparsegpt"}
     lines = ["| case | perplexity by seed | mean (spread) | prune s | / SparseGPT | / dense forward |",
              "|---|---|---|---|---|---|"]
@@ -282,7 +292,7 @@ def summary_table(result: dict[str, Any]) -> str:
         by_seed = {entry["case"].get("seed", 0): entry for entry in entries}
         values = [by_seed[seed]["perplexity"] for seed in sorted(by_seed)]
         first = by_seed[min(by_seed)]
-        base = reference.get((first["pattern"], first.get("target")))
+        base = reference.get(reference_key(first))
         seeds = " / ".join(f"{seed}: {by_seed[seed]['perplexity']:.2f}" for seed in sorted(by_seed))
         ratio = f"{first['prune_seconds'] / base:.2f}" if base else "-"
         forward = f"{first['prune_ratio']:.2f}" if "prune_ratio" in first else "-"
