@@ -1,4 +1,5 @@
-"""The layer-wise engine: walks a causal LM block by block with calibration data.
+"""The layer-wise engine: walks a model (a causal LM, or a vision transformer's encoder) block by block with
+calibration data: token windows (N, L), or images (N, C, H, W) as the model's image processor makes them.
 
 1. One embeddings-only pass: every decoder block is replaced by a pass-through catcher that records the exact
    arguments the model calls it with, and block 0's catcher keeps the hidden states (`pruning.blocks.calls`).
@@ -12,7 +13,7 @@ model's activations, each block's original weights on the dense inputs. Data-fre
 passes altogether. With a `BlockStore`, every finished block is kept on disk under a key of everything that
 determines it, so a second run reuses it and a killed run resumes at the first unfinished block.
 
-    with PruneEngine(StreamedModel(directory), method, config, machine, input_ids, store) as engine:
+    with PruneEngine(StreamedModel(directory), method, config, machine, inputs, store) as engine:
         report = engine.run()
 """
 
@@ -52,19 +53,19 @@ class PruneEngine:
     """
 
     def __init__(self, access: ModelAccess, method: MethodConfig, config: EngineConfig | None = None,
-                 machine: Machine | None = None, input_ids: torch.Tensor | None = None,
+                 machine: Machine | None = None, inputs: torch.Tensor | None = None,
                  store: BlockStore | None = None) -> None:
         self.access, self.method, self.store = access, method, store
         self.config = config = config or EngineConfig()
         self.machine = machine or Machine.resolve(config.device, config.forward_dtype)
         self.adapter = access.adapter
         self.needs_data = needs_calibration(method)
-        if self.needs_data and input_ids is None:
+        if self.needs_data and inputs is None:
             raise ValueError(f"{method.method} needs calibration data")
         if config.dense_stream and not self.needs_data:
             raise ConfigError(f"engine.targets / engine.reconstruction: {method.method} is data-free; dense "
                               "targets and block reconstruction need a calibration-based method")
-        self.input_ids = input_ids
+        self.inputs = inputs
         model_config = cast(Any, access.model).config
         device, dtype = self.machine.torch_device, self.machine.torch_dtype
         self.pruner = BlockPruner(self.adapter, method, structured_layout(self.adapter, method, model_config),
@@ -73,7 +74,7 @@ class PruneEngine:
                                   reconstruction=config.reconstruction)
         budget = int(config.memory_budget) if config.memory_budget is not None else None
         self.memory = MemoryPlan.choose(
-            (int(input_ids.shape[0]), int(input_ids.shape[1])) if input_ids is not None else None, config.batch_size,
+            self.adapter.sequence_shape(model_config, inputs) if inputs is not None else None, config.batch_size,
             int(model_config.get_text_config().hidden_size), dtype, device, config.dense_stream, budget,
             store.scratch_folder if store is not None else None)
         self.pruner.reuse_outputs = self.memory.reuse_outputs
@@ -162,7 +163,7 @@ class PruneEngine:
         self.access.load_stem()
         try:
             hidden, self._calls = capture_block_inputs(
-                self.access.model, self.adapter, cast(torch.Tensor, self.input_ids), self.config.batch_size,
+                self.access.model, self.adapter, cast(torch.Tensor, self.inputs), self.config.batch_size,
                 self.memory.new_set(None), self.machine.torch_dtype)
         finally:
             self.access.release_stem()
@@ -218,9 +219,10 @@ class PruneEngine:
                 for unit in self.adapter.structured_units}
 
 
-def prune_model(model: nn.Module, input_ids: torch.Tensor | None, method: MethodConfig,
+def prune_model(model: nn.Module, inputs: torch.Tensor | None, method: MethodConfig,
                 config: EngineConfig | None = None) -> EngineReport:
-    """Prune every decoder-block linear of a model held in memory (on the CPU), in place; return the report. (A
-    `PruneEngine` over `InMemoryModel(model)` also keeps sparse + low-rank terms, in its `factors`.)"""
-    with PruneEngine(InMemoryModel(model), method, config, input_ids=input_ids) as engine:
+    """Prune every block linear of a model held in memory (on the CPU), in place, calibrated on `inputs` (token
+    windows, or pixel values for a vision model); return the report. (A `PruneEngine` over `InMemoryModel(model)`
+    also keeps sparse + low-rank terms, in its `factors`.)"""
+    with PruneEngine(InMemoryModel(model), method, config, inputs=inputs) as engine:
         return engine.run()

@@ -8,6 +8,12 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
     Gemma2Config,
     Gemma3TextConfig,
     GPT2Config,
@@ -20,6 +26,9 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
 )
 
 from pruning.methods.base import InputStatistics
@@ -48,6 +57,29 @@ FAMILY_CONFIGS: dict[str, PretrainedConfig] = {
     "mamba": MambaConfig(vocab_size=VOCAB, hidden_size=64, state_size=8, num_hidden_layers=2, expand=2,
                          time_step_rank=8),
 }
+
+
+_VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, num_labels=10)
+# Each vision class pruneflow supports, as a tiny random model of 2 blocks of 4 heads over 4 x 4 patches of 8 pixels.
+VISION_MODELS: dict[str, tuple[type, PretrainedConfig]] = {
+    "vit": (ViTForImageClassification, ViTConfig(**_VISION, intermediate_size=128)),
+    "vit-backbone": (ViTModel, ViTConfig(**_VISION, intermediate_size=128)),
+    "deit": (DeiTForImageClassification, DeiTConfig(**_VISION, intermediate_size=128)),
+    "deit-distilled": (DeiTForImageClassificationWithTeacher, DeiTConfig(**_VISION, intermediate_size=128)),
+    "dinov2": (Dinov2ForImageClassification, Dinov2Config(**_VISION, mlp_ratio=2)),
+    "dinov2-backbone": (Dinov2Model, Dinov2Config(**_VISION, mlp_ratio=2)),
+}
+
+
+def tiny_vision_model(kind: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model_class, config = VISION_MODELS[kind]
+    return model_class(copy.deepcopy(config)).eval()
+
+
+def random_pixels(images: int = 16, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Normalized RGB images (N, 3, size, size) as an image processor gives them."""
+    return torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:

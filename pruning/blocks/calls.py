@@ -68,11 +68,11 @@ def blocks_replaced(model: nn.Module, adapter: ArchitectureAdapter,
             blocks[index] = block
 
 
-def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor, batch_size: int,
+def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, inputs: torch.Tensor, batch_size: int,
                          hidden: ActivationSet | None = None,
                          dtype: torch.dtype | None = None) -> tuple[ActivationSet, list[list[BlockCall]]]:
-    """Run the embeddings once; return block 0's hidden states per batch (in `dtype` when given, appended to
-    `hidden` when given) and every block's call arguments."""
+    """Run the embeddings once on `inputs` (token ids, or pixel values for a vision model); return block 0's hidden
+    states per batch (in `dtype` when given, appended to `hidden` when given) and every block's call arguments."""
     hidden = hidden if hidden is not None else ActivationSet()
     num_blocks = len(adapter.blocks(model))
     calls: list[list[BlockCall]] = [[] for _ in range(num_blocks)]
@@ -80,12 +80,13 @@ def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, input_i
     def keep(states: torch.Tensor) -> None:
         hidden.append(states if dtype is None else states.to(dtype))
 
+    options = {"use_cache": False} if adapter.modality == "text" else {}
     catchers: list[nn.Module] = [_ArgumentCatcher(calls[index], keep if index == 0 else None,
                                                   last=index == num_blocks - 1) for index in range(num_blocks)]
     with blocks_replaced(model, adapter, catchers), torch.no_grad():
-        for batch in input_ids.split(batch_size):
+        for batch in inputs.split(batch_size):
             with contextlib.suppress(StopForward):
-                model(input_ids=batch, use_cache=False)
+                model(**{adapter.input_name: batch}, **options)
     return hidden, calls
 
 

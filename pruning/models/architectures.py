@@ -1,5 +1,7 @@
-"""Architecture adapters: for each model family, where the decoder blocks are and which linears they hold.
+"""Architecture adapters: for each model family, where the blocks are and which linears they hold.
 
+Decoder language models take token ids; vision transformers (ViT, DeiT, DINOv2) take `pixel_values` and their
+encoder blocks see (H / patch)·(W / patch) patch tokens plus the class token (and DeiT's distillation token).
 An adapter is data, not a subclass. `linear_groups` lists a block's linears in the order they are
 computed (attention inputs -> attention output -> MLP inputs -> MLP output); the linears of one
 group read the same input tensor, so they share one input statistic. GPT-2's `Conv1D` stores its
@@ -8,8 +10,8 @@ weight as (d_in, d_out); `transposed_weights` says so and the engine flips it to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -42,6 +44,20 @@ _LLAMA_STYLE_UNITS = (
     StructuredUnit("mlp", "mlp.down_proj", (("mlp.gate_proj", ("neuron",)), ("mlp.up_proj", ("neuron",)))),
 )
 
+# transformers 5's vision encoders (ViT, DeiT, DINOv2) name their block linears as Llama does; attention is
+# multi-head, so a "KV group" is one head.
+_VISION_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+    ("attention.o_proj",),
+    ("mlp.fc1",),
+    ("mlp.fc2",),
+)
+_VISION_UNITS = (
+    StructuredUnit("attention", "attention.o_proj", (("attention.q_proj", ("q",)), ("attention.k_proj", ("kv",)),
+                                                     ("attention.v_proj", ("kv",)))),
+    StructuredUnit("mlp", "mlp.fc2", (("mlp.fc1", ("neuron",)),)),
+)
+
 
 @dataclass(frozen=True)
 class ArchitectureAdapter:
@@ -51,6 +67,11 @@ class ArchitectureAdapter:
     model_types: tuple[str, ...]
     blocks_path: str
     linear_groups: tuple[tuple[str, ...], ...]
+    # What the model takes: "text" (input_ids) or "image" (pixel_values, one class token per image plus
+    # `extra_tokens` more), and where else its blocks may sit (a backbone without a task head, e.g. Dinov2Model).
+    modality: Literal["text", "image"] = "text"
+    extra_tokens: int = 0
+    other_blocks_paths: tuple[str, ...] = ()
     transposed_weights: bool = False
     # (linear, producer): the model multiplies by this linear's weight directly, never calling the module, and
     # its input is the first d_in columns of the producer module's output (Mamba's dt_proj after x_proj).
@@ -59,6 +80,32 @@ class ArchitectureAdapter:
     # The config keys that a physically smaller model changes; attention removal needs an explicit head_dim.
     intermediate_size_key: str = "intermediate_size"
     explicit_head_dim: bool = False
+
+    @property
+    def input_name(self) -> str:
+        """The model's keyword for its calibration inputs."""
+        return "pixel_values" if self.modality == "image" else "input_ids"
+
+    def sequence_shape(self, config: Any, inputs: torch.Tensor) -> tuple[int, int]:
+        """(samples, tokens per sample) that the blocks see for `inputs`: token windows (N, L), or images
+        (N, C, H, W) cut into patches of config.patch_size plus the class token(s)."""
+        if self.modality == "text":
+            return int(inputs.shape[0]), int(inputs.shape[1])
+        patch = int(config.patch_size)
+        patches = (int(inputs.shape[-2]) // patch) * (int(inputs.shape[-1]) // patch)
+        return int(inputs.shape[0]), patches + 1 + self.extra_tokens
+
+    def bound_to(self, model: nn.Module) -> ArchitectureAdapter:
+        """This adapter with `blocks_path` where this model keeps its blocks (a backbone or a task model)."""
+        for path in (self.blocks_path, *self.other_blocks_paths):
+            try:
+                module: Any = model
+                for attribute in path.split("."):
+                    module = getattr(module, attribute)
+            except AttributeError:
+                continue
+            return self if path == self.blocks_path else replace(self, blocks_path=path)
+        return self
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's list of decoder blocks."""
@@ -115,6 +162,16 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter("mamba", ("mamba",), "backbone.layers",
                         (("mixer.in_proj",), ("mixer.x_proj",), ("mixer.dt_proj",), ("mixer.out_proj",)),
                         input_producers=(("mixer.dt_proj", "mixer.x_proj"),)),
+    # Vision encoders: ViTForImageClassification / ViTModel, DeiT (with or without its distillation token's
+    # teacher head), Dinov2ForImageClassification / Dinov2Model.
+    ArchitectureAdapter("vit", ("vit",), "vit.layers", _VISION_GROUPS, modality="image", other_blocks_paths=("layers",),
+                        structured_units=_VISION_UNITS, explicit_head_dim=True),
+    ArchitectureAdapter("deit", ("deit",), "deit.layers", _VISION_GROUPS, modality="image", extra_tokens=1,
+                        other_blocks_paths=("layers",), structured_units=_VISION_UNITS, explicit_head_dim=True),
+    # DINOv2's config gives its MLP width as hidden_size x an integer mlp_ratio: only attention heads can go.
+    ArchitectureAdapter("dinov2", ("dinov2",), "dinov2.encoder.layer", _VISION_GROUPS, modality="image",
+                        other_blocks_paths=("encoder.layer",), structured_units=_VISION_UNITS[:1],
+                        explicit_head_dim=True),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(t for adapter in ADAPTERS for t in adapter.model_types))
@@ -130,7 +187,11 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    return adapter_for_model_type(str(cast(Any, model).config.model_type))
+    config = cast(Any, model).config
+    if getattr(config, "use_swiglu_ffn", False):
+        raise ConfigError("model: a DINOv2 with a SwiGLU MLP (use_swiglu_ffn, e.g. dinov2-giant) is not supported; "
+                          "use a DINOv2 with the plain MLP (small, base, large)")
+    return adapter_for_model_type(str(config.model_type)).bound_to(model)
 
 
 @dataclass(frozen=True)

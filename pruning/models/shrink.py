@@ -32,6 +32,10 @@ def structured_layout(adapter: ArchitectureAdapter, method: object, config: Any)
 
 
 def check_structured_support(adapter: ArchitectureAdapter, budget: StructuredBudget, layout: HeadLayout) -> None:
+    if budget.sparsity > 0 and not any(unit.kind == "mlp" for unit in adapter.structured_units):
+        raise ConfigError(f"method.sparsity: a {adapter.family} config cannot describe a narrower MLP (its width is "
+                         "hidden_size x an integer mlp_ratio), so MLP neurons cannot be removed; set sparsity: 0 and "
+                         "remove attention heads (attention_groups), or use an unstructured method")
     if budget.attention_groups and not adapter.explicit_head_dim:
         raise ConfigError(f"method.attention_groups: removing attention heads needs a config with an explicit "
                          f"head_dim (Llama-family); a {adapter.family} config derives it from hidden_size / heads, "

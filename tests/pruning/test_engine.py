@@ -124,7 +124,7 @@ def test_reusing_finished_submodule_outputs_gives_bit_identical_weights(family, 
     results = []
     for reuse in (True, False):
         model = tiny_model(family)
-        with PruneEngine(InMemoryModel(model), SparseGPTConfig(sparsity=0.5), FP32, input_ids=random_ids()) as engine:
+        with PruneEngine(InMemoryModel(model), SparseGPTConfig(sparsity=0.5), FP32, inputs=random_ids()) as engine:
             engine.pruner.reuse_outputs = reuse
             engine.run()
         results.append(model.state_dict())

@@ -46,7 +46,7 @@ def test_factored_checkpoint_reloads_to_the_merged_model_and_is_smaller(family, 
     else:
         model = tiny_model(family)
     with PruneEngine(InMemoryModel(model), OATSConfig(sparsity=0.5, iterations=10), FP32,
-                     input_ids=random_ids()) as engine:
+                     inputs=random_ids()) as engine:
         report = engine.run()
     factors = engine.factors
     adapter = adapter_for(model)

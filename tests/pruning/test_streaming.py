@@ -160,7 +160,7 @@ def test_a_new_engine_resumes_from_the_store_with_identical_weights(outputs_kept
     method = method_config({"method": "sparsegpt", "sparsity": 0.5})
 
     def engine(root):
-        return PruneEngine(StreamedModel(checkpoint), method, options, input_ids=ids, store=BlockStore(root / "run"))
+        return PruneEngine(StreamedModel(checkpoint), method, options, inputs=ids, store=BlockStore(root / "run"))
 
     def kept(store, index, stream):
         return store.stream_directory(index, stream).is_dir()
@@ -199,7 +199,7 @@ def test_without_persisted_activations_no_block_outputs_reach_the_store_and_weig
     transient = FP32.model_copy(update={"persist_activations": False})
 
     def engine(root, options):
-        return PruneEngine(StreamedModel(checkpoint), method, options, input_ids=ids, store=BlockStore(root / "run"))
+        return PruneEngine(StreamedModel(checkpoint), method, options, inputs=ids, store=BlockStore(root / "run"))
 
     with engine(tmp_path / "kept", FP32) as kept:
         kept.run()
