@@ -71,6 +71,7 @@ class ArchitectureAdapter:
     # `extra_tokens` more), and where else its blocks may sit (a backbone without a task head, e.g. Dinov2Model).
     modality: Literal["text", "image"] = "text"
     extra_tokens: int = 0
+    fixed_image_size: bool = False  # takes config.image_size only (ViT, DeiT); DINOv2 interpolates its positions
     other_blocks_paths: tuple[str, ...] = ()
     transposed_weights: bool = False
     # (linear, producer): the model multiplies by this linear's weight directly, never calling the module, and
@@ -164,10 +165,11 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
                         input_producers=(("mixer.dt_proj", "mixer.x_proj"),)),
     # Vision encoders: ViTForImageClassification / ViTModel, DeiT (with or without its distillation token's
     # teacher head), Dinov2ForImageClassification / Dinov2Model.
-    ArchitectureAdapter("vit", ("vit",), "vit.layers", _VISION_GROUPS, modality="image", other_blocks_paths=("layers",),
-                        structured_units=_VISION_UNITS, explicit_head_dim=True),
-    ArchitectureAdapter("deit", ("deit",), "deit.layers", _VISION_GROUPS, modality="image", extra_tokens=1,
+    ArchitectureAdapter("vit", ("vit",), "vit.layers", _VISION_GROUPS, modality="image", fixed_image_size=True,
                         other_blocks_paths=("layers",), structured_units=_VISION_UNITS, explicit_head_dim=True),
+    ArchitectureAdapter("deit", ("deit",), "deit.layers", _VISION_GROUPS, modality="image", extra_tokens=1,
+                        fixed_image_size=True, other_blocks_paths=("layers",), structured_units=_VISION_UNITS,
+                        explicit_head_dim=True),
     # DINOv2's config gives its MLP width as hidden_size x an integer mlp_ratio: only attention heads can go.
     ArchitectureAdapter("dinov2", ("dinov2",), "dinov2.encoder.layer", _VISION_GROUPS, modality="image",
                         other_blocks_paths=("encoder.layer",), structured_units=_VISION_UNITS[:1],
