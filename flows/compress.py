@@ -95,7 +95,7 @@ def compress(job: PruneJob) -> CombinationResult:
     started = time.time()
     with combination_row(str(job.output_dir), model_label(job.model), combination_label(job)) as row:
         record = run_job(job, PrefectRunner(), FlowProgress(row))
-        row.done(f"ppl {record.perplexity[0].perplexity:.2f}" if record.perplexity else "")
+        row.done(record.headline())
     return CombinationResult.of(record, started)
 
 

@@ -255,7 +255,7 @@ def print_job_result(record: PruneRecord) -> None:
                           highlight=False, soft_wrap=True)
     output = record.config.output_dir
     engine = record.engine
-    console.print(f"sparsity {record.decoder_linear_sparsity:.4f} over decoder linears; prune step "
+    console.print(f"sparsity {record.decoder_linear_sparsity:.4f} over the blocks' linears; prune step "
                   f"{record.run.step_seconds.get('prune', 0.0):.1f} s (engine forward + solve "
                   f"{engine.engine_seconds:.1f} s; {engine.blocks_reused} of "
                   f"{engine.blocks_reused + engine.blocks_computed} blocks reused); {record.machine.summary()}; "

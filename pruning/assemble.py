@@ -25,10 +25,12 @@ from pruning.models.factored import FACTORED_DIRECTORY, factored_metadata, facto
 from pruning.models.portable import make_portable
 from pruning.models.shrink import shrink_block, shrunk_config
 from pruning.models.sources import TOKENIZER_FILES
+from pruning.models.vision import PROCESSOR_FILE
 from pruning.record import StructuredSummary
 
-# Files of the source model directory that the pruned one keeps as they are: generation settings and tokenizer.
-COPIED_FILES = ("generation_config.json", "chat_template*", *TOKENIZER_FILES)
+# Files of the source model directory that the pruned one keeps as they are: generation settings, tokenizer, and a
+# vision model's image processor.
+COPIED_FILES = ("generation_config.json", "chat_template*", PROCESSOR_FILE, *TOKENIZER_FILES)
 
 
 def _all_factors(model: StreamedModel, store: BlockStore) -> dict[int, dict[str, SparseLowRank]]:

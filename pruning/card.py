@@ -9,6 +9,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pruning.data.corpora import TextProvenance
+from pruning.data.images import ImageManifest
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.record import PruneRecord
 
@@ -42,14 +44,20 @@ def _eval_result(result: PerplexityResult) -> EvalResult:
                       metric_value=round(result.perplexity, 4))
 
 
+def _accuracy_result(result: AccuracyResult) -> EvalResult:
+    return EvalResult(task_type="image-classification", task_name="Image classification", dataset_type=result.protocol,
+                      dataset_name=result.protocol, metric_type="accuracy", metric_name=f"top-1, {result.protocol}",
+                      metric_value=round(result.top1, 4))
+
+
 def card_data(record: PruneRecord) -> ModelCardData:
     """The card's metadata: base model, license, languages, hub datasets, tags and `model-index`."""
     texts = [item.provenance for item in record.perplexity]
     calibration = record.inputs.calibration
-    if calibration is not None:
+    if calibration is not None and not isinstance(calibration, ImageManifest):
         texts.append(calibration.corpus)
     datasets = sorted({hub[0] for hub in map(_hub_dataset, texts) if hub is not None})
-    results = [_eval_result(item) for item in record.perplexity]
+    results = [_eval_result(item) for item in record.perplexity] + [_accuracy_result(item) for item in record.accuracy]
     if record.zero_shot is not None:
         results += [EvalResult(task_type="multiple-choice", task_name=f"{task} (lm-eval, 0-shot)", dataset_type=task,
                                dataset_name=task, metric_type="accuracy", metric_value=round(values["acc"], 4))
@@ -57,7 +65,8 @@ def card_data(record: PruneRecord) -> ModelCardData:
     origin = record.inputs.origin
     return ModelCardData(
         base_model=record.config.base_model, license=origin.license, language=list(origin.languages) or None,
-        datasets=datasets or None, library_name="transformers", pipeline_tag="text-generation",
+        datasets=datasets or None, library_name="transformers",
+        pipeline_tag="image-classification" if record.accuracy else "text-generation",
         tags=["pruneflow", "pruned", record.method, f"sparsity-{record.target_sparsity:g}", record.pattern],
         model_name=model_name(record) if results else None, eval_results=results or None)
 
@@ -78,7 +87,7 @@ def _what_was_removed(record: PruneRecord) -> str:
         return (f"whole groups were removed from each block ({groups} per block) and the weights sliced to their "
                 f"new shapes, which `config.json` states: {structured.parameters_after:,} of "
                 f"{structured.parameters_before:,} parameters remain, a physically smaller dense model.")
-    return (f"{record.decoder_linear_sparsity:.4f} of the decoder linears' weights are zero (stored as zeros in "
+    return (f"{record.decoder_linear_sparsity:.4f} of the blocks' linear weights are zero (stored as zeros in "
             f"dense tensors); {record.remaining_parameters:,} of {record.model_parameters:,} parameters remain "
             "nonzero. The file is as large as the dense model's: sparsity buys quality-per-parameter here, and "
             "speed only with a sparse kernel.")
@@ -89,7 +98,14 @@ def _results(record: PruneRecord) -> list[str]:
     dense = {item.protocol: item.perplexity for item in record.dense_perplexity}
     rows = [(f"{item.perplexity:.3f}", f"{dense[item.protocol]:.3f}" if item.protocol in dense else "not measured",
              f"`{item.protocol}`") for item in record.perplexity]
-    lines += _table(("perplexity", "dense", "protocol"), rows) if rows else ["No perplexity was measured."]
+    dense_accuracy = {item.protocol: item.top1 for item in record.dense_accuracy}
+    accuracy = [(f"{item.top1:.4f}", f"{item.top5:.4f}" if item.top5 is not None else "-",
+                 f"{dense_accuracy[item.protocol]:.4f}" if item.protocol in dense_accuracy else "not measured",
+                 f"`{item.protocol}`") for item in record.accuracy]
+    if accuracy:
+        lines += _table(("top-1", "top-5", "dense top-1", "protocol"), accuracy)
+    else:
+        lines += _table(("perplexity", "dense", "protocol"), rows) if rows else ["No perplexity was measured."]
     zero_shot = record.zero_shot
     if zero_shot:
         settings = zero_shot.settings
@@ -107,6 +123,11 @@ def _calibration(record: PruneRecord) -> list[str]:
     manifest = record.inputs.calibration
     if manifest is None:
         return ["## Calibration", "", "None: the method is data-free."]
+    if isinstance(manifest, ImageManifest):
+        return ["## Calibration", "",
+                f"{manifest.images} of the {manifest.source_images} images of `{manifest.source}` (seed "
+                f"{manifest.seed}, `{manifest.sha256}`), prepared by the model's {manifest.processor} "
+                f"(settings sha256 `{manifest.processor_sha256}`) to {tuple(manifest.shape)}."]
     return ["## Calibration", "",
             f"{manifest.num_samples} windows of {manifest.seqlen} tokens (seed {manifest.seed}) from "
             f"`{manifest.corpus.source}` (`{manifest.corpus.digest}`); windows sha256 `{manifest.windows_sha256}`."]
@@ -121,6 +142,15 @@ def _provenance(record: PruneRecord) -> list[str]:
             f" (digest `{inputs.model_digest}`); pruning code digest `{inputs.code_digest}`; "
             + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) + ".",
             "The full record is `pruneflow.json` in this folder."]
+
+
+def _loading(record: PruneRecord) -> list[str]:
+    if isinstance(record.inputs.calibration, ImageManifest) or record.accuracy:
+        return ["```python", "import transformers  # 5.x: the folder holds transformers 5's module names",
+                "config = transformers.AutoConfig.from_pretrained('<this folder>')",
+                "model = getattr(transformers, config.architectures[0]).from_pretrained('<this folder>')", "```"]
+    return ["```python", "from transformers import AutoModelForCausalLM",
+            "model = AutoModelForCausalLM.from_pretrained('<this folder>')", "```"]
 
 
 def model_card(record: PruneRecord) -> str:
@@ -140,8 +170,7 @@ def model_card(record: PruneRecord) -> str:
         *_results(record), "",
         *_calibration(record), "",
         *_provenance(record), "",
-        "```python", "from transformers import AutoModelForCausalLM",
-        "model = AutoModelForCausalLM.from_pretrained('<this folder>')", "```", "",
+        *_loading(record), "",
     ]
     return str(ModelCard.from_template(card_data(record), template_str="---\n{{ card_data }}\n---\n\n{{ text }}",
                                        text="\n".join(lines)))

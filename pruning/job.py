@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pruning import steps
 from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
+from pruning.data.calibration import CalibrationManifest
 from pruning.errors import ConfigError
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.io import exclusive_output
@@ -76,22 +78,38 @@ class StepRunner:
 
 
 class ModelEvaluation(BaseModel):
-    """A model's perplexities (one per evaluation text) and zero-shot accuracies."""
+    """A model's perplexities (one per evaluation text) and zero-shot accuracies; a vision model's accuracies (one
+    per evaluation image set)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: steps.ModelRef
     perplexity: list[PerplexityResult]
     zero_shot: ZeroShotResult | None
+    accuracy: list[AccuracyResult] = []
 
 
-def _evaluations(run: StepRunner, model: steps.ModelRef, texts: list[steps.EvaluationText],
+EvaluationInput = steps.EvaluationText | steps.EvaluationImages
+
+
+def _prepare_evaluations(run: StepRunner, model: steps.ModelRef, evaluations: tuple[EvaluationConfig, ...],
+                         store: ArtifactStore, cache_dir: Path) -> list[EvaluationInput]:
+    """Each evaluation's tokenized text, or a vision model's prepared images."""
+    if model.modality == "image":
+        return [run(steps.prepare_evaluation_images, model, item, store) for item in evaluations]
+    return [run(steps.prepare_evaluation_text, model, item, store, cache_dir) for item in evaluations]
+
+
+def _evaluations(run: StepRunner, model: steps.ModelRef, inputs: list[EvaluationInput],
                  evaluations: tuple[EvaluationConfig, ...], zero_shot: ZeroShotConfig | None, machine: Machine,
                  store: ArtifactStore) -> ModelEvaluation:
+    pairs = list(zip(inputs, evaluations, strict=True))
     perplexity = [run(steps.evaluate, model, text, item, machine, store).result
-                  for text, item in zip(texts, evaluations, strict=True)]
+                  for text, item in pairs if isinstance(text, steps.EvaluationText)]
+    accuracy = [run(steps.evaluate_images, model, images, item, machine, store).result
+                for images, item in pairs if isinstance(images, steps.EvaluationImages)]
     accuracies = run(steps.evaluate_zero_shot, model, zero_shot, machine, store).result if zero_shot else None
-    return ModelEvaluation(model=model, perplexity=perplexity, zero_shot=accuracies)
+    return ModelEvaluation(model=model, perplexity=perplexity, zero_shot=accuracies, accuracy=accuracy)
 
 
 def prepare_inputs(job: PruneJob) -> None:
@@ -104,8 +122,7 @@ def prepare_inputs(job: PruneJob) -> None:
     check_model(job, model.path)
     if job.method.needs_calibration:
         steps.calibrate(model, job.calibration, store, job.cache_dir)
-    for item in job.evaluation:
-        steps.prepare_evaluation_text(model, item, store, job.cache_dir)
+    _prepare_evaluations(StepRunner(), model, job.evaluation, store, job.cache_dir)
 
 
 def run_job(job: PruneJob, run: StepRunner | None = None, progress: JobProgress | None = None,
@@ -133,7 +150,7 @@ def _run_job(job: PruneJob, run: StepRunner, progress: JobProgress,
     else:
         progress.stage("calibrate")
         calibration = run(steps.calibrate, model, job.calibration, store, job.cache_dir)
-    texts = [run(steps.prepare_evaluation_text, model, item, store, job.cache_dir) for item in job.evaluation]
+    texts = _prepare_evaluations(run, model, job.evaluation, store, job.cache_dir)
     dense = ModelEvaluation(model=model, perplexity=[], zero_shot=None)
     if job.evaluate_dense:
         progress.stage("dense evaluation")
@@ -148,7 +165,7 @@ def _run_job(job: PruneJob, run: StepRunner, progress: JobProgress,
     record = PruneRecord.build(job, blocks.report, machine, blocks.model_parameters, model.digest, model.origin,
                                calibration.manifest if calibration is not None else None, pruned.structured,
                                evaluation.perplexity, dense.perplexity, evaluation.zero_shot, dense.zero_shot,
-                               dict(run.seconds))
+                               dict(run.seconds), evaluation.accuracy, dense.accuracy)
     progress.stage("export")
     run(steps.export, pruned, record, job.output_dir)
     return record
@@ -162,13 +179,17 @@ def evaluate_model(spec: str, evaluations: tuple[EvaluationConfig, ...], zero_sh
     run, progress = run or StepRunner(), progress or Silent()
     progress.stage("fetch")
     model = run(steps.fetch, spec, cache_dir)
-    check_context_length(model.path, None, [item.seqlen for item in evaluations])
-    texts = [run(steps.prepare_evaluation_text, model, item, store, cache_dir) for item in evaluations]
+    if model.modality == "text":
+        check_context_length(model.path, None, [item.seqlen for item in evaluations])
+    texts = _prepare_evaluations(run, model, evaluations, store, cache_dir)
     progress.stage("perplexity" + (" + zero-shot" if zero_shot else ""))
     return _evaluations(run, model, texts, evaluations, zero_shot, machine, store)
 
 
 def check_calibration_matches(calibration: steps.CalibrationRef, job: PruneJob) -> None:
+    if not isinstance(calibration.manifest, CalibrationManifest):
+        raise ConfigError("calibration: the calibration stage's folder holds images; the DVC stages take language "
+                          "models only: prune a vision model with `pruneflow prune`")
     for key in ("num_samples", "seqlen", "seed"):
         if getattr(calibration.manifest, key) != getattr(job.calibration, key):
             raise ConfigError(f"calibration.{key}: the calibration set has {getattr(calibration.manifest, key)} but "

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pruning.config import (
     DEFAULT_ARTIFACTS_DIR,
     DEFAULT_CACHE_DIR,
@@ -24,14 +26,16 @@ from pruning.config import (
     ZeroShotConfig,
 )
 from pruning.data.corpora import check_text_readable, check_text_source
+from pruning.data.images import check_image_source, load_image_set, looks_like_images, pixel_values
 from pruning.errors import ConfigError
 from pruning.evaluation.zero_shot import check_zero_shot_tasks
 from pruning.io import check_free_space, check_output_path
 from pruning.machine import resolve_device
 from pruning.methods.structured import StructuredBudget
-from pruning.models.architectures import adapter_for_model_type
+from pruning.models.architectures import ADAPTERS, adapter_for_model_type
 from pruning.models.shrink import structured_layout
-from pruning.models.sources import ModelSource
+from pruning.models.sources import HUB_PREFIX, ModelSource
+from pruning.models.vision import PROCESSOR_FILE, image_processor, is_image_model
 
 
 def _problem(field: str, check: Callable[..., object], *arguments: Any) -> list[str]:
@@ -44,8 +48,14 @@ def _problem(field: str, check: Callable[..., object], *arguments: Any) -> list[
 
 
 def job_problems(job: PruneJob) -> list[str]:
-    """Every problem `check_job` would raise, one line each."""
-    return field_problems(job.model_dump(), job.method.needs_calibration)
+    """Every problem `check_job` would raise, one line each; a local model's architecture and structured budget too
+    (from its config.json, before a fetch that may convert its weights)."""
+    problems = field_problems(job.model_dump(), job.method.needs_calibration)
+    local = _local_path(job.model)
+    if local is not None and (local / "config.json").is_file() and not any(
+            problem.startswith("model:") for problem in problems):  # a broken folder is reported once, as broken
+        problems += _problem("", check_architecture, local, job.method)
+    return problems
 
 
 def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) -> list[str]:
@@ -60,20 +70,27 @@ def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) ->
     model = given(fields, "model", DEFAULT_MODEL)
     if isinstance(model, str):
         problems += _problem("model", check_model_exists, model, bool(given(fields, "allow_unpinned", False)))
+    takes_images = _takes_images(model)
+    image_model = _local_path(model) if takes_images else None
+    if image_model is not None:
+        processor_problems = _problem("", check_image_processor, image_model)
+        problems += processor_problems
+        image_model = None if processor_problems else image_model  # its sources' images cannot be checked
     source = given(given(fields, "calibration", {}), "source", CalibrationConfig().source)
     if needs_calibration and isinstance(source, str):
-        problems += _problem("calibration.source", check_text_source, source) or \
-            _problem("", check_text_readable, source, given(given(fields, "calibration", {}), "text_field", None),
-                     "calibration.source")
+        problems += _source_problems(source, given(given(fields, "calibration", {}), "text_field", None),
+                                     "calibration.source", takes_images, image_model)
     evaluations = given(fields, "evaluation", [EvaluationConfig()])
     for index, evaluation in enumerate(evaluations if isinstance(evaluations, list | tuple) else []):
         settings = evaluation.model_dump() if isinstance(evaluation, EvaluationConfig) else evaluation
         dataset = given(settings, "dataset", EvaluationConfig().dataset)
         if isinstance(dataset, str):
-            problems += _problem(f"evaluation.{index}.dataset", check_text_source, dataset) or \
-                _problem("", check_text_readable, dataset, given(settings, "text_field", None),
-                         f"evaluation.{index}.dataset")
+            problems += _source_problems(dataset, given(settings, "text_field", None), f"evaluation.{index}.dataset",
+                                         takes_images, image_model)
     zero_shot = given(fields, "zero_shot", None)
+    if zero_shot is not None and takes_images:
+        problems.append("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
+                        "tasks out (its accuracy comes from the evaluation images)")
     tasks = given(zero_shot, "tasks", ZeroShotConfig().tasks) if zero_shot is not None else None
     if isinstance(tasks, list | tuple) and all(isinstance(task, str) and task.strip() for task in tasks):
         data_dir = given(zero_shot, "data_dir", None)
@@ -93,6 +110,79 @@ def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) ->
             problems += _problem("", check_output_path, Path(folder), field, True, True, {"model": inputs["model"]},
                                  False)
     return problems
+
+
+def _takes_images(model: object) -> bool | None:
+    """Whether the model takes images, where its config.json can be read before it is fetched (a local folder);
+    None where that is known only once it is fetched (a hub model). Packaged GGUF models are language models."""
+    path = _local_path(model)
+    if path is not None and (path / "config.json").is_file():
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except (ValueError, AttributeError):  # config.json that is not a JSON mapping: its own check reports it
+            return None
+        modalities = {adapter.modality for adapter in ADAPTERS if model_type in adapter.model_types}
+        return modalities == {"image"} if modalities else None  # an unsupported type: its own check reports it
+    return None if isinstance(model, str) and model.startswith(HUB_PREFIX) else False
+
+
+def _source_problems(source: str, text_field: str | None, field: str, takes_images: bool | None,
+                     model_dir: Path | None = None) -> list[str]:
+    """A calibration or evaluation source that suits the model: text for a language model, images for a vision
+    model (`takes_images` None: whichever it is; `check_model` matches them once the model is fetched), whose first
+    image the model's processor makes into something the model takes (given a local `model_dir`)."""
+    if looks_like_images(source):
+        if takes_images is False:
+            return [f"{field}: '{source}' holds images, and the model is a language model; give a text source"]
+        return _problem("", check_image_source, source, field) or \
+            (_problem("", check_first_image, source, model_dir, field) if model_dir is not None else [])
+    if takes_images:
+        return _problem("", check_image_source, source, field)
+    return _problem(field, check_text_source, source) or _problem("", check_text_readable, source, text_field, field)
+
+
+def check_image_processor(model_dir: Path) -> None:
+    """The vision model has an image processor, and it makes images of the size the model takes."""
+    from PIL import Image
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    adapter = adapter_for_model_type(str(config.model_type))
+    pixels = image_processor(model_dir)(images=[Image.new("RGB", (64, 64))], return_tensors="pt")["pixel_values"]
+    height, width, patch, size = int(pixels.shape[-2]), int(pixels.shape[-1]), int(config.patch_size), \
+        int(config.image_size)
+    if (adapter.fixed_image_size and (height, width) != (size, size)) or height % patch or width % patch:
+        raise ConfigError(f"model: its image processor ({model_dir / PROCESSOR_FILE}) makes {height}x{width} images "
+                          f"but the model takes {size}x{size} (patches of {patch}); fix the processor's size")
+
+
+def check_first_image(source: str, model_dir: Path, field: str) -> None:
+    """The source's first image, prepared by the model's own processor, has the channels and size the model takes
+    (one image decoded: the rest are checked as they are prepared)."""
+    from transformers import AutoConfig
+
+    images = load_image_set(source, field)
+    config = AutoConfig.from_pretrained(model_dir)
+    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
+    pixel_values(images, torch.arange(1), image_processor(model_dir), config, fixed, field)
+
+
+def check_sources_suit_the_model(job: PruneJob, model_dir: Path) -> None:
+    """Once the model is fetched: its calibration and evaluation sources are images exactly when it takes images,
+    and a vision model's processor makes their first images into what it takes (a hub model's config and processor
+    are only here now)."""
+    takes_images = is_image_model(model_dir)
+    if takes_images:
+        check_image_processor(model_dir)
+    sources = [("calibration.source", job.calibration.source)] if job.method.needs_calibration else []
+    sources += [(f"evaluation.{index}.dataset", item.dataset) for index, item in enumerate(job.evaluation)]
+    problems = [problem for field, source in sources if looks_like_images(source) != takes_images or takes_images
+                for problem in _source_problems(source, None, field, takes_images, model_dir)]
+    if job.zero_shot is not None and takes_images:
+        problems.append("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
+                        "tasks out (its accuracy comes from the evaluation images)")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _local_path(source: object) -> Path | None:
@@ -126,8 +216,10 @@ def check_model(job: PruneJob, model_dir: Path) -> None:
     """The fetched model suits the job: a supported architecture, a structured budget its heads allow, and
     calibration and evaluation windows within its context. Reads config.json only."""
     check_architecture(model_dir, job.method)
-    check_context_length(model_dir, job.calibration.seqlen if job.method.needs_calibration else None,
-                         [evaluation.seqlen for evaluation in job.evaluation])
+    check_sources_suit_the_model(job, model_dir)
+    if not is_image_model(model_dir):
+        check_context_length(model_dir, job.calibration.seqlen if job.method.needs_calibration else None,
+                             [evaluation.seqlen for evaluation in job.evaluation])
     check_skip_layers(model_dir, job.engine.skip_layers)
     check_disk_space(job, model_dir)
 

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pruning.blocks.report import EngineReport
 from pruning.config import PruneJob
 from pruning.data.calibration import CalibrationManifest
+from pruning.data.images import ImageManifest
 from pruning.errors import ConfigError
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.io import code_digest, write_json
@@ -55,7 +57,7 @@ class RunInputs(_Record):
     model: str
     model_digest: str
     origin: ModelOrigin = ModelOrigin()
-    calibration: CalibrationManifest | None  # None for a data-free method
+    calibration: CalibrationManifest | ImageManifest | None  # None for a data-free method
     code_digest: str
 
 
@@ -76,7 +78,8 @@ class RunFacts(_Record):
 
 class PruneRecord(_Record):
     """Everything about one pruned model: the job, what it removed, the engine's report, its inputs by digest, the
-    machine and software, its perplexities and zero-shot accuracies (dense too, when asked), and the run's facts."""
+    machine and software, its perplexities and zero-shot accuracies (a vision model: its image accuracies; dense too,
+    when asked), and the run's facts."""
 
     config: PruneJob
     method: str
@@ -95,14 +98,18 @@ class PruneRecord(_Record):
     dense_perplexity: list[PerplexityResult] = []
     zero_shot: ZeroShotResult | None = None
     dense_zero_shot: ZeroShotResult | None = None
+    accuracy: list[AccuracyResult] = []
+    dense_accuracy: list[AccuracyResult] = []
     run: RunFacts
 
     @classmethod
     def build(cls, job: PruneJob, report: EngineReport, machine: Machine, model_parameters: int, model_digest: str,
-              origin: ModelOrigin, calibration: CalibrationManifest | None, structured: StructuredSummary | None,
-              perplexity: list[PerplexityResult], dense_perplexity: list[PerplexityResult],
-              zero_shot: ZeroShotResult | None, dense_zero_shot: ZeroShotResult | None,
-              step_seconds: dict[str, float]) -> PruneRecord:
+              origin: ModelOrigin, calibration: CalibrationManifest | ImageManifest | None,
+              structured: StructuredSummary | None, perplexity: list[PerplexityResult],
+              dense_perplexity: list[PerplexityResult], zero_shot: ZeroShotResult | None,
+              dense_zero_shot: ZeroShotResult | None, step_seconds: dict[str, float],
+              accuracy: list[AccuracyResult] | None = None,
+              dense_accuracy: list[AccuracyResult] | None = None) -> PruneRecord:
         return cls(config=job, method=job.method.method, pattern=job.method.pattern,
                    target_sparsity=job.method.target_sparsity, decoder_linear_sparsity=report.decoder_linear_sparsity,
                    decoder_linear_parameters=report.linear_parameters, model_parameters=model_parameters,
@@ -111,7 +118,14 @@ class PruneRecord(_Record):
                                     code_digest=code_digest()),
                    versions=software_versions(), structured=structured, perplexity=perplexity,
                    dense_perplexity=dense_perplexity, zero_shot=zero_shot, dense_zero_shot=dense_zero_shot,
+                   accuracy=accuracy or [], dense_accuracy=dense_accuracy or [],
                    run=RunFacts(step_seconds=step_seconds, peak_rss_mb=peak_rss_megabytes()))
+
+    def headline(self) -> str:
+        """The result in a few characters, for a console row: the first perplexity or accuracy."""
+        if self.perplexity:
+            return f"ppl {self.perplexity[0].perplexity:.2f}"
+        return f"top-1 {self.accuracy[0].top1:.4f}" if self.accuracy else ""
 
     def outcome(self) -> dict[str, object]:
         """The record without what only says how this run went: `run`, the engine's stage times and how many blocks

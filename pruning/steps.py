@@ -1,11 +1,14 @@
 """The steps of a pruning job, each a plain function with typed inputs and outputs; `pruning.job` runs them in order.
 
   fetch                    a model source       -> ModelRef (a local safetensors folder and its digest)
-  calibrate                ModelRef             -> CalibrationRef (token windows and manifest, in the store)
+  calibrate                ModelRef             -> CalibrationRef (token windows, or a vision model's images, and
+                                                   their manifest, in the store)
   prepare_evaluation_text  ModelRef             -> EvaluationText (an evaluation text's token stream, in the store)
+  prepare_evaluation_images ModelRef            -> EvaluationImages (a vision model's evaluation images and labels)
   prune                    ModelRef, windows    -> PrunedBlocks (the engine, block by block, into the block store)
   assemble                 PrunedBlocks         -> AssembledModel (the pruned checkpoint, in the store)
   evaluate                 ModelRef, text       -> Evaluation (perplexity, in the store, keyed by the weights)
+  evaluate_images          ModelRef, images     -> ImageEvaluation (top-1/top-5 or k-NN accuracy, keyed likewise)
   evaluate_zero_shot       ModelRef             -> ZeroShotEvaluation (lm-eval accuracies, keyed by the weights)
   export                   AssembledModel, record -> the output folder (weights linked, record, model card)
 
@@ -19,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -38,14 +42,24 @@ from pruning.data.calibration import (
     tokenize_corpus,
 )
 from pruning.data.corpora import TextProvenance, load_corpus, source_fingerprint
+from pruning.data.images import (
+    ImageManifest,
+    ImageSet,
+    image_manifest,
+    load_image_set,
+    pixel_values,
+    sample_indices,
+)
 from pruning.engine import PruneEngine
 from pruning.errors import ConfigError
+from pruning.evaluation.accuracy import AccuracyResult, image_accuracy
 from pruning.evaluation.perplexity import PerplexityResult, perplexity
 from pruning.evaluation.zero_shot import ZeroShotResult, zero_shot, zero_shot_fingerprint
-from pruning.io import atomic_directory, exclusive_output, link_or_copy, write_json
+from pruning.io import atomic_directory, exclusive_output, link_or_copy, sha256_text, write_json
 from pruning.machine import Machine
 from pruning.methods.registry import MethodConfig
 from pruning.models.access import StreamedModel
+from pruning.models.architectures import adapter_for_model_type
 from pruning.models.sources import (
     ModelOrigin,
     ModelSource,
@@ -56,10 +70,13 @@ from pruning.models.sources import (
     source_digest,
     tokenizer_digest,
 )
+from pruning.models.vision import image_processor, is_image_model, load_vision_model, module_named_checkpoint
 from pruning.record import PruneRecord, StructuredSummary
 from pruning.store import ArtifactStore
 
 TOKENS_FILE = "tokens.safetensors"
+IMAGES_FILE = "images.safetensors"  # pixel_values (N, C, H, W) float32, and labels (N,) for evaluation images
+IMAGE_MANIFEST_FILE = "images.json"
 CHECKPOINT_DIRECTORY = "checkpoint"
 
 
@@ -85,11 +102,27 @@ class ModelRef(StepOutput):
     digest: str
     num_blocks: int
     origin: ModelOrigin
+    modality: Literal["text", "image"] = "text"
 
 
 class CalibrationRef(StepOutput):
+    """Token windows (`tokens.safetensors`) or images (`images.safetensors`) with their manifest."""
+
     directory: Path
-    manifest: CalibrationManifest
+    manifest: CalibrationManifest | ImageManifest
+
+    @property
+    def inputs_digest(self) -> str:
+        """What identifies the calibration inputs in a block key."""
+        if isinstance(self.manifest, ImageManifest):
+            return sha256_text(self.manifest.model_dump_json())
+        return self.manifest.windows_sha256
+
+    def inputs(self) -> torch.Tensor:
+        """The engine's calibration inputs: token windows (N, L) or pixel values (N, C, H, W)."""
+        if isinstance(self.manifest, ImageManifest):
+            return load_file(str(self.directory / IMAGES_FILE))["pixel_values"]
+        return load_calibration_set(self.directory).input_ids
 
 
 class EvaluationText(StepOutput):
@@ -129,6 +162,18 @@ class ZeroShotEvaluation(StepOutput):
     result: ZeroShotResult
 
 
+class EvaluationImages(StepOutput):
+    """A vision model's evaluation images, preprocessed once by its processor, with their labels."""
+
+    key: str
+    path: Path
+    manifest: ImageManifest
+
+
+class ImageEvaluation(StepOutput):
+    result: AccuracyResult
+
+
 def fetch(spec: str, cache_dir: Path) -> ModelRef:
     """The model as a local safetensors folder (downloaded or converted once into `cache_dir`)."""
     directory = resolve_model_dir(ModelSource.parse(spec, allow_unpinned=True), cache_dir)
@@ -137,8 +182,11 @@ def fetch(spec: str, cache_dir: Path) -> ModelRef:
     if not isinstance(blocks, int) or blocks < 1:
         raise ConfigError(f"model: '{directory}/config.json' gives {blocks!r} decoder blocks; a model to prune "
                           "needs at least one (num_hidden_layers)")
+    image = is_image_model(directory)
+    if image:  # the engine streams tensors under the module names (see pruning.models.vision)
+        directory = module_named_checkpoint(directory, source_digest(directory), cache_dir)
     return ModelRef(spec=spec, path=directory, digest=source_digest(directory), num_blocks=blocks,
-                    origin=model_origin(directory))
+                    origin=model_origin(directory), modality="image" if image else "text")
 
 
 def load_json_config(directory: Path) -> dict[str, object]:
@@ -151,7 +199,10 @@ def load_json_config(directory: Path) -> dict[str, object]:
 
 
 def calibrate(model: ModelRef, calibration: CalibrationConfig, store: ArtifactStore, cache_dir: Path) -> CalibrationRef:
-    """N seeded windows of L tokens from the calibration text, tokenized by the model's tokenizer."""
+    """N seeded windows of L tokens from the calibration text, tokenized by the model's tokenizer (a vision model:
+    N seeded images of the calibration source, prepared by its image processor)."""
+    if model.modality == "image":
+        return _calibration_images(model, calibration, store)
     directory = store.directory("calibration", store.key("calibration", tokenizer_digest(model.path), calibration,
                                                          source_fingerprint(calibration.source)))
     reused = (directory / MANIFEST_FILE).is_file()
@@ -183,6 +234,57 @@ def prepare_evaluation_text(model: ModelRef, evaluation: EvaluationConfig, store
                           provenance=TextProvenance.model_validate_json(record.read_text()))
 
 
+def _calibration_images(model: ModelRef, calibration: CalibrationConfig, store: ArtifactStore) -> CalibrationRef:
+    images = load_image_set(calibration.source, "calibration.source")
+    processor = image_processor(model.path)
+    directory = store.directory("calibration", store.key("calibration-images", images.sha256, calibration,
+                                                         sha256_text(processor.to_json_string())))
+    reused = (directory / IMAGE_MANIFEST_FILE).is_file()
+    if not reused:
+        indices = sample_indices(images.count, calibration.num_samples, calibration.seed, "calibration.num_samples")
+        pixels = _pixels(model, images, indices, processor, "calibration.source")
+        with atomic_directory(directory) as staging:
+            save_file({"pixel_values": pixels.contiguous()}, str(staging / IMAGES_FILE))
+            write_json(staging / IMAGE_MANIFEST_FILE,
+                       image_manifest(images, indices, calibration.seed, processor, pixels).model_dump(mode="json"))
+    manifest = ImageManifest.model_validate_json((directory / IMAGE_MANIFEST_FILE).read_text())
+    return CalibrationRef(directory=directory, manifest=manifest, reused=reused)
+
+
+def _pixels(model: ModelRef, images: ImageSet, indices: torch.Tensor, processor: object, field: str) -> torch.Tensor:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model.path)
+    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
+    return pixel_values(images, indices, processor, config, fixed, field)
+
+
+def prepare_evaluation_images(model: ModelRef, evaluation: EvaluationConfig, store: ArtifactStore) -> EvaluationImages:
+    """A vision model's evaluation images (all of the source, or the first max_windows) and their labels."""
+    images = load_image_set(evaluation.dataset, "evaluation.dataset")
+    if images.labels is None:
+        raise ConfigError(f"evaluation.dataset: '{evaluation.dataset}' has no labels (images need class subfolders, a "
+                          "label column or a labels array) and accuracy needs them; give a labelled image set")
+    processor = image_processor(model.path)
+    key = store.key("evaluation-images", images.sha256, evaluation.dataset,
+                    evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None,
+                    sha256_text(processor.to_json_string()))
+    directory = store.directory("evaluation-images", key)
+    reused = (directory / IMAGE_MANIFEST_FILE).is_file()
+    if not reused:
+        # max_windows caps the images only when it was set: its default (64) is meant for text windows
+        cap = evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None
+        indices = torch.arange(min(images.count, cap or images.count))
+        pixels = _pixels(model, images, indices, processor, "evaluation.dataset")
+        with atomic_directory(directory) as staging:
+            save_file({"pixel_values": pixels.contiguous(), "labels": images.labels[indices].contiguous()},
+                      str(staging / IMAGES_FILE))
+            write_json(staging / IMAGE_MANIFEST_FILE,
+                       image_manifest(images, indices, None, processor, pixels).model_dump(mode="json"))
+    return EvaluationImages(key=key, path=directory / IMAGES_FILE, reused=reused,
+                            manifest=ImageManifest.model_validate_json((directory / IMAGE_MANIFEST_FILE).read_text()))
+
+
 class BlocksKey(BaseModel):
     """What a run's blocks are keyed by (and `run.json` in their folder describes)."""
 
@@ -198,15 +300,15 @@ def prune(model: ModelRef, calibration: CalibrationRef | None, method: MethodCon
           on_block: Callable[[int], None] | None = None) -> PrunedBlocks:
     """Every block pruned by the engine, each kept in the block store under a key of everything that determines it
     (finished blocks of an earlier or killed run are reused); `on_block(i)` after each block."""
-    windows = calibration.manifest.windows_sha256 if calibration is not None else None
+    windows = calibration.inputs_digest if calibration is not None else None
     parts = BlocksKey(model_digest=model.digest, method=method, calibration_windows=windows,
                       engine=engine.result_fields(), machine=machine.result_fields())
     key = store.key("blocks", parts)
     access = StreamedModel(model.path, trust_remote_code)  # config.json and tensor headers; no weights yet
-    input_ids = load_calibration_set(calibration.directory).input_ids if calibration is not None else None
+    inputs = calibration.inputs() if calibration is not None else None
     with exclusive_output(store.directory("blocks", key), "artifacts_dir",
                           "wait for it; a rerun then reuses its blocks"), \
-            PruneEngine(access, method, engine, machine, input_ids, store.blocks(key, parts)) as pruning:
+            PruneEngine(access, method, engine, machine, inputs, store.blocks(key, parts)) as pruning:
         report = pruning.run(on_block)
     return PrunedBlocks(key=key, directory=store.directory("blocks", key), report=report,
                         model_parameters=access.parameter_count(), reused=report.blocks_computed == 0)
@@ -248,6 +350,22 @@ def evaluate(model: ModelRef, text: EvaluationText, evaluation: EvaluationConfig
     store.root.mkdir(parents=True, exist_ok=True)
     result, reused = store.cached("evaluations", key, PerplexityResult, compute)
     return Evaluation(result=result, reused=reused)
+
+
+def evaluate_images(model: ModelRef, images: EvaluationImages, evaluation: EvaluationConfig, machine: Machine,
+                    store: ArtifactStore) -> ImageEvaluation:
+    """Top-1 (top-5) accuracy of a vision classifier, or a backbone's k-NN accuracy, keyed by the weights' digest."""
+    key = store.key("image-evaluations", model.digest, images.key, evaluation.batch_size, machine.torch_device.type)
+
+    def compute() -> AccuracyResult:
+        tensors = load_file(str(images.path))
+        network = load_vision_model(model.path).to(machine.torch_device)
+        return image_accuracy(network, tensors["pixel_values"], tensors["labels"], evaluation.dataset,
+                              evaluation.batch_size, machine.torch_device)
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    result, reused = store.cached("image-evaluations", key, AccuracyResult, compute)
+    return ImageEvaluation(result=result, reused=reused)
 
 
 def evaluate_zero_shot(model: ModelRef, config: ZeroShotConfig, machine: Machine,

@@ -38,9 +38,10 @@ def _step_task(step: Callable[..., Any], name: str) -> Task[Any, Any]:
 STEP_TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
     step: _step_task(step, name) for step, name in (
         (steps.fetch, "fetch"), (steps.calibrate, "calibrate"),
-        (steps.prepare_evaluation_text, "tokenize evaluation text"), (steps.prune, "prune blocks"),
-        (steps.assemble, "assemble"), (steps.evaluate, "evaluate"), (steps.evaluate_zero_shot, "zero-shot"),
-        (steps.export, "export"))}
+        (steps.prepare_evaluation_text, "tokenize evaluation text"),
+        (steps.prepare_evaluation_images, "prepare evaluation images"), (steps.prune, "prune blocks"),
+        (steps.assemble, "assemble"), (steps.evaluate, "evaluate"), (steps.evaluate_images, "evaluate images"),
+        (steps.evaluate_zero_shot, "zero-shot"), (steps.export, "export"))}
 
 # Timings are measurements of this machine now: never served from a cache; taken in a fresh process, as
 # `pruneflow bench` takes them, not in the flow's own after a whole sweep.

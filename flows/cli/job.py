@@ -154,7 +154,7 @@ def _prune(arguments: argparse.Namespace) -> int:
     with exclusive_output(job.output_dir, "output_dir"), \
             combination_row(str(job.output_dir), model_label(job.model), combination_label(job)) as row:
         record = run_job(job, progress=row)
-        row.done(f"ppl {record.perplexity[0].perplexity:.2f}" if record.perplexity else "")
+        row.done(record.headline())
     print_job_result(record)
     return 0
 

@@ -11,6 +11,8 @@ images become one (N, C, H, W) float tensor.
 
 from __future__ import annotations
 
+import functools
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +31,24 @@ LABEL_COLUMNS = ("label", "labels")
 CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "RGBA": 4, "CMYK": 4, "I": 1, "F": 1, "I;16": 1}
 
 
-@dataclass(frozen=True)
+@dataclass
 class ImageSet:
-    """`count` images read by `image(i)`, with their class labels (None when the source has none)."""
+    """`count` images read by `image(i)`, with their class labels (None when the source has none); `sha256`, the
+    content's digest, is computed when first asked for (a preflight that reads one image does not hash them all)."""
 
     source: str
     count: int
     read: Callable[[int], Image.Image]
     labels: torch.Tensor | None
     class_names: tuple[str, ...]
-    sha256: str
+    digest: Callable[[], str]
 
     def image(self, index: int) -> Image.Image:
         return self.read(index)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return self.digest()
 
 
 class ImageManifest(BaseModel):
@@ -75,6 +82,32 @@ def load_image_set(source: str | Path, field: str) -> ImageSet:
                       "give one of those")
 
 
+def looks_like_images(source: str) -> bool:
+    """Whether a source is an image source by its form alone (cheap: no image is decoded): a .npz path, a saved
+    dataset with an Image feature, a folder with images in it or in its subfolders."""
+    path = Path(source).expanduser()
+    if path.suffix == ".npz":
+        return True
+    if not path.is_dir():
+        return False
+    info = path / "dataset_info.json"
+    if info.is_file():
+        return '"_type": "Image"' in info.read_text(errors="replace")
+    children = [child for child in path.iterdir() if not child.name.startswith(".")]
+    return any(child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES for child in children) or \
+        any(child.is_dir() and _images_in(child) for child in children)
+
+
+def check_image_source(source: str, field: str) -> None:
+    """A vision model's calibration or evaluation source has the form of an image source."""
+    if not looks_like_images(source):
+        raise ConfigError(f"{field}: '{source}' is not an image source, and the model takes images; give a folder "
+                          "of images (class subfolders for labels), a datasets.save_to_disk folder with an Image "
+                          "column, or a .npz with an 'images' array")
+    if Path(source).expanduser().suffix == ".npz" and not Path(source).expanduser().is_file():
+        raise ConfigError(f"{field}: '{source}' does not exist; give the path of a .npz file")
+
+
 def _folder_images(folder: Path, field: str) -> ImageSet:
     classes = sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
     groups = [(index, _images_in(child)) for index, child in enumerate(classes)] if classes else \
@@ -84,9 +117,9 @@ def _folder_images(folder: Path, field: str) -> ImageSet:
         raise ConfigError(f"{field}: '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}), in it or in class "
                           "subfolders; point it at a folder of images")
     labels = torch.tensor([index for index, members in groups for _ in members]) if classes else None
-    digest = sha256_text(",".join(f"{file.relative_to(folder)}:{sha256_file(file)}" for file in files))
     return ImageSet(str(folder), len(files), lambda index: _open(files[index], field), labels,
-                    tuple(child.name for child in classes), digest)
+                    tuple(child.name for child in classes),
+                    lambda: sha256_text(",".join(f"{file.relative_to(folder)}:{sha256_file(file)}" for file in files)))
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -107,7 +140,7 @@ def _npz_images(file: Path, field: str) -> ImageSet:
         arrays = np.load(file, allow_pickle=False)
         images = arrays["images"]
         labels = torch.from_numpy(arrays["labels"].astype(np.int64)) if "labels" in arrays.files else None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise ConfigError(f"{field}: '{file}' is not a .npz with an 'images' array ({error}); save one with "
                           "numpy.savez(path, images=..., labels=...)") from None
     if images.ndim not in (3, 4) or len(images) == 0 or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
@@ -118,7 +151,7 @@ def _npz_images(file: Path, field: str) -> ImageSet:
     pixels = images if images.dtype == np.uint8 else (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
     classes = tuple(str(label) for label in sorted(set(labels.tolist()))) if labels is not None else ()
     return ImageSet(str(file), len(pixels), lambda index: Image.fromarray(pixels[index].squeeze()), labels, classes,
-                    sha256_file(file))
+                    lambda: sha256_file(file))
 
 
 def _saved_dataset_images(folder: Path, field: str) -> ImageSet:
@@ -139,8 +172,8 @@ def _saved_dataset_images(folder: Path, field: str) -> ImageSet:
     labels = torch.tensor(loaded[label_column]) if label_column is not None else None
     feature = loaded.features.get(label_column) if label_column is not None else None
     classes = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
-    digest = sha256_text(",".join(sha256_file(file) for file in sorted(folder.glob("*.arrow"))))
-    return ImageSet(str(folder), len(loaded), lambda index: loaded[index][image_column], labels, classes, digest)
+    return ImageSet(str(folder), len(loaded), lambda index: loaded[index][image_column], labels, classes,
+                    lambda: sha256_text(",".join(sha256_file(file) for file in sorted(folder.glob("*.arrow")))))
 
 
 def sample_indices(count: int, num_samples: int, seed: int, field: str) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 from pruning.errors import ConfigError
 from pruning.models.architectures import ArchitectureAdapter, adapter_for
 from pruning.models.checkpoint import CheckpointReader
+from pruning.models.vision import is_image_model, vision_class
 
 
 class ModelAccess(Protocol):
@@ -87,7 +88,8 @@ class InMemoryModel:
 
 
 class StreamedModel:
-    """A causal LM read part by part from a safetensors checkpoint (see the module docstring).
+    """A causal LM (or a vision transformer) read part by part from a safetensors checkpoint (see the module
+    docstring).
 
     Every parameter of the module tree must be in the checkpoint with its shape (a head tied to the input
     embeddings may be absent), and every tensor of the checkpoint must belong to the tree: otherwise the
@@ -102,7 +104,8 @@ class StreamedModel:
         self.reader = CheckpointReader(self.directory)
         self.config = AutoConfig.from_pretrained(self.directory, trust_remote_code=trust_remote_code)
         with init_empty_weights(include_buffers=False):
-            self.model = AutoModelForCausalLM.from_config(self.config, trust_remote_code=trust_remote_code)
+            self.model = (vision_class(self.config)(self.config) if is_image_model(self.directory) else
+                          AutoModelForCausalLM.from_config(self.config, trust_remote_code=trust_remote_code))
         self.model.eval()
         self.adapter = adapter_for(self.model)
         self.dtype = self.reader.storage_dtype()
@@ -111,9 +114,10 @@ class StreamedModel:
         for name, buffer in self.model.named_buffers():
             if name in self.reader:  # a stored buffer (most are recomputed from the config and not stored)
                 buffer.data = self.reader.read(name).to(buffer.dtype)
-        head = cast(nn.Module, cast(Any, self.model).get_output_embeddings())
-        head_name = next(name for name, module in self.model.named_modules() if module is head)
-        self.head_parameters = [f"{head_name}.{name}" for name, _ in head.named_parameters()]
+        # The language-model head (evaluated in chunks); a vision model's classifier belongs to the stem.
+        head = cast(nn.Module | None, cast(Any, self.model).get_output_embeddings())
+        head_name = next((name for name, module in self.model.named_modules() if module is head), "")
+        self.head_parameters = [f"{head_name}.{name}" for name, _ in head.named_parameters()] if head else []
         blocks = f"{self.adapter.blocks_path}."
         self.stem_parameters = [name for name in self.sources
                                 if not name.startswith(blocks) and name not in self.head_parameters]

@@ -137,6 +137,50 @@ def output_locked(relative):
     return write
 
 
+def vision_model(relative="vit", kind="vit", processor_size=32, processor=True):
+    """Setup: a tiny random vision model saved as a user has it (save_pretrained: the hub's tensor names), with its
+    image processor."""
+    def write(tmp, _model, _corpus):
+        from tiny_models import tiny_vision_model
+        from transformers import ViTImageProcessor
+        from transformers.utils import logging
+
+        model = tiny_vision_model(kind)
+        logging.disable_progress_bar()  # the setup's own output is not the command's
+        try:
+            model.save_pretrained(tmp / relative)
+        finally:
+            logging.enable_progress_bar()
+        if processor:
+            ViTImageProcessor(size={"height": processor_size, "width": processor_size}).save_pretrained(tmp / relative)
+    return write
+
+
+def image_folder(relative="images", mode="RGB", count=4):
+    """Setup: `count` images in two class subfolders."""
+    def write(tmp, _model, _corpus):
+        from PIL import Image
+
+        for index in range(count):
+            folder = tmp / relative / f"class{index % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new(mode, (40, 40), (index * 20, 0, 0) if mode == "RGB" else index * 20).save(folder / f"{index}.png")
+    return write
+
+
+def npz_at(relative, **arrays):
+    def write(tmp, _model, _corpus):
+        import numpy as np
+
+        np.savez(tmp / relative, **{name: np.asarray(value) for name, value in arrays.items()})
+    return write
+
+
+VISION = ["prune", "--model", "{tmp}/vit", "--method", "wanda", "--sparsity", "0.5", "--calibration", "{tmp}/images",
+          "--num-samples", "2", "--eval", "{tmp}/images", "--output", "{tmp}/out", "--cache-dir", "{tmp}/cache"]
+VISION_READY = files(vision_model(), image_folder())
+
+
 def pickled_checkpoint(tmp, _model, _corpus):
     folder = tmp / "pickled"
     folder.mkdir()
@@ -555,6 +599,32 @@ CASES = [
                                         "--metrics", "{tmp}/m"], params_file({}), "--rows: "),
     ("stage: params file not YAML", [*STAGE, "fetch", "--model", "tiny", "--output", "{tmp}/o"],
      file_at("params.yaml", "models: [open"), "params: "),
+    # vision models: sources of the other kind, images the model cannot take, what structured pruning cannot describe
+    ("vision: text calibration", [*VISION[:7], "--calibration", "{corpus}", *VISION[9:]], VISION_READY,
+     "calibration.source: "),
+    ("vision: the default text evaluation", [*VISION[:11], *VISION[13:]], VISION_READY, "evaluation.0.dataset: "),
+    ("vision: the default text calibration", [*VISION[:7], *VISION[9:]], VISION_READY, "calibration.source: "),
+    ("language model: image calibration", [*WANDA_ON, "{tmp}/images"], image_folder(), "calibration.source: "),
+    ("language model: image evaluation", [*WANDA, "--eval", "{tmp}/images"], image_folder(),
+     "evaluation.1.dataset: "),  # the second --eval
+    ("vision: grayscale images for an RGB model", [*VISION[:7], "--calibration", "{tmp}/gray", *VISION[9:]],
+     files(VISION_READY, image_folder("gray", mode="L")), "calibration.source: "),
+    ("vision: an empty image folder", [*VISION[:7], "--calibration", "{tmp}/none", *VISION[9:]],
+     files(VISION_READY, file_at("none/.keep", "")), "calibration.source: "),
+    ("vision: processor size the model cannot take", VISION, files(vision_model(processor_size=48), image_folder()),
+     "model: "),
+    ("vision: no image processor", VISION, files(vision_model(processor=False), image_folder()), "model: "),
+    ("vision: an empty .npz", [*VISION[:7], "--calibration", "{tmp}/x.npz", *VISION[9:]],
+     files(VISION_READY, bytes_at("x.npz", b"")), "calibration.source: "),
+    ("vision: a .npz of the wrong shape", [*VISION[:7], "--calibration", "{tmp}/y.npz", *VISION[9:]],
+     files(VISION_READY, npz_at("y.npz", images=[[1, 2]])), "calibration.source: "),
+    ("vision: unknown image model type", [*VISION[:2], "{tmp}/swin", *VISION[3:]],
+     files(VISION_READY, model_copy("swin", {"model_type": "swin"})), "model: "),
+    ("vision: DINOv2 MLP neurons", [*VISION[:3], "--method", "osscar", "--sparsity", "0.25", *VISION[7:]],
+     files(vision_model(kind="dinov2"), image_folder()), "method.sparsity: "),
+    ("vision: compress with text calibration", ["compress", *VISION[1:7], "--calibration", "{corpus}", *VISION[9:],
+                                                "--artifacts", "{tmp}/artifacts"], VISION_READY,
+     "calibration.source: "),
 ]
 
 
