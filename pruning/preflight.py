@@ -26,7 +26,7 @@ from pruning.config import (
     ZeroShotConfig,
 )
 from pruning.data.corpora import check_text_readable, check_text_source
-from pruning.data.images import check_image_source, load_image_set, looks_like_images, pixel_values
+from pruning.data.images import ImageSet, check_image_source, load_image_set, looks_like_images
 from pruning.errors import ConfigError
 from pruning.evaluation.zero_shot import check_zero_shot_tasks
 from pruning.io import check_free_space, check_output_path
@@ -35,7 +35,10 @@ from pruning.methods.structured import StructuredBudget
 from pruning.models.architectures import ADAPTERS, adapter_for_model_type
 from pruning.models.shrink import structured_layout
 from pruning.models.sources import HUB_PREFIX, ModelSource
-from pruning.models.vision import PROCESSOR_FILE, image_processor, is_image_model
+from pruning.models.vision import is_image_model, prepare_images
+
+ZERO_SHOT_FOR_IMAGES = ("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
+                        "tasks out (its accuracy comes from the evaluation images)")
 
 
 def _problem(field: str, check: Callable[..., object], *arguments: Any) -> list[str]:
@@ -89,8 +92,7 @@ def field_problems(fields: Mapping[str, Any], needs_calibration: bool = True) ->
                                          takes_images, image_model)
     zero_shot = given(fields, "zero_shot", None)
     if zero_shot is not None and takes_images:
-        problems.append("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
-                        "tasks out (its accuracy comes from the evaluation images)")
+        problems.append(ZERO_SHOT_FOR_IMAGES)
     tasks = given(zero_shot, "tasks", ZeroShotConfig().tasks) if zero_shot is not None else None
     if isinstance(tasks, list | tuple) and all(isinstance(task, str) and task.strip() for task in tasks):
         data_dir = given(zero_shot, "data_dir", None)
@@ -142,29 +144,17 @@ def _source_problems(source: str, text_field: str | None, field: str, takes_imag
 
 
 def check_image_processor(model_dir: Path) -> None:
-    """The vision model has an image processor, and it makes images of the size the model takes."""
+    """The vision model has an image processor, and it makes a blank RGB image into the size the model takes."""
     from PIL import Image
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
-    adapter = adapter_for_model_type(str(config.model_type))
-    pixels = image_processor(model_dir)(images=[Image.new("RGB", (64, 64))], return_tensors="pt")["pixel_values"]
-    height, width, patch, size = int(pixels.shape[-2]), int(pixels.shape[-1]), int(config.patch_size), \
-        int(config.image_size)
-    if (adapter.fixed_image_size and (height, width) != (size, size)) or height % patch or width % patch:
-        raise ConfigError(f"model: its image processor ({model_dir / PROCESSOR_FILE}) makes {height}x{width} images "
-                          f"but the model takes {size}x{size} (patches of {patch}); fix the processor's size")
+    blank = ImageSet("a blank 64x64 image", 1, lambda _index: Image.new("RGB", (64, 64)), None, (), lambda: "")
+    prepare_images(model_dir, blank, torch.arange(1), "model")
 
 
 def check_first_image(source: str, model_dir: Path, field: str) -> None:
     """The source's first image, prepared by the model's own processor, has the channels and size the model takes
     (one image decoded: the rest are checked as they are prepared)."""
-    from transformers import AutoConfig
-
-    images = load_image_set(source, field)
-    config = AutoConfig.from_pretrained(model_dir)
-    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
-    pixel_values(images, torch.arange(1), image_processor(model_dir), config, fixed, field)
+    prepare_images(model_dir, load_image_set(source, field), torch.arange(1), field)
 
 
 def check_sources_suit_the_model(job: PruneJob, model_dir: Path) -> None:
@@ -179,8 +169,7 @@ def check_sources_suit_the_model(job: PruneJob, model_dir: Path) -> None:
     problems = [problem for field, source in sources if looks_like_images(source) != takes_images or takes_images
                 for problem in _source_problems(source, None, field, takes_images, model_dir)]
     if job.zero_shot is not None and takes_images:
-        problems.append("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
-                        "tasks out (its accuracy comes from the evaluation images)")
+        problems.append(ZERO_SHOT_FOR_IMAGES)
     if problems:
         raise ConfigError("\n".join(problems))
 

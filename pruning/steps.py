@@ -42,14 +42,7 @@ from pruning.data.calibration import (
     tokenize_corpus,
 )
 from pruning.data.corpora import TextProvenance, load_corpus, source_fingerprint
-from pruning.data.images import (
-    ImageManifest,
-    ImageSet,
-    image_manifest,
-    load_image_set,
-    pixel_values,
-    sample_indices,
-)
+from pruning.data.images import ImageManifest, image_manifest, load_image_set, sample_indices
 from pruning.engine import PruneEngine
 from pruning.errors import ConfigError
 from pruning.evaluation.accuracy import AccuracyResult, image_accuracy
@@ -59,7 +52,6 @@ from pruning.io import atomic_directory, exclusive_output, link_or_copy, sha256_
 from pruning.machine import Machine
 from pruning.methods.registry import MethodConfig
 from pruning.models.access import StreamedModel
-from pruning.models.architectures import adapter_for_model_type
 from pruning.models.sources import (
     ModelOrigin,
     ModelSource,
@@ -70,7 +62,13 @@ from pruning.models.sources import (
     source_digest,
     tokenizer_digest,
 )
-from pruning.models.vision import image_processor, is_image_model, load_vision_model, module_named_checkpoint
+from pruning.models.vision import (
+    image_processor,
+    is_image_model,
+    load_vision_model,
+    module_named_checkpoint,
+    prepare_images,
+)
 from pruning.record import PruneRecord, StructuredSummary
 from pruning.store import ArtifactStore
 
@@ -242,21 +240,13 @@ def _calibration_images(model: ModelRef, calibration: CalibrationConfig, store: 
     reused = (directory / IMAGE_MANIFEST_FILE).is_file()
     if not reused:
         indices = sample_indices(images.count, calibration.num_samples, calibration.seed, "calibration.num_samples")
-        pixels = _pixels(model, images, indices, processor, "calibration.source")
+        pixels = prepare_images(model.path, images, indices, "calibration.source", processor)
         with atomic_directory(directory) as staging:
             save_file({"pixel_values": pixels.contiguous()}, str(staging / IMAGES_FILE))
             write_json(staging / IMAGE_MANIFEST_FILE,
                        image_manifest(images, indices, calibration.seed, processor, pixels).model_dump(mode="json"))
     manifest = ImageManifest.model_validate_json((directory / IMAGE_MANIFEST_FILE).read_text())
     return CalibrationRef(directory=directory, manifest=manifest, reused=reused)
-
-
-def _pixels(model: ModelRef, images: ImageSet, indices: torch.Tensor, processor: object, field: str) -> torch.Tensor:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model.path)
-    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
-    return pixel_values(images, indices, processor, config, fixed, field)
 
 
 def prepare_evaluation_images(model: ModelRef, evaluation: EvaluationConfig, store: ArtifactStore) -> EvaluationImages:
@@ -275,7 +265,7 @@ def prepare_evaluation_images(model: ModelRef, evaluation: EvaluationConfig, sto
         # max_windows caps the images only when it was set: its default (64) is meant for text windows
         cap = evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None
         indices = torch.arange(min(images.count, cap or images.count))
-        pixels = _pixels(model, images, indices, processor, "evaluation.dataset")
+        pixels = prepare_images(model.path, images, indices, "evaluation.dataset", processor)
         with atomic_directory(directory) as staging:
             save_file({"pixel_values": pixels.contiguous(), "labels": images.labels[indices].contiguous()},
                       str(staging / IMAGES_FILE))

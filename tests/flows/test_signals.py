@@ -52,21 +52,27 @@ def latest_flow_run_state(flow_name: str) -> str:
     return str(row[0])
 
 
-def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, tiny_tokenizer_dir):
-    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 600)
+def write_sweep_params(tmp_path, checkpoint, corpus, methods, sparsities, experiment):
+    """params.yaml of a sweep over `methods` x `sparsities` on the tiny model; returns its runs folder."""
     runs = tmp_path / "runs"
     params = {
         "models": [{"name": "tiny", "source": str(checkpoint)}],
-        "prune": {"methods": ["wanda", "sparsegpt"], "sparsity": [0.3, 0.4, 0.5, 0.6]},
+        "prune": {"methods": methods, "sparsity": sparsities},
         "calibration": {"source": str(corpus), "num_samples": 16, "seqlen": 64},
         "evaluation": [{"dataset": str(corpus), "seqlen": 64, "max_windows": 2}],
         "engine": {"device": "cpu"},
         "paths": {"runs": str(runs), "cache": str(tmp_path / "cache"), "artifacts": str(tmp_path / "artifacts")},
-        "tracking": {"experiment": "stopped"},
+        "tracking": {"experiment": experiment},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return runs
+
+
+def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, tiny_tokenizer_dir):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 600)
+    runs = write_sweep_params(tmp_path, checkpoint, corpus, ["wanda", "sparsegpt"], [0.3, 0.4, 0.5, 0.6], "stopped")
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
 
@@ -123,18 +129,9 @@ def test_sigterm_stops_a_ten_thousand_combination_sweep_within_seconds(tmp_path,
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny", tiny_tokenizer_dir)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Pruning removes weights from a trained network, one layer at a time. " * 600)
-    runs = tmp_path / "runs"
     sparsities = [round(0.1 + step * 0.0002, 4) for step in range(2000)]
-    params = {
-        "models": [{"name": "tiny", "source": str(checkpoint)}],
-        "prune": {"methods": ["magnitude", "wanda", "sparsegpt", "admm", "apt"], "sparsity": sparsities},
-        "calibration": {"source": str(corpus), "num_samples": 16, "seqlen": 64},
-        "evaluation": [{"dataset": str(corpus), "seqlen": 64, "max_windows": 2}],
-        "engine": {"device": "cpu"},
-        "paths": {"runs": str(runs), "cache": str(tmp_path / "cache"), "artifacts": str(tmp_path / "artifacts")},
-        "tracking": {"experiment": "grid"},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runs = write_sweep_params(tmp_path, checkpoint, corpus, ["magnitude", "wanda", "sparsegpt", "admm", "apt"],
+                              sparsities, "grid")
     environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
                    "PYTHONPATH": str(REPO)}
 
