@@ -68,6 +68,7 @@ VISION_MODELS: dict[str, tuple[type, PretrainedConfig]] = {
     "deit-distilled": (DeiTForImageClassificationWithTeacher, DeiTConfig(**_VISION, intermediate_size=128)),
     "dinov2": (Dinov2ForImageClassification, Dinov2Config(**_VISION, mlp_ratio=2)),
     "dinov2-backbone": (Dinov2Model, Dinov2Config(**_VISION, mlp_ratio=2)),
+    "dinov2-swiglu": (Dinov2Model, Dinov2Config(**_VISION, mlp_ratio=2, use_swiglu_ffn=True)),
 }
 
 

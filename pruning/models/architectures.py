@@ -176,6 +176,12 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
                         explicit_head_dim=True),
 )
 
+# DINOv2 with the SwiGLU MLP (use_swiglu_ffn, the giant model): gate_proj and up_proj read the same input.
+DINOV2_SWIGLU = ArchitectureAdapter(
+    "dinov2-swiglu", ("dinov2",), "dinov2.encoder.layer",
+    (_VISION_GROUPS[0], _VISION_GROUPS[1], ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)), modality="image",
+    other_blocks_paths=("encoder.layer",), structured_units=_VISION_UNITS[:1], explicit_head_dim=True)
+
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(t for adapter in ADAPTERS for t in adapter.model_types))
 
 
@@ -190,10 +196,9 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     config = cast(Any, model).config
-    if getattr(config, "use_swiglu_ffn", False):
-        raise ConfigError("model: a DINOv2 with a SwiGLU MLP (use_swiglu_ffn, e.g. dinov2-giant) is not supported; "
-                          "use a DINOv2 with the plain MLP (small, base, large)")
-    return adapter_for_model_type(str(config.model_type)).bound_to(model)
+    adapter = DINOV2_SWIGLU if getattr(config, "use_swiglu_ffn", False) else adapter_for_model_type(
+        str(config.model_type))
+    return adapter.bound_to(model)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,11 @@ def test_structured_result_is_smaller_loads_with_from_pretrained_and_computes_th
         < record["parameters_before"]
     assert reloaded.config.num_attention_heads == 3
     block = adapter_for(reloaded).blocks(reloaded)[0]
-    assert block.mlp.fc1.out_features == (128 if neurons == 0 else 64) and block.attention.q_proj.out_features == 48
+    mlp_input = "mlp.up_proj" if kind == "dinov2-swiglu" else "mlp.fc1"
+    dense = tiny_vision_model(kind)
+    width = adapter_for(dense).blocks(dense)[0].get_submodule(mlp_input).out_features
+    assert block.get_submodule(mlp_input).out_features == (width if neurons == 0 else width // 2)
+    assert block.attention.q_proj.out_features == 48
     assert torch.allclose(outputs(reloaded, pixels), zeroed, atol=1e-5)
 
 
@@ -115,8 +119,7 @@ def test_removing_dinov2_mlp_neurons_is_refused_before_any_work():
         prune_model(model, random_pixels(), method_config({"method": "osscar", "sparsity": 0.25}), FP32)
 
 
-def test_a_swiglu_dinov2_is_refused_naming_the_option():
-    model = tiny_vision_model("dinov2-backbone")
-    model.config.use_swiglu_ffn = True
-    with pytest.raises(ConfigError, match="use_swiglu_ffn"):
-        adapter_for(model)
+def test_a_swiglu_dinov2_prunes_its_gate_up_and_down_projections():
+    model = tiny_vision_model("dinov2-swiglu")
+    names = adapter_for(model).linear_names
+    assert names[-3:] == ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
