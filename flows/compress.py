@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.console import CombinationRow, combination_row
 from flows.interrupts import cancel_stopped_flow_run
 from pruning.config import PruneJob
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.job import run_job
@@ -42,6 +43,8 @@ class CombinationResult(BaseModel):
     dense_perplexity: list[PerplexityResult]
     zero_shot: ZeroShotResult | None
     dense_zero_shot: ZeroShotResult | None
+    accuracy: list[AccuracyResult] = []
+    dense_accuracy: list[AccuracyResult] = []
     blocks_computed: int
     blocks_reused: int
     step_seconds: dict[str, float]
@@ -56,6 +59,7 @@ class CombinationResult(BaseModel):
                    target_sparsity=record.target_sparsity, output_dir=record.config.output_dir,
                    perplexity=record.perplexity, dense_perplexity=record.dense_perplexity,
                    zero_shot=record.zero_shot, dense_zero_shot=record.dense_zero_shot,
+                   accuracy=record.accuracy, dense_accuracy=record.dense_accuracy,
                    blocks_computed=record.engine.blocks_computed, blocks_reused=record.engine.blocks_reused,
                    step_seconds=record.run.step_seconds, started_at=started_at, finished_at=time.time(),
                    peak_rss_mb=record.run.peak_rss_mb, threads=torch.get_num_threads())

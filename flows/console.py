@@ -41,6 +41,7 @@ WARNING_LINE = re.compile(r"\bwarn(ing)?\b", re.IGNORECASE)
 # A larger grid shows a window of rows: rendering every row of a 10,000-combination grid took rich 12 s at each stop
 SHOWN_ROWS = 24
 SHOWN_DONE = 4  # finished rows kept above the first unfinished one
+QUALITY_METRICS = ("ppl", "top-1")  # the report's quality columns, each "<metric> <protocol>"
 
 
 def _progress(console: Console, transient: bool = False) -> Progress:
@@ -214,20 +215,25 @@ def warning_summary(log_path: Path, start: int, shown: int = 5) -> list[str]:
 
 def console_results_table(header: list[str], rows: list[list[str]], title: str) -> tuple[Table, list[str]]:
     """The report's table for an 80-column terminal: columns with no value left out (the model column too when
-    there is one model: it goes to the title), perplexity columns named ppl, ppl 2, ... with their protocols
-    returned as footnotes."""
+    there is one model: it goes to the title), perplexity columns named ppl, ppl 2, ... (top-1 accuracy columns
+    top-1, top-1 2, ...) with their protocols returned as footnotes."""
     models = {row[0] for row in rows}
     kept = [index for index in range(len(header))
             if (len(models) > 1 if index == 0 else index < 3 or any(row[index] != "-" for row in rows))]
     if len(models) == 1:
         title = f"{next(iter(models))}: {title}"
-    protocols = [name.removeprefix("ppl ") for name in header if name.startswith("ppl ")]
+    # Quality columns ("ppl <protocol>", a vision model's "top-1 <protocol>") are named by metric and number; their
+    # protocols become footnotes.
+    protocols = {metric: [name.removeprefix(f"{metric} ") for name in header if name.startswith(f"{metric} ")]
+                 for metric in QUALITY_METRICS}
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for index in kept:
         name = header[index]
-        if name.startswith("ppl "):
-            number = protocols.index(name.removeprefix("ppl ")) + 1
-            name = "ppl" if len(protocols) == 1 else f"ppl {number}"
+        metric = next((metric for metric in QUALITY_METRICS if name.startswith(f"{metric} ")), None)
+        if metric is not None:
+            found = protocols[metric]
+            number = found.index(name.removeprefix(f"{metric} ")) + 1
+            name = metric if len(found) == 1 else f"{metric} {number}"
         table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3, overflow="fold")
     # A method with engine additions ("admm + dense targets + ...") is marked (admm *1) and spelled out below.
     combined = list(dict.fromkeys(row[1] for row in rows if " + " in row[1]))
@@ -237,8 +243,8 @@ def console_results_table(header: list[str], rows: list[list[str]], title: str) 
             method = f"{method.split(' + ')[0]} *{combined.index(method) + 1}"
         table.add_row(*(method if index == 1 else row[index] for index in kept),
                       style="bold" if row[1] == "dense" else None)
-    notes = [f"ppl{'' if len(protocols) == 1 else f' {number}'}: {protocol}"
-             for number, protocol in enumerate(protocols, 1)]
+    notes = [f"{metric}{'' if len(found) == 1 else f' {number}'}: {protocol}"
+             for metric, found in protocols.items() for number, protocol in enumerate(found, 1)]
     notes += [f"*{number}: {method}" for number, method in enumerate(combined, 1)]
     return table, notes
 

@@ -43,16 +43,20 @@ def _finish(figure: Any, axes: Any, path: Path) -> Path:
     return path
 
 
-def plot_perplexity_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One line per method and pattern: perplexity against the achieved sparsity of the decoder linears (log
-    scale); the dense model as a dashed line. Several evaluation protocols get a line each."""
+QUALITY_AXES = {"perplexity": ("perplexity (token level)", "log"), "top1": ("top-1 accuracy", "linear")}
+
+
+def plot_quality_vs_sparsity(rows: list[dict[str, Any]], path: Path, metric: str) -> Path:
+    """One line per method and pattern: `metric` (perplexity, log scale; or a vision model's top-1 accuracy)
+    against the achieved sparsity of the blocks' linears; the dense model as a dashed line. Several evaluation
+    protocols get a line each."""
     protocols = sorted({row["protocol"] for row in rows})
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         label = row["method"] if row["pattern"] in ("unstructured", "-") else f"{row['method']} ({row['pattern']})"
         if len(protocols) > 1:
             label += f" | {_short_protocol(row['protocol'])}"
-        series.setdefault(label, []).append((row["sparsity"], row["perplexity"]))
+        series.setdefault(label, []).append((row["sparsity"], row[metric]))
     figure, axes = _lines_figure(len(series))
     for label, points in sorted(series.items()):
         points.sort()
@@ -60,9 +64,10 @@ def plot_perplexity_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
             axes.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=label)
             continue
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
-    axes.set_yscale("log")
-    axes.set_xlabel("achieved sparsity of the decoder linears (share of weights removed)")
-    axes.set_ylabel("perplexity (token level)")
+    label, scale = QUALITY_AXES[metric]
+    axes.set_yscale(scale)
+    axes.set_xlabel("achieved sparsity of the blocks' linears (share of weights removed)")
+    axes.set_ylabel(label)
     if len(protocols) == 1:
         axes.set_title(_short_protocol(protocols[0]), fontsize=9)
     return _finish(figure, axes, path)

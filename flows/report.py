@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.report_page import write_report_page
 from pruning.errors import ConfigError
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.io import atomic_directory, write_json
@@ -31,6 +32,7 @@ from pruning.record import PruneRecord, RunInputs
 from pruning.speed import Speedup, speedups
 
 PLOTS = ("perplexity_vs_sparsity.png", "block_errors.png", "speedups.png")
+ACCURACY_PLOT = "accuracy_vs_sparsity.png"  # when vision models were evaluated
 ROW_GLOB = "*/*/*.json"  # evaluations/<model>/<method>/<combination>.json
 
 
@@ -47,6 +49,7 @@ class ReportRow(BaseModel):
     sparsity: float
     parameters: int | None
     perplexity: dict[str, float]  # by protocol
+    accuracy: dict[str, float] = {}  # a vision model's top-1, by protocol
     zero_shot: ZeroShotResult | None = None
     engine_seconds: float | None = None  # the engine's forward + solve time
     block_relative_error: list[float] = []
@@ -58,15 +61,16 @@ class ReportRow(BaseModel):
                    pattern=record.pattern, target_sparsity=record.target_sparsity,
                    sparsity=record.decoder_linear_sparsity, parameters=record.remaining_parameters,
                    perplexity=perplexity_by_protocol(record.perplexity), zero_shot=record.zero_shot,
+                   accuracy={result.protocol: result.top1 for result in record.accuracy},
                    engine_seconds=record.engine.engine_seconds, block_relative_error=record.engine.block_errors(),
                    inputs=record.inputs)
 
     @classmethod
     def dense(cls, model_dir: Path, model: str, perplexity: list[PerplexityResult],
-              zero_shot: ZeroShotResult | None) -> ReportRow:
+              zero_shot: ZeroShotResult | None, accuracy: list[AccuracyResult] | None = None) -> ReportRow:
         return cls(model=model, method="dense", pattern="-", target_sparsity=0.0, sparsity=0.0,
                    parameters=stored_parameters(model_dir), perplexity=perplexity_by_protocol(perplexity),
-                   zero_shot=zero_shot)
+                   zero_shot=zero_shot, accuracy={result.protocol: result.top1 for result in accuracy or []})
 
     @property
     def label(self) -> str:
@@ -78,6 +82,8 @@ class ReportRow(BaseModel):
         metrics: dict[str, object] = {"perplexity": {metric_key(protocol): value
                                                      for protocol, value in self.perplexity.items()},
                                       "sparsity": round(self.sparsity, 6), "parameters": self.parameters}
+        if self.accuracy:
+            metrics["top1"] = {metric_key(protocol): value for protocol, value in self.accuracy.items()}
         if self.engine_seconds is not None:
             metrics["engine_seconds"] = round(self.engine_seconds, 2)
         if self.zero_shot is not None:
@@ -159,8 +165,11 @@ def speed_summary(rows: list[Speedup], row: ReportRow, spread: bool = True) -> s
 def results_markdown(rows: list[ReportRow], speed_rows: list[Speedup]) -> str:
     """The table as Markdown (results.md), with its protocol notes below it."""
     header, cells, notes = table_cells(rows, speed_rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
+
+    def line(cells: list[str]) -> str:  # a protocol holds '|': escaped, or it would split its cell in two
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [line(header), "|" + "---|" * len(header), *(line(row) for row in cells)]
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
@@ -169,14 +178,16 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup],
     """The report table's header, rows of cells and protocol notes (one source for Markdown, HTML, console;
     `compact`: speed-ups without their spread, for a terminal's width)."""
     protocols = sorted({protocol for row in rows for protocol in row.perplexity})
+    image_protocols = sorted({protocol for row in rows for protocol in row.accuracy})
     header = (["model", "method", "pattern", "target", "sparsity", "params (M)"]
-              + [f"ppl {protocol}" for protocol in protocols]
+              + [f"ppl {protocol}" for protocol in protocols] + [f"top-1 {protocol}" for protocol in image_protocols]
               + ["zero-shot avg acc", "engine s", "speed-up prefill 1x / decode b1 (form: x)"])
     cells = []
     for row in rows:
         line = [row.model, row.label, row.pattern, f"{row.target_sparsity:g}", f"{row.sparsity:.3f}",
                 f"{row.parameters / 1e6:.1f}" if row.parameters else "-"]
         line += [f"{row.perplexity[protocol]:.2f}" if protocol in row.perplexity else "-" for protocol in protocols]
+        line += [f"{row.accuracy[protocol]:.4f}" if protocol in row.accuracy else "-" for protocol in image_protocols]
         line += [f"{row.zero_shot.average_accuracy:.4f}" if row.zero_shot else "-",
                  f"{row.engine_seconds:.0f}" if row.engine_seconds else "-",
                  speed_summary(speed_rows, row, spread=not compact)]
@@ -203,7 +214,7 @@ def table_cells(rows: list[ReportRow], speed_rows: list[Speedup],
 
 
 def write_report(rows: list[ReportRow], speed_rows: list[Speedup], output: Path) -> Path:
-    from flows.plots import plot_block_errors_by_method, plot_perplexity_vs_sparsity, plot_speedups
+    from flows.plots import plot_block_errors_by_method, plot_quality_vs_sparsity, plot_speedups
 
     perplexity_rows = [{"model": row.model, "method": row.method, "pattern": row.pattern,
                         "target_sparsity": row.target_sparsity, "sparsity": round(row.sparsity, 4),
@@ -212,9 +223,17 @@ def write_report(rows: list[ReportRow], speed_rows: list[Speedup], output: Path)
     block_rows = [{"method": f"{row.method} {row.pattern} {row.sparsity:.2f}", "block": block,
                    "relative_error": error}
                   for row in rows for block, error in enumerate(row.block_relative_error)]
+    accuracy_rows = [{"model": row.model, "method": row.method, "pattern": row.pattern,
+                      "target_sparsity": row.target_sparsity, "sparsity": round(row.sparsity, 4),
+                      "protocol": protocol, "top1": round(value, 4)}
+                     for row in rows for protocol, value in row.accuracy.items()]
     measured = [speed for speed in speed_rows if not speed.skipped]
+    plots = PLOTS + ((ACCURACY_PLOT,) if accuracy_rows else ())
     with atomic_directory(output) as staging:
         write_csv(staging / "perplexity.csv", perplexity_rows)
+        if accuracy_rows:
+            write_csv(staging / "accuracy.csv", accuracy_rows)
+            plot_quality_vs_sparsity(accuracy_rows, staging / ACCURACY_PLOT, "top1")
         write_csv(staging / "block_errors.csv", block_rows)
         write_csv(staging / "speedups.csv", [
             {**speed.model_dump(exclude={"ratios", "spread", "skipped"}),
@@ -222,10 +241,10 @@ def write_report(rows: list[ReportRow], speed_rows: list[Speedup], output: Path)
              **{f"{case}_speedup_{end}": value for case, spread in speed.spread.items()
                 for end, value in zip(("low", "high"), spread, strict=True)}} for speed in measured])
         (staging / "results.md").write_text(results_markdown(rows, speed_rows))
-        plot_perplexity_vs_sparsity(perplexity_rows, staging / PLOTS[0])
+        plot_quality_vs_sparsity(perplexity_rows, staging / PLOTS[0], "perplexity")
         plot_block_errors_by_method(block_rows, staging / PLOTS[1])
         plot_speedups(measured, staging / PLOTS[2])
-        write_report_page(staging, *table_cells(rows, speed_rows), rows, PLOTS)
+        write_report_page(staging, *table_cells(rows, speed_rows), rows, plots)
     return output
 
 

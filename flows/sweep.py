@@ -27,6 +27,7 @@ from flows.report_page import PAGE_FILE
 from flows.tracking import SweepTracker
 from pruning import steps
 from pruning.config import PruneJob
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.job import evaluate_model
@@ -44,6 +45,7 @@ class BaselineResult(BaseModel):
     directory: Path
     perplexity: list[PerplexityResult]
     zero_shot: ZeroShotResult | None
+    accuracy: list[AccuracyResult] = []
 
 
 class SweepResult(BaseModel):
@@ -60,9 +62,10 @@ def baseline(model: str, params: SweepParams) -> BaselineResult:
     with combination_row(dense_key(model), params.model_name(model), "dense") as row:
         evaluation = evaluate_model(model, params.evaluation, params.zero_shot, machine,
                                     ArtifactStore(params.paths.artifacts), params.paths.cache, PrefectRunner(), row)
-        row.done(f"ppl {evaluation.perplexity[0].perplexity:.2f}")
+        row.done(f"ppl {evaluation.perplexity[0].perplexity:.2f}" if evaluation.perplexity else
+                 f"top-1 {evaluation.accuracy[0].top1:.4f}")
     return BaselineResult(model=model, directory=evaluation.model.path, perplexity=evaluation.perplexity,
-                          zero_shot=evaluation.zero_shot)
+                          zero_shot=evaluation.zero_shot, accuracy=evaluation.accuracy)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="combination-{job.output_dir.name}")
@@ -93,15 +96,18 @@ def sweep(params: SweepParams, label: str = "params.yaml") -> SweepResult:
         speed_dir = params.paths.runs / "speed"
         if params.bench.in_sweep:
             for model in params.models:
-                dense_dir = steps.fetch(model.source, params.paths.cache).path
+                fetched = steps.fetch(model.source, params.paths.cache)
+                if fetched.modality == "image":  # the speed bench times language models (prefill, decode)
+                    continue
+                dense_dir = fetched.path
                 pruned = [item.output_dir for item in combinations
                           if item.model == model.source and params.bench.measures(item.method)]
                 with combination_row(speed_key(model.source), model.name, "speed") as row:
                     output = benchmark_task([dense_dir, *pruned], params.bench.sweep_settings(),
                                             speed_dir / f"{model.name}.json", dense_dir, row.model_measured)
                     row.done(output.name)
-        rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot)
-                for item in baselines]
+        rows = [ReportRow.dense(item.directory, params.model_name(item.model), item.perplexity, item.zero_shot,
+                                item.accuracy) for item in baselines]
         rows += [ReportRow.of_record(item.record(), params.model_name(item.model)) for item in combinations]
         report = write_report(rows, load_speed(speed_dir), params.paths.runs / "report")
         tracker.mlflow.log_artifacts(str(report), artifact_path="report")

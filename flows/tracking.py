@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pruning import __version__
 from pruning.config import PruneJob
+from pruning.data.images import ImageManifest
+from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
 from pruning.evaluation.zero_shot import ZeroShotResult
 from pruning.machine import Machine
@@ -141,6 +143,7 @@ class SweepTracker:
             self.mlflow.log_params({"model": result.model, "method": "dense"})
             self.mlflow.set_tags(self._tags("evaluate"))
             self._log_evaluations(result.perplexity)
+            self._log_accuracy(result.accuracy)
             self._log_zero_shot(result.zero_shot)
             return str(run.info.run_id)
 
@@ -152,6 +155,7 @@ class SweepTracker:
             self.mlflow.log_params(machine_params(record.machine))
             self.mlflow.set_tags({**self._tags("prune"), **machine_tags(record.machine)})
             self._log_evaluations(result.perplexity)
+            self._log_accuracy(result.accuracy)
             self._log_zero_shot(result.zero_shot)
             sparsity, parameters = record.decoder_linear_sparsity, record.decoder_linear_parameters
             self.mlflow.log_metrics({
@@ -171,9 +175,10 @@ class SweepTracker:
                                          enumerate(record.engine.layers) if layer.relative_error is not None],
                 "layer_sparsity": [(step, layer.sparsity) for step, layer in enumerate(record.engine.layers)]})
             calibration = record.inputs.calibration
-            if calibration is not None:
-                self._log_input(calibration.corpus.source, calibration.windows_sha256,
-                                "calibration")
+            if isinstance(calibration, ImageManifest):
+                self._log_input(calibration.source, calibration.sha256, "calibration")
+            elif calibration is not None:
+                self._log_input(calibration.corpus.source, calibration.windows_sha256, "calibration")
             self.mlflow.log_artifact(str(result.record_path))
             with tempfile.TemporaryDirectory() as scratch:
                 from flows.plots import plot_block_errors
@@ -206,6 +211,13 @@ class SweepTracker:
                 continue
             digest = provenance.sha256 or hashlib.sha256(provenance.model_dump_json().encode()).hexdigest()
             self._log_input(provenance.source, digest, "evaluation")
+
+    def _log_accuracy(self, results: list[AccuracyResult]) -> None:
+        """A vision model's top-1 (and top-5) per evaluation image set, keyed by its protocol."""
+        for result in results:
+            key = metric_key(result.protocol)
+            self.mlflow.log_metrics({f"top1.{key}": result.top1,
+                                     **({f"top5.{key}": result.top5} if result.top5 is not None else {})})
 
     def _log_zero_shot(self, result: ZeroShotResult | None) -> None:
         """zeroshot.<task>.<metric> per task, zeroshot.average_acc, and the lm-eval version and limit as tags."""

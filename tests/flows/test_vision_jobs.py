@@ -92,3 +92,39 @@ def test_osscar_makes_a_smaller_deit_that_loads_with_from_pretrained(tmp_path, i
     assert sum(parameter.numel() for parameter in loaded.parameters()) == record["structured"]["parameters_after"]
     assert record["structured"]["removed_groups_per_block"] == {"attention": 1, "mlp": 64}
     assert loaded.config.num_attention_heads == 3 and loaded.config.intermediate_size == 64
+
+
+def test_a_sweep_of_a_vision_model_reports_and_tracks_accuracy(tmp_path, image_folders, monkeypatch):
+    import mlflow
+    import yaml
+
+    model = saved_model("vit", tmp_path / "vit")
+    monkeypatch.chdir(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    params = {
+        "models": [{"name": "tiny-vit", "source": str(model)}],
+        "prune": {"methods": ["magnitude", "sparsegpt", "osscar"], "sparsity": 0.5},
+        "calibration": {"source": str(image_folders[0]), "num_samples": 16},
+        "evaluation": [{"dataset": str(image_folders[1])}],
+        "engine": {"device": "cpu"},
+        "paths": {"runs": str(tmp_path / "runs"), "cache": str(tmp_path / "cache"),
+                  "artifacts": str(tmp_path / "artifacts")},
+        "tracking": {"experiment": "vision"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["sweep", "--params", "params.yaml"]) == 0
+
+    report = tmp_path / "runs" / "report"
+    protocol = f"top1[{image_folders[1]}|images=12]"
+    table = (report / "results.md").read_text()
+    header = table.splitlines()[0]
+    assert f"top-1 {protocol.replace('|', chr(92) + '|')}" in header and "ppl " not in header
+    assert len([line for line in table.splitlines() if line.startswith("| tiny-vit |")]) == 4  # dense + 3
+    assert (report / "accuracy_vs_sparsity.png").stat().st_size > 0
+    assert not (tmp_path / "runs" / "speed").exists()  # the speed bench times language models only
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["vision"], output_format="list")
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(children) == 4
+    assert all(any(key.startswith("top1.") for key in run.data.metrics) for run in children)
