@@ -28,3 +28,14 @@ def test_only_the_full_profile_gives_admm_block_reconstruction():
     others = [job.engine.reconstruction for job in load_params(REPO / "params-full.yaml").jobs
               if job.method.method != "admm"]
     assert others and all(reconstruction is None for reconstruction in others)
+
+
+def test_the_oats_vision_profile_is_the_papers_grid():
+    params = load_params(REPO / "params-oats-vision.yaml")
+    assert [model.source for model in params.models] == ["hf://google/vit-base-patch16-224",
+                                                         "hf://facebook/dinov2-giant-imagenet1k-1-layer"]
+    oats = [job.method for job in params.jobs if job.method.method == "oats"]
+    assert sorted(method.target_sparsity for method in oats) == [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]
+    assert all((method.rank_ratio, method.iterations) == (0.2, 80) for method in oats)
+    assert len(params.jobs) == 18 and params.calibration.num_samples == 2048
+    assert "max_windows" not in params.evaluation[0].model_fields_set  # every validation image
