@@ -5,9 +5,9 @@ No pretrained vision weights reach this machine, so the proof is a model we trai
 ViTForImageClassification (4 blocks, hidden 96, 4 heads, MLP 384, patches of 4 pixels) trained with AdamW. The
 images go through pruneflow's own image path: .npz files read by `pruning.data.images`, the model's saved
 ViTImageProcessor. Each method then prunes a fresh copy of the trained model, calibrated on 128 training images
-(seeds 0-2), and top-1 accuracy on the 540 test images is measured (`pruning.evaluation.accuracy`): unstructured at
-30/50/70% and 2:4, OSSCAR and structured Wanda removing 50% of the MLP neurons and 1 of 4 heads per block. Prune time
-is also given as a ratio to one dense forward pass over the calibration images in the same run.
+(seeds 0-2), and top-1 accuracy on the 540 test images is measured (`pruning.evaluation.accuracy`): unstructured
+at 30/50/70/80/90% and 2:4, OSSCAR and structured Wanda removing 50% of the MLP neurons and 1 of 4 heads per block.
+Prune time is also given as a ratio to one dense forward pass over the calibration images in the same run.
 
   .venv/bin/python bench/vit_digits.py     -> bench/results/vit_digits.json, bench/results/vit_digits.png
 """
@@ -25,7 +25,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt", "admm", "apt", "oats")
-SETTINGS: tuple[dict[str, Any], ...] = ({"sparsity": 0.3}, {"sparsity": 0.5}, {"sparsity": 0.7}, {"pattern": "2:4"})
+SETTINGS: tuple[dict[str, Any], ...] = (*({"sparsity": share} for share in (0.3, 0.5, 0.7, 0.8, 0.9)),
+                                        {"pattern": "2:4"})
 STRUCTURED = ({"method": "osscar", "sparsity": 0.5, "attention_groups": 1},
               {"method": "structured-wanda", "sparsity": 0.5, "attention_groups": 1})
 SEEDS = (0, 1, 2)
@@ -164,7 +165,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / ".pruneflow" / "bench-vit")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "vit_digits.json")
     arguments = parser.parse_args()
     from transformers import ViTForImageClassification

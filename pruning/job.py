@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict
 
 from pruning import steps
 from pruning.config import EvaluationConfig, PruneJob, ZeroShotConfig
-from pruning.data.calibration import CalibrationManifest
 from pruning.errors import ConfigError
 from pruning.evaluation.accuracy import AccuracyResult
 from pruning.evaluation.perplexity import PerplexityResult
@@ -187,7 +186,7 @@ def evaluate_model(spec: str, evaluations: tuple[EvaluationConfig, ...], zero_sh
 
 
 def check_calibration_matches(calibration: steps.CalibrationRef, job: PruneJob) -> None:
-    if not isinstance(calibration.manifest, CalibrationManifest):
+    if calibration.holds_images:
         raise ConfigError("calibration: the calibration stage's folder holds images; the DVC stages take language "
                           "models only: prune a vision model with `pruneflow prune`")
     for key in ("num_samples", "seqlen", "seed"):

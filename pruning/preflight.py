@@ -26,7 +26,7 @@ from pruning.config import (
     ZeroShotConfig,
 )
 from pruning.data.corpora import check_text_readable, check_text_source
-from pruning.data.images import ImageSet, check_image_source, load_image_set, looks_like_images
+from pruning.data.images import ImageSet, check_image_source, load_image_set, looks_like_images, prepare_images
 from pruning.errors import ConfigError
 from pruning.evaluation.zero_shot import check_zero_shot_tasks
 from pruning.io import check_free_space, check_output_path
@@ -35,7 +35,7 @@ from pruning.methods.structured import StructuredBudget
 from pruning.models.architectures import ADAPTERS, adapter_for_model_type
 from pruning.models.shrink import structured_layout
 from pruning.models.sources import HUB_PREFIX, ModelSource
-from pruning.models.vision import is_image_model, prepare_images
+from pruning.models.vision import is_image_model
 
 ZERO_SHOT_FOR_IMAGES = ("zero_shot: lm-eval's tasks need a language model and this model takes images; leave the "
                         "tasks out (its accuracy comes from the evaluation images)")

@@ -42,7 +42,7 @@ from pruning.data.calibration import (
     tokenize_corpus,
 )
 from pruning.data.corpora import TextProvenance, load_corpus, source_fingerprint
-from pruning.data.images import ImageManifest, image_manifest, load_image_set, sample_indices
+from pruning.data.images import ImageManifest, image_manifest, load_image_set, prepare_images, sample_indices
 from pruning.engine import PruneEngine
 from pruning.errors import ConfigError
 from pruning.evaluation.accuracy import AccuracyResult, image_accuracy
@@ -62,13 +62,7 @@ from pruning.models.sources import (
     source_digest,
     tokenizer_digest,
 )
-from pruning.models.vision import (
-    image_processor,
-    is_image_model,
-    load_vision_model,
-    module_named_checkpoint,
-    prepare_images,
-)
+from pruning.models.vision import image_processor, is_image_model, load_vision_model, module_named_checkpoint
 from pruning.record import PruneRecord, StructuredSummary
 from pruning.store import ArtifactStore
 
@@ -108,6 +102,10 @@ class CalibrationRef(StepOutput):
 
     directory: Path
     manifest: CalibrationManifest | ImageManifest
+
+    @property
+    def holds_images(self) -> bool:
+        return isinstance(self.manifest, ImageManifest)
 
     @property
     def inputs_digest(self) -> str:

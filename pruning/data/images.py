@@ -217,3 +217,17 @@ def image_manifest(images: ImageSet, indices: torch.Tensor, seed: int | None, pr
                          seed=seed, indices_sha256=sha256_text(",".join(map(str, indices.tolist()))),
                          processor=type(processor).__name__,
                          processor_sha256=sha256_text(processor.to_json_string()), shape=tuple(pixels.shape))
+
+
+def prepare_images(model_dir: Path, images: ImageSet, indices: torch.Tensor, field: str,
+                   processor: Any = None) -> torch.Tensor:
+    """The chosen images as the model in `model_dir` takes them: `pixel_values` with the model's own processor
+    (unless one is given), its config, and whether it takes its configured image size only."""
+    from transformers import AutoConfig
+
+    from pruning.models.architectures import adapter_for_model_type
+    from pruning.models.vision import image_processor
+
+    config = AutoConfig.from_pretrained(model_dir)
+    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
+    return pixel_values(images, indices, processor or image_processor(model_dir), config, fixed, field)

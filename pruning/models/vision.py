@@ -19,7 +19,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pruning.data.images import ImageSet, pixel_values
 from pruning.errors import ConfigError
 from pruning.io import atomic_directory
 
@@ -87,19 +86,6 @@ def image_processor(model_dir: Path) -> Any:
         raise ConfigError(f"model: '{model_dir}' has no {PROCESSOR_FILE}, so its images cannot be prepared as it was "
                           "trained; save the model's image processor there (processor.save_pretrained(folder))")
     return AutoImageProcessor.from_pretrained(model_dir)
-
-
-def prepare_images(model_dir: Path, images: ImageSet, indices: torch.Tensor, field: str,
-                   processor: Any = None) -> torch.Tensor:
-    """The chosen images as the model takes them (`pruning.data.images.pixel_values` with the model's own
-    processor, unless one is given, its config, and whether it takes its configured image size only)."""
-    from transformers import AutoConfig
-
-    from pruning.models.architectures import adapter_for_model_type
-
-    config = AutoConfig.from_pretrained(model_dir)
-    fixed = adapter_for_model_type(str(config.model_type)).fixed_image_size
-    return pixel_values(images, indices, processor or image_processor(model_dir), config, fixed, field)
 
 
 def is_image_model(model_dir: Path) -> bool:
