@@ -254,14 +254,13 @@ def prepare_evaluation_images(model: ModelRef, evaluation: EvaluationConfig, sto
         raise ConfigError(f"evaluation.dataset: '{evaluation.dataset}' has no labels (images need class subfolders, a "
                           "label column or a labels array) and accuracy needs them; give a labelled image set")
     processor = image_processor(model.path)
-    key = store.key("evaluation-images", images.sha256, evaluation.dataset,
-                    evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None,
+    # max_windows caps the images only when it was set: its default (64) is meant for text windows
+    cap = evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None
+    key = store.key("evaluation-images", images.sha256, evaluation.dataset, cap,
                     sha256_text(processor.to_json_string()))
     directory = store.directory("evaluation-images", key)
     reused = (directory / IMAGE_MANIFEST_FILE).is_file()
     if not reused:
-        # max_windows caps the images only when it was set: its default (64) is meant for text windows
-        cap = evaluation.max_windows if "max_windows" in evaluation.model_fields_set else None
         indices = torch.arange(min(images.count, cap or images.count))
         pixels = prepare_images(model.path, images, indices, "evaluation.dataset", processor)
         with atomic_directory(directory) as staging:
