@@ -347,11 +347,14 @@ def main() -> None:
         return json.loads(completed.stdout.strip().splitlines()[-1])
 
     from pruning.io import code_digest, write_json
+    from pruning.machine import cpu_description
 
+    cpu_model, cpu_flags = cpu_description()
     protocol = {"model": MODEL, "calibration": f"wikitext-2 raw validation pages, {arguments.num_samples}x"
-                f"{arguments.seqlen}", "threads": torch.get_num_threads(), "pruning_code": code_digest()}
-    # Resumable: cases already in the output file (same protocol, same `pruning` source) are kept; the file is
-    # rewritten after each case. Results of other code are not mixed in: the suite starts over.
+                f"{arguments.seqlen}", "threads": torch.get_num_threads(), "pruning_code": code_digest(),
+                "cpu": {"model": cpu_model, "flags": list(cpu_flags)}}
+    # Resumable: cases already in the output file (same protocol, same `pruning` source, same CPU kind) are kept; the
+    # file is rewritten after each case. Results of other code or another CPU are not mixed in: the suite starts over.
     previous = json.loads(output.read_text()) if output.is_file() else {}
     same_protocol = all(previous.get(key) == value for key, value in protocol.items())
     done = {json.dumps(case["case"], sort_keys=True): case for case in previous.get("cases", []) if same_protocol}
